@@ -1,0 +1,225 @@
+"""Blocks, stacks and the two model kinds: a decoder-only LM and an encoder-decoder.
+
+Shapes: B batch, T target/LM tokens, S source tokens, D d_model, V vocab_size.
+
+Every slot is filled from its registry; nothing here branches on a component's name, so a
+newly registered component works in both model kinds without edits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from variants.attention import CrossAttention, KVCache, SelfAttention, attention_mask
+from variants.config import ModelConfig
+from variants.registry import FFNS, NORM_POSITIONS, NORMS, POSITIONS, REGISTRIES
+
+
+@dataclass
+class LayerInputs:
+    """What every layer of one stack needs, computed once per forward pass."""
+
+    mask: Optional[torch.Tensor]
+    is_causal: bool
+    rotary: Optional[tuple[torch.Tensor, torch.Tensor]]
+    cache: Optional[KVCache] = None
+    memory: Optional[torch.Tensor] = None  # encoder states (B, S, D)
+    memory_mask: Optional[torch.Tensor] = None
+
+
+class Block(nn.Module):
+    """Self-attention, optional cross-attention, feed-forward; each in a residual wrapper
+    (``norm_position``) that owns its norm."""
+
+    def __init__(self, cfg: ModelConfig, cross: bool) -> None:
+        super().__init__()
+        residual = NORM_POSITIONS.get(cfg.norm_position)
+        self.attn_res, self.attn = residual(cfg), SelfAttention(cfg)
+        self.cross_res = residual(cfg) if cross else None
+        self.cross_attn = CrossAttention(cfg) if cross else None
+        self.ffn_res, self.ffn = residual(cfg), FFNS.build(cfg.ffn, cfg)
+
+    def forward(self, x: torch.Tensor, inp: LayerInputs, layer: int) -> torch.Tensor:
+        x = self.attn_res(x, self.attn, inp.mask, inp.is_causal, inp.rotary, inp.cache, layer)
+        if self.cross_attn is not None:
+            x = self.cross_res(x, self.cross_attn, inp.memory, inp.memory_mask, inp.cache, layer)
+        return self.ffn_res(x, self.ffn)
+
+
+class Stack(nn.Module):
+    """Position scheme, blocks and (for Pre-LN) the final norm, over token embeddings."""
+
+    def __init__(self, cfg: ModelConfig, n_layers: int, causal: bool, cross: bool) -> None:
+        super().__init__()
+        self.causal = causal
+        self.position = POSITIONS.build(cfg.position, cfg)
+        self.embed_norm = NORMS.build(cfg.norm, cfg) if cfg.embed_norm else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(n_layers))
+        final = NORM_POSITIONS.get(cfg.norm_position).final_norm
+        self.final_norm = NORMS.build(cfg.norm, cfg) if final else None
+
+    def check_length(self, length: int, cache: Optional[KVCache]) -> None:
+        past = cache.length if cache is not None else 0
+        if cache is not None:
+            cache.check_room(length)
+        self.position.check_length(past + length)
+
+    def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor], cache: Optional[KVCache] = None,
+                memory: Optional[torch.Tensor] = None, memory_valid: Optional[torch.Tensor] = None):
+        """``x``: (B, T, D) token embeddings; ``valid``: (B, T) bool, False at padding, or None
+        when nothing is padding. Returns (B, T, D)."""
+        B, T, _ = x.shape
+        start = cache.next_position.unsqueeze(-1) if cache is not None else 0  # (B, 1)
+        if valid is None:
+            positions = torch.arange(T, device=x.device).unsqueeze(0) + start  # (1|B, T)
+        else:  # left padding shifts positions: count real tokens only
+            positions = (valid.long().cumsum(-1) - 1).clamp(min=0) + start  # (B, T)
+        k_pos, k_valid = positions, valid
+        if cache is not None:
+            if valid is None:
+                valid = torch.ones(B, T, dtype=torch.bool, device=x.device)
+            k_valid = torch.cat([cache.valid[:, : cache.length], valid], dim=1)  # (B, Tk)
+            k_pos = torch.cat([cache.positions[:, : cache.length], positions.expand(B, T)], dim=1)
+        mask, is_causal = attention_mask(
+            T, k_pos.size(-1), causal=self.causal, key_valid=k_valid,
+            bias=self.position.score_bias(positions, k_pos),
+        )
+        memory_mask = None
+        if memory is not None and memory_valid is not None:
+            memory_mask, _ = attention_mask(T, memory.size(1), causal=False, key_valid=memory_valid)
+        inp = LayerInputs(mask, is_causal, self.position.rotary(positions), cache, memory, memory_mask)
+
+        x = self.position.add_to_embeddings(x, positions)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        x = self.dropout(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, inp, i)
+        if cache is not None:
+            cache.advance(valid, positions)
+        return x if self.final_norm is None else self.final_norm(x)
+
+
+class TransformerBase(nn.Module):
+    """Token embedding, output head, initialisation and reporting shared by both kinds."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+
+    def init_weights(self) -> None:
+        """Normal(0, init_std) for matrices and embeddings; residual output projections scaled
+        by 1/sqrt(2 * layers) (GPT-2); zero biases; norms at identity."""
+        std = self.cfg.init_std
+        depth = sum(len(m.blocks) for m in self.modules() if isinstance(m, Stack))
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                scale = 1 / math.sqrt(2 * depth) if name.endswith(("out.weight", "down.weight")) else 1.0
+                nn.init.normal_(p, 0.0, std * scale)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.ones_(p)
+
+    def padding(self, tokens: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B, T) bool, False at ``pad_id``; None when the config has no pad id."""
+        return None if self.cfg.pad_id is None else tokens != self.cfg.pad_id
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        return x * self.embed_scale if self.embed_scale != 1.0 else x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
+
+    def fingerprint(self) -> dict[str, str]:
+        """Which registry entry fills each slot, read from the modules actually built."""
+        found: dict[str, set[str]] = {slot: set() for slot in REGISTRIES}
+        for module in self.modules():
+            slot = getattr(module, "slot", None)
+            if slot in found:
+                found[slot].add(module.registry_name)
+        for slot, names in found.items():
+            if len(names) != 1:
+                raise RuntimeError(f"slot {slot!r} is filled by {sorted(names) or 'nothing'}")
+        return {slot: names.pop() for slot, names in found.items()}
+
+    def num_params(self) -> dict[str, int]:
+        """Parameter counts; shared (tied) tensors count once. ``embedding`` is the token
+        table plus any learned position tables; the rest (untied head included) is
+        ``non_embedding``."""
+        total = sum(p.numel() for p in self.parameters())
+        embedding = sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding)
+                        for p in m.parameters())
+        return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for incremental decoding of up to ``max_len`` tokens."""
+        p = self.embed.weight
+        return KVCache(len(self.decoder.blocks), batch_size, self.cfg.n_heads, self.cfg.head_dim,
+                       max_len, device=p.device, dtype=p.dtype)
+
+
+class DecoderLM(TransformerBase):
+    """Decoder-only language model: ``model(tokens)`` (B, T) -> logits (B, T, V)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.decoder = Stack(cfg, cfg.n_layers, causal=True, cross=False)
+        self.init_weights()
+
+    def forward(self, tokens: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        self.decoder.check_length(tokens.size(1), cache)
+        valid = self.padding(tokens)
+        if valid is not None and cache is None and bool(valid.all()):
+            valid = None  # no padding: keep the fast causal path
+        x = self.decoder(self.embed_tokens(tokens), valid, cache)
+        return self.logits(x)
+
+
+class EncoderDecoder(TransformerBase):
+    """Encoder-decoder: ``model(src, tgt)`` (B, S), (B, T) -> logits (B, T, V).
+
+    One joint vocabulary: encoder, decoder (and, with ``tie_embeddings``, the output head)
+    share the token embedding. Source padding is masked in encoder self-attention and in
+    cross-attention. Decoder inputs are right-padded, so causality alone keeps their padding
+    out of view of real positions.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.encoder = Stack(cfg, cfg.encoder_layers, causal=False, cross=False)
+        self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross=True)
+        self.init_weights()
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(B, S) -> encoder states (B, S, D) and the source validity mask (B, S) or None."""
+        self.encoder.check_length(src.size(1), None)
+        valid = self.padding(src)
+        return self.encoder(self.embed_tokens(src), valid), valid
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, memory_valid: Optional[torch.Tensor],
+               cache: Optional[KVCache] = None) -> torch.Tensor:
+        """(B, T) decoder inputs over encoder states -> logits (B, T, V)."""
+        self.decoder.check_length(tgt.size(1), cache)
+        x = self.decoder(self.embed_tokens(tgt), None, cache, memory, memory_valid)
+        return self.logits(x)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        memory, memory_valid = self.encode(src)
+        return self.decode(tgt, memory, memory_valid)
+
+
+def build_model(cfg: ModelConfig) -> TransformerBase:
+    """A plain ``nn.Module`` for ``cfg``: :class:`DecoderLM` or :class:`EncoderDecoder`."""
+    return DecoderLM(cfg) if cfg.kind == "lm" else EncoderDecoder(cfg)

@@ -1,0 +1,70 @@
+"""Normalisation layers (slot ``norm``) and their placement (slot ``norm_position``).
+
+References:
+- LayerNorm: Ba, Kiros, Hinton 2016, "Layer Normalization", arXiv:1607.06450.
+- RMSNorm: Zhang & Sennrich 2019, "Root Mean Square Layer Normalization", arXiv:1910.07467.
+- Post-LN (the original Transformer) vs Pre-LN: Xiong et al. 2020, "On Layer Normalization in
+  the Transformer Architecture", arXiv:2002.04745.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from variants.registry import NORM_POSITIONS, NORMS
+
+
+@NORMS.register("layernorm")
+class LayerNorm(nn.LayerNorm):
+    """Centre and scale over the feature dimension; learned gain (and bias if ``cfg.bias``)."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+@NORMS.register("rmsnorm")
+class RMSNorm(nn.Module):
+    """Scale by the root mean square only: no centring, no bias. Computed in fp32."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.weight = nn.Parameter(torch.ones(cfg.d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)
+        return normed.to(x.dtype) * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}"
+
+
+class Residual(nn.Module):
+    """A residual connection around one sub-layer, owning that sub-layer's norm."""
+
+    final_norm: bool = False  # whether a stack of these blocks ends with a norm
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.norm = NORMS.build(cfg.norm, cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+
+@NORM_POSITIONS.register("pre")
+class PreNorm(Residual):
+    """``x + f(norm(x))``; the stack ends with a final norm (Pre-LN)."""
+
+    final_norm = True
+
+    def forward(self, x: torch.Tensor, sublayer, *args, **kwargs) -> torch.Tensor:
+        return x + self.dropout(sublayer(self.norm(x), *args, **kwargs))
+
+
+@NORM_POSITIONS.register("post")
+class PostNorm(Residual):
+    """``norm(x + f(x))`` as in Vaswani et al. 2017 (Post-LN); no final norm."""
+
+    def forward(self, x: torch.Tensor, sublayer, *args, **kwargs) -> torch.Tensor:
+        return self.norm(x + self.dropout(sublayer(x, *args, **kwargs)))

@@ -1,0 +1,155 @@
+"""Position schemes (slot ``position``).
+
+A scheme has three hooks, each a no-op unless the scheme needs it, so one slot decides every
+way position information enters the model ("learned + ALiBi by accident" cannot be built):
+
+- ``add_to_embeddings(x, positions)``: absolute encodings added to token embeddings;
+- ``rotary(positions)``: ``(cos, sin)`` that rotate queries and keys of self-attention;
+- ``score_bias(q_pos, k_pos)``: an additive bias on self-attention scores.
+
+Cross-attention (decoder queries over encoder keys) gets no position signal from any scheme:
+queries and keys come from different sequences, so "relative distance" has no meaning there.
+The encoder's and the decoder's own embeddings/self-attention carry the positions.
+
+Shapes: B batch, T tokens (Tq queries, Tk keys), H heads, D d_model, hd head dim.
+``positions`` is (B, T) or (1, T) of absolute token indices (left padding shifts them, so they
+come from the padding mask, not from ``arange``; under a KV cache they continue from the cache).
+
+References:
+- Sinusoidal: Vaswani et al. 2017, arXiv:1706.03762 (laid out as [sin | cos] halves, as in
+  tensor2tensor, fairseq and Marian: the same function up to a fixed permutation of features).
+- Learned absolute: Gehring et al. 2017, arXiv:1705.03122; GPT-2 (Radford et al. 2019).
+- RoPE: Su et al. 2021, "RoFormer", arXiv:2104.09864 (half-split "rotate_half" layout as in
+  GPT-NeoX and Hugging Face LLaMA; the interleaved layout is the same function after a fixed
+  permutation of q/k weights).
+- ALiBi: Press et al. 2022, "Train Short, Test Long", arXiv:2108.12409.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from variants.registry import POSITIONS
+
+
+class PositionScheme(nn.Module):
+    """Base class: every hook is a no-op."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+
+    def check_length(self, length: int) -> None:
+        """Raise ``ValueError`` if sequences of ``length`` tokens cannot be encoded."""
+
+    def add_to_embeddings(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def rotary(self, positions: torch.Tensor):
+        return None
+
+    def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
+        return None
+
+
+@POSITIONS.register("none")
+class NoPosition(PositionScheme):
+    """No explicit positions (a causal decoder can still infer them: Haviv et al. 2022)."""
+
+
+@POSITIONS.register("sinusoidal")
+class Sinusoidal(PositionScheme):
+    """Fixed ``[sin(p * w_i) | cos(p * w_i)]`` with ``w_i = 10000^(-2i / D)``; any length."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        n_sin = (cfg.d_model + 1) // 2
+        self.n_cos = cfg.d_model // 2
+        inv_freq = 10000.0 ** (-2.0 * torch.arange(n_sin, dtype=torch.float64) / cfg.d_model)
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+
+    def add_to_embeddings(self, x, positions):
+        angles = positions.unsqueeze(-1).float() * self.inv_freq  # (B, T, ceil(D/2))
+        table = torch.cat([angles.sin(), angles[..., : self.n_cos].cos()], dim=-1)  # (B, T, D)
+        return x + table.to(x.dtype)
+
+
+@POSITIONS.register("learned")
+class Learned(PositionScheme):
+    """A trained table of ``max_seq_len`` position vectors added to the embeddings."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.max_seq_len = cfg.max_seq_len
+        self.table = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+
+    def check_length(self, length):
+        if length > self.max_seq_len:
+            raise ValueError(
+                f"sequence of {length} tokens exceeds max_seq_len={self.max_seq_len}, the size "
+                f"of the learned position table (position 'learned' cannot extrapolate)"
+            )
+
+    def add_to_embeddings(self, x, positions):
+        return x + self.table(positions)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, hd) queries or keys by the angles in ``cos``/``sin`` (B|1, 1, T, hd)."""
+    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+
+
+@POSITIONS.register("rope")
+class Rotary(PositionScheme):
+    """Rotate each (i, i + hd/2) feature pair of q and k by ``p * base^(-2i / hd)``."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        hd = cfg.head_dim
+        inv_freq = cfg.rope_base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+
+    def rotary(self, positions):
+        angles = positions.unsqueeze(-1).float() * self.inv_freq  # (B, T, hd/2)
+        angles = torch.cat([angles, angles], dim=-1).unsqueeze(1)  # (B, 1, T, hd)
+        return angles.cos(), angles.sin()
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """Head slopes of Press et al.: ``2^(-8i/n)``, i = 1..n, for n a power of two; otherwise
+    the slopes for the largest power of two below n, then every other slope of twice that."""
+
+    def geometric(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    closest = 2 ** math.floor(math.log2(n_heads))
+    slopes = geometric(closest)
+    if closest < n_heads:
+        slopes += geometric(2 * closest)[0::2][: n_heads - closest]
+    return torch.tensor(slopes)
+
+
+@POSITIONS.register("alibi")
+class ALiBi(PositionScheme):
+    """Bias scores by ``-slope_h * |q_pos - k_pos|``.
+
+    In a causal decoder only ``k_pos <= q_pos`` survives the mask, so this is the paper's
+    ``-slope * (q - k)``; in an encoder it is the symmetric distance penalty.
+    """
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.register_buffer("slopes", alibi_slopes(cfg.n_heads), persistent=False)
+
+    def score_bias(self, q_pos, k_pos):
+        distance = (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)).abs().unsqueeze(1)  # (B, 1, Tq, Tk)
+        return -self.slopes.view(1, -1, 1, 1) * distance  # (B, H, Tq, Tk)
