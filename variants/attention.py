@@ -40,7 +40,7 @@ def attention_mask(
         if tq == tk:
             return None, True
     allowed = None
-    device = key_valid.device if key_valid is not None else bias.device
+    device = key_valid.device if key_valid is not None else bias.device if bias is not None else None
     if causal and tq > 1:
         q_slot = torch.arange(tk - tq, tk, device=device).unsqueeze(-1)  # (Tq, 1)
         allowed = torch.arange(tk, device=device) <= q_slot  # (Tq, Tk)
@@ -76,7 +76,6 @@ class KVCache:
         self.positions = torch.zeros(batch, max_len, dtype=torch.long, device=device)
         self.next_position = torch.zeros(batch, dtype=torch.long, device=device)
         self.cross: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * n_layers
-        self.cross_valid: Optional[torch.Tensor] = None
         self.length = 0
         self.max_len = max_len
 
@@ -99,7 +98,9 @@ class KVCache:
         end = self.length + valid.size(1)
         self.valid[:, self.length:end] = valid
         self.positions[:, self.length:end] = positions
-        self.next_position = positions[:, -1].expand(valid.size(0)) + 1
+        # each real token moves the position on by one; padding does not (a row whose new
+        # tokens are all padding, e.g. an empty left-padded prompt, stays where it was)
+        self.next_position = self.next_position + valid.long().sum(dim=1)
         self.length = end
 
     def reorder(self, index: torch.Tensor) -> None:
@@ -112,8 +113,6 @@ class KVCache:
         self.next_position = self.next_position.index_select(0, index)
         self.cross = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
                       for kv in self.cross]
-        if self.cross_valid is not None:
-            self.cross_valid = self.cross_valid.index_select(0, index)
 
 
 class _Attention(nn.Module):

@@ -4,6 +4,9 @@ References:
 - ReLU FFN: Vaswani et al. 2017, "Attention Is All You Need", arXiv:1706.03762.
 - GELU: Hendrycks & Gimpel 2016, arXiv:1606.08415 (``gelu_tanh`` is the tanh approximation
   used by GPT-2 and BLOOM).
+- SiLU / Swish: Elfwing, Uchibe, Doya 2018, arXiv:1702.03118; Ramachandran, Zoph, Le 2017,
+  "Searching for Activation Functions", arXiv:1710.05941 (the activation of Marian's
+  ``swish`` models).
 - GLU variants (SwiGLU, GEGLU, ReGLU): Shazeer 2020, "GLU Variants Improve Transformer",
   arXiv:2002.05202.
 
@@ -78,6 +81,12 @@ class GELUFFN(MLP):
 class TanhGELUFFN(MLP):
     def act(self, x):
         return F.gelu(x, approximate="tanh")
+
+
+@FFNS.register("silu")
+class SiLUFFN(MLP):
+    def act(self, x):
+        return F.silu(x)
 
 
 @FFNS.register("swiglu")

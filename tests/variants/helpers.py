@@ -1,0 +1,101 @@
+"""Tiny configurations and the registry-driven parametrization shared by the variants tests.
+
+Every parametrization is computed from ``REGISTRIES[slot].names()`` at collection time, so a
+newly registered component joins every test without test edits.
+
+The model grid: ``kind`` x every slot in ``GRID_SLOTS`` (the full product), plus every other
+slot varied over its whole registry one at a time (both kinds) with the remaining slots at
+``BASE_SLOTS``. Set ``ABLATE_FULL_GRID=1`` to run the full product of every slot instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+import torch
+
+from variants import REGISTRIES, ModelConfig, build_model
+from variants.config import KINDS
+
+PAD = 0
+
+# The tiny model every test uses; slot values and anything else come as overrides.
+# init_std is 10x the default: at width 32 the default 0.02 leaves attention almost uniform and
+# the effect of one token on another's logits around 1e-5, too close to float32 tolerances for
+# a leak (padding, future tokens) to show.
+TINY = dict(vocab_size=61, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_seq_len=24,
+            dropout=0.0, pad_id=PAD, init_std=0.2)
+
+# Slots crossed fully with each other and with the model kind.
+GRID_SLOTS = ("position", "norm_position")
+# Values of the other slots while one slot is varied (the ModelConfig defaults).
+BASE_SLOTS = {slot: ModelConfig.__dataclass_fields__[slot].default for slot in REGISTRIES}
+
+FULL_GRID = os.environ.get("ABLATE_FULL_GRID", "") not in ("", "0")
+
+
+def tiny_config(kind: str = "lm", **overrides) -> ModelConfig:
+    """A tiny, dropout-free config; slot values default to ``BASE_SLOTS``."""
+    return ModelConfig(kind=kind, **{**TINY, **BASE_SLOTS, **overrides})
+
+
+def build(cfg: ModelConfig, seed: int = 0):
+    """The model for ``cfg`` with seeded weights, in eval mode."""
+    torch.manual_seed(seed)
+    return build_model(cfg).eval()
+
+
+# Order of the slot names inside a test id, e.g. ``lm-rope-pre-layernorm-gelu``.
+ID_ORDER = ("position", "norm_position", "norm", "ffn")
+
+
+def config_id(kind: str, slots: dict[str, str]) -> str:
+    order = [s for s in ID_ORDER if s in slots] + sorted(set(slots) - set(ID_ORDER))
+    return "-".join([kind] + [slots[s] for s in order])
+
+
+def slot_grid(kinds=KINDS) -> list[dict[str, str]]:
+    """One dict ``{"kind": ..., <slot>: <name>, ...}`` per grid point, without duplicates."""
+    slots = sorted(REGISTRIES)
+    points: list[dict[str, str]] = []
+    if FULL_GRID:
+        crossed = slots
+    else:
+        crossed = [s for s in GRID_SLOTS if s in REGISTRIES]
+    for kind in kinds:
+        for values in itertools.product(*(REGISTRIES[s].names() for s in crossed)):
+            points.append({"kind": kind, **BASE_SLOTS, **dict(zip(crossed, values))})
+        for slot in slots:
+            if slot in crossed:
+                continue
+            for name in REGISTRIES[slot].names():
+                points.append({"kind": kind, **BASE_SLOTS, slot: name})
+    unique = {config_id(p["kind"], {s: p[s] for s in slots}): p for p in points}
+    return [unique[k] for k in sorted(unique)]
+
+
+def grid_params(kinds=KINDS, where=None) -> list:
+    """``pytest.param(point, id=...)`` for the grid points (optionally filtered by ``where``)."""
+    params = []
+    for point in slot_grid(kinds):
+        if where is not None and not where(point):
+            continue
+        slots = {s: point[s] for s in REGISTRIES}
+        params.append(pytest.param(point, id=config_id(point["kind"], slots)))
+    return params
+
+
+def config_of(point: dict[str, str], **overrides) -> ModelConfig:
+    return tiny_config(**{**point, **overrides})
+
+
+def tokens(batch: int, length: int, seed: int, vocab: int = TINY["vocab_size"]) -> torch.Tensor:
+    """Random non-pad token ids (B, T)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, vocab, (batch, length), generator=g)
+
+
+def assert_close(actual, expected, msg=""):
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=msg or None)

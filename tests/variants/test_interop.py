@@ -1,0 +1,302 @@
+"""``variants.interop.from_hf``: imported Hugging Face models compute the same logits.
+
+Tiny random models only (no downloads). Every HF parameter is re-drawn at random first, so
+norm gains, biases and every fused layout matter to the comparison (HF initialises norms to
+identity and biases to zero, which would hide a mis-mapped norm or bias).
+"""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from variants.interop import from_hf  # noqa: E402
+
+# transformers imports model classes lazily (~2 s for the first); do it at collection time.
+GPT2, LLAMA, BLOOM, MARIAN = (transformers.GPT2LMHeadModel, transformers.LlamaForCausalLM,
+                              transformers.BloomForCausalLM, transformers.MarianMTModel)
+
+V = 100  # vocabulary of every test model
+SPECIALS = dict(bos_token_id=1, eos_token_id=2)  # inside the tiny vocabulary
+
+
+def randomize(hf_model, seed=0):
+    """Re-draw every parameter (norm gains around 1); keep Marian's fixed sinusoid table."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in hf_model.named_parameters():
+            if "embed_positions" in name:
+                continue
+            p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+            if p.dim() == 1 and name.endswith("weight"):  # a norm's gain
+                p.add_(1.0)
+    return hf_model.eval()
+
+
+def gpt2(**kw):
+    cfg = dict(n_layer=2, n_embd=32, n_head=4, vocab_size=V, n_positions=64, **SPECIALS)
+    cfg.update(kw)
+    return randomize(GPT2(transformers.GPT2Config(**cfg)))
+
+
+def llama(**kw):
+    cfg = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=48,
+               vocab_size=V, max_position_embeddings=64, rope_theta=500.0, rms_norm_eps=1e-5,
+               **SPECIALS)
+    cfg.update(kw)
+    return randomize(LLAMA(transformers.LlamaConfig(**cfg)))
+
+
+def bloom(**kw):
+    cfg = dict(hidden_size=32, n_head=4, n_layer=2, vocab_size=V, **SPECIALS)
+    cfg.update(kw)
+    return randomize(BLOOM(transformers.BloomConfig(**cfg)))
+
+
+MARIAN_PAD = V - 1
+
+
+def marian(**kw):
+    cfg = dict(vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2,
+               encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+               decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=MARIAN_PAD,
+               decoder_start_token_id=MARIAN_PAD, eos_token_id=0, forced_eos_token_id=0,
+               scale_embedding=True)
+    cfg.update(kw)
+    return randomize(MARIAN(transformers.MarianConfig(**cfg)))
+
+
+def fingerprint(position, norm_position, norm, ffn):
+    return {"position": position, "norm_position": norm_position, "norm": norm, "ffn": ffn}
+
+
+def assert_logits_close(ours, theirs):
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def lm_tokens(batch=3, length=12, seed=1):
+    return torch.randint(3, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+LMS = {
+    "gpt2": (gpt2, {}, fingerprint("learned", "pre", "layernorm", "gelu_tanh")),
+    "gpt2-untied-relu": (gpt2, dict(tie_word_embeddings=False, activation_function="relu",
+                                    n_inner=48), fingerprint("learned", "pre", "layernorm", "relu")),
+    "llama": (llama, {}, fingerprint("rope", "pre", "rmsnorm", "swiglu")),
+    "llama-tied": (llama, dict(tie_word_embeddings=True), fingerprint("rope", "pre", "rmsnorm", "swiglu")),
+    "bloom": (bloom, {}, fingerprint("alibi", "pre", "layernorm", "gelu_tanh")),
+    "bloom-6-heads": (bloom, dict(hidden_size=48, n_head=6),  # ALiBi slopes of a non-power of 2
+                      fingerprint("alibi", "pre", "layernorm", "gelu_tanh")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LMS))
+def test_lm_logits_match(name):
+    make, overrides, expected = LMS[name]
+    hf = make(**overrides)
+    ours = from_hf(hf)
+    assert ours.fingerprint() == expected
+    assert ours.cfg.dropout == 0.0 and ours.cfg.pad_id is None
+    assert ours.cfg.tie_embeddings == hf.config.tie_word_embeddings
+    tokens = lm_tokens()
+    with torch.no_grad():
+        assert_logits_close(ours(tokens), hf(tokens).logits)
+
+
+@pytest.mark.parametrize("make", [gpt2, llama, marian], ids=["gpt2", "llama", "marian"])
+def test_eager_attention_matches_too(make):
+    """The tests above compare with HF's default attention (SDPA; BLOOM has only eager)."""
+    hf = make(attn_implementation="eager")
+    assert hf.config._attn_implementation == "eager"
+    ours = from_hf(hf)
+    with torch.no_grad():
+        if make is marian:
+            src, tgt = marian_batch()
+            theirs = hf(input_ids=src, attention_mask=(src != MARIAN_PAD).long(),
+                        decoder_input_ids=tgt).logits
+            mine = ours(src, tgt)
+        else:
+            tokens = lm_tokens()
+            theirs, mine = hf(tokens).logits, ours(tokens)
+    assert_logits_close(mine, theirs)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bloom-6-heads"])
+def test_lm_kv_cache_decoding_matches_full_sequence(name):
+    make, overrides, _ = LMS[name]
+    hf = make(**overrides)
+    ours = from_hf(hf)
+    tokens = lm_tokens(batch=2, length=10)
+    with torch.no_grad():
+        theirs = hf(tokens).logits
+        cache = ours.new_cache(2, 10)
+        steps = [ours(tokens[:, :4], cache)]  # a prompt, then one token at a time
+        steps += [ours(tokens[:, t:t + 1], cache) for t in range(4, 10)]
+    assert_logits_close(torch.cat(steps, dim=1), theirs)
+
+
+@pytest.mark.parametrize("make", [gpt2, llama, bloom], ids=["gpt2", "llama", "bloom"])
+def test_lm_left_padding_matches_hf_attention_mask(make):
+    """pad_token_id becomes pad_id: our implicit mask = HF with attention_mask and
+    position_ids counted over real tokens (what ``generate`` passes)."""
+    hf = make(pad_token_id=0)
+    ours = from_hf(hf)
+    assert ours.cfg.pad_id == 0
+    tokens = lm_tokens(batch=3, length=9)
+    tokens[1, :3] = 0
+    tokens[2, :5] = 0
+    mask = (tokens != 0).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        theirs = hf(tokens, attention_mask=mask, position_ids=positions).logits
+        mine = ours(tokens)
+    real = mask.bool()
+    assert_logits_close(mine[real], theirs[real])
+
+
+MARIANS = {
+    "gelu": {},
+    "swish-unscaled-3-1-layers": dict(activation_function="swish", scale_embedding=False,
+                                      encoder_layers=3, decoder_layers=1),
+    "relu": dict(activation_function="relu"),
+}
+
+
+def marian_batch():
+    gen = torch.Generator().manual_seed(2)
+    src = torch.randint(3, V - 1, (3, 9), generator=gen)
+    src[1, 6:] = MARIAN_PAD  # right-padded rows
+    src[2, 3:] = MARIAN_PAD
+    tgt = torch.randint(3, V - 1, (3, 7), generator=gen)
+    tgt[:, 0] = MARIAN_PAD  # decoder_start_token_id
+    return src, tgt
+
+
+@pytest.mark.parametrize("name", sorted(MARIANS))
+def test_marian_logits_match(name):
+    hf = marian(**MARIANS[name])
+    ours = from_hf(hf)
+    ffn = {"gelu": "gelu", "swish": "silu", "relu": "relu"}[hf.config.activation_function]
+    assert ours.fingerprint() == fingerprint("sinusoidal", "post", "layernorm", ffn)
+    assert ours.cfg.pad_id == MARIAN_PAD and ours.cfg.kind == "seq2seq"
+    assert (ours.cfg.encoder_layers, ours.cfg.decoder_layers) == (hf.config.encoder_layers,
+                                                                   hf.config.decoder_layers)
+    src, tgt = marian_batch()
+    with torch.no_grad():
+        theirs = hf(input_ids=src, attention_mask=(src != MARIAN_PAD).long(),
+                    decoder_input_ids=tgt).logits
+        assert_logits_close(ours(src, tgt), theirs)
+
+
+def test_marian_untied_head():
+    """An output head of its own over one shared input embedding (how transformers 4.x builds
+    ``tie_word_embeddings=False``; 5.x unties the encoder/decoder embeddings as well)."""
+    hf = marian(tie_word_embeddings=False)
+    hf.model.encoder.embed_tokens = hf.model.decoder.embed_tokens = hf.model.shared
+    ours = from_hf(hf)
+    assert not ours.cfg.tie_embeddings
+    src, tgt = marian_batch()
+    with torch.no_grad():
+        theirs = hf(input_ids=src, attention_mask=(src != MARIAN_PAD).long(),
+                    decoder_input_ids=tgt).logits
+        assert_logits_close(ours(src, tgt), theirs)
+
+
+def test_marian_separate_input_embeddings_refused():
+    hf = marian(tie_word_embeddings=False)  # 5.x: encoder, decoder and shared tables all differ
+    if torch.equal(hf.model.encoder.embed_tokens.weight, hf.model.shared.weight):
+        pytest.skip("this transformers version keeps the input embeddings shared")
+    with pytest.raises(NotImplementedError, match="encoder.embed_tokens.*differs"):
+        from_hf(hf)
+
+
+def test_marian_kv_cache_decoding_matches_full_sequence():
+    hf = marian()
+    ours = from_hf(hf)
+    src, tgt = marian_batch()
+    with torch.no_grad():
+        theirs = hf(input_ids=src, attention_mask=(src != MARIAN_PAD).long(),
+                    decoder_input_ids=tgt).logits
+        memory, memory_valid = ours.encode(src)
+        cache = ours.new_cache(src.size(0), tgt.size(1))
+        steps = [ours.decode(tgt[:, t:t + 1], memory, memory_valid, cache) for t in range(tgt.size(1))]
+    assert_logits_close(torch.cat(steps, dim=1), theirs)
+
+
+# --- what cannot be imported is refused, naming the reason ------------------------------------
+
+
+def test_grouped_query_attention_refused():
+    with pytest.raises(NotImplementedError, match="grouped-query attention.*num_key_value_heads=2"):
+        from_hf(llama(num_key_value_heads=2))
+
+
+def test_rope_scaling_refused():
+    hf = llama(rope_scaling={"rope_type": "linear", "factor": 2.0})
+    with pytest.raises(NotImplementedError, match="RoPE scaling.*linear"):
+        from_hf(hf)
+
+
+def test_partial_rotary_refused():
+    hf = llama()
+    hf.config.partial_rotary_factor = 0.5  # config-level only: HF would need matching weights
+    with pytest.raises(NotImplementedError, match="partial rotary.*0.5"):
+        from_hf(hf)
+
+
+def test_unsupported_model_type_lists_supported():
+    bert = transformers.BertModel(transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        vocab_size=V))
+    with pytest.raises(NotImplementedError, match="'bert'.*gpt2.*llama.*bloom.*marian"):
+        from_hf(bert)
+
+
+def test_base_model_without_head_refused():
+    base = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4,
+                                                          vocab_size=V, n_positions=16))
+    with pytest.raises(NotImplementedError, match="GPT2LMHeadModel.*GPT2Model"):
+        from_hf(base)
+
+
+def test_marian_final_logits_bias_refused():
+    hf = marian()
+    hf.final_logits_bias[0, 5] = 1.0
+    with pytest.raises(NotImplementedError, match="final_logits_bias"):
+        from_hf(hf)
+
+
+def test_marian_unequal_ffn_widths_refused():
+    with pytest.raises(NotImplementedError, match="decoder_ffn_dim=32.*64"):
+        from_hf(marian(decoder_ffn_dim=32))
+
+
+def test_bloom_residual_after_layernorm_refused():
+    with pytest.raises(NotImplementedError, match="apply_residual_connection_post_layernorm"):
+        from_hf(bloom(apply_residual_connection_post_layernorm=True))
+
+
+def test_untied_copy_of_a_tied_weight_refused():
+    hf = gpt2()
+    hf.config.tie_word_embeddings = True
+    hf.lm_head.weight = torch.nn.Parameter(hf.lm_head.weight.detach() + 1.0)  # untie by hand
+    with pytest.raises(NotImplementedError, match="lm_head.weight.*differs"):
+        from_hf(hf)
+
+
+# --- pad_id -------------------------------------------------------------------------------------
+
+
+def test_pad_id_not_taken_when_it_is_also_eos():
+    assert from_hf(llama(pad_token_id=2)).cfg.pad_id is None  # 2 is eos: real tokens carry it
+
+
+def test_pad_id_outside_vocab_ignored():
+    assert from_hf(gpt2(pad_token_id=50256)).cfg.pad_id is None  # no input can carry it
+
+
+def test_pad_id_override():
+    hf = gpt2()
+    assert from_hf(hf).cfg.pad_id is None  # GPT-2 has no pad token
+    assert from_hf(hf, pad_id=7).cfg.pad_id == 7
+    assert from_hf(bloom(pad_token_id=3), pad_id=None).cfg.pad_id is None

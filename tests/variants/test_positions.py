@@ -1,0 +1,216 @@
+"""Position schemes against their papers' formulas, written out independently here."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.variants.helpers import tiny_config
+from variants.positions import ALiBi, Learned, NoPosition, Rotary, Sinusoidal, alibi_slopes, apply_rotary
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# ALiBi (Press et al. 2022)
+
+
+def paper_slopes(n: int) -> list[float]:
+    """The reference implementation published with the ALiBi paper."""
+
+    def power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start ** i for i in range(n)]
+
+    if math.log2(n).is_integer():
+        return power_of_2(n)
+    closest = 2 ** math.floor(math.log2(n))
+    return power_of_2(closest) + paper_slopes(2 * closest)[0::2][: n - closest]
+
+
+def test_alibi_slopes_eight_heads():
+    assert alibi_slopes(8).tolist() == [1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32, 1 / 64, 1 / 128, 1 / 256]
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16, 32])
+def test_alibi_slopes_powers_of_two(n):
+    expected = [2.0 ** (-8 * i / n) for i in range(1, n + 1)]
+    torch.testing.assert_close(alibi_slopes(n), torch.tensor(expected))
+
+
+def test_alibi_slopes_six_heads():
+    # the 4 slopes of n=4, then slopes 1, 3 of n=8 (every other one, starting with the first)
+    expected = [1 / 4, 1 / 16, 1 / 64, 1 / 256, 1 / 2, 1 / 8]
+    torch.testing.assert_close(alibi_slopes(6), torch.tensor(expected))
+
+
+def test_alibi_slopes_twelve_heads():
+    expected = [2.0 ** -i for i in range(1, 9)] + [2.0 ** -0.5, 2.0 ** -1.5, 2.0 ** -2.5, 2.0 ** -3.5]
+    torch.testing.assert_close(alibi_slopes(12), torch.tensor(expected))
+
+
+@pytest.mark.parametrize("n", [3, 5, 6, 12, 20, 24])
+def test_alibi_slopes_match_the_reference_implementation(n):
+    torch.testing.assert_close(alibi_slopes(n), torch.tensor(paper_slopes(n)))
+
+
+@pytest.mark.parametrize("n_heads", [4, 6])
+def test_alibi_bias_is_minus_slope_times_distance(n_heads):
+    cfg = tiny_config(d_model=8 * n_heads, n_heads=n_heads, position="alibi")
+    scheme = ALiBi(cfg)
+    q_pos = torch.tensor([[3, 4, 5], [0, 0, 1]])
+    k_pos = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 0, 0, 1, 2, 7]])
+    bias = scheme.score_bias(q_pos, k_pos)
+    assert bias.shape == (2, n_heads, 3, 6)
+    slopes = paper_slopes(n_heads)
+    for b in range(2):
+        for h in range(n_heads):
+            for i in range(3):
+                for j in range(6):
+                    expected = -slopes[h] * abs(q_pos[b, i].item() - k_pos[b, j].item())
+                    assert bias[b, h, i, j].item() == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+
+def test_alibi_has_no_other_hooks():
+    scheme = ALiBi(tiny_config(position="alibi"))
+    x = torch.randn(1, 4, 32)
+    assert torch.equal(scheme.add_to_embeddings(x, torch.arange(4)[None]), x)
+    assert scheme.rotary(torch.arange(4)[None]) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# RoPE (Su et al. 2021)
+
+
+def rope_cfg(head_dim: int = 8, base: float = 10000.0):
+    return tiny_config(d_model=4 * head_dim, n_heads=4, position="rope", rope_base=base)
+
+
+def rotate(scheme: Rotary, x: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    """x: (B, H, T, hd) rotated to ``positions`` (length T)."""
+    cos, sin = scheme.rotary(torch.tensor([positions]))
+    return apply_rotary(x, cos, sin)
+
+
+def test_rope_matches_roformer_pairs():
+    """Pair (i, i + hd/2) at position p rotates by p * theta_i, theta_i = base^(-2i/hd):
+    (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos)."""
+    hd, base = 8, 100.0
+    scheme = Rotary(rope_cfg(hd, base))
+    positions = [0, 1, 5, 17]
+    x = torch.randn(1, 1, len(positions), hd, generator=torch.Generator().manual_seed(0))
+    y = rotate(scheme, x, positions)
+    for t, p in enumerate(positions):
+        for i in range(hd // 2):
+            angle = p * base ** (-2 * i / hd)
+            x1, x2 = x[0, 0, t, i].item(), x[0, 0, t, i + hd // 2].item()
+            assert y[0, 0, t, i].item() == pytest.approx(x1 * math.cos(angle) - x2 * math.sin(angle), abs=1e-5)
+            assert y[0, 0, t, i + hd // 2].item() == pytest.approx(x1 * math.sin(angle) + x2 * math.cos(angle), abs=1e-5)
+
+
+def test_rope_position_zero_is_identity_and_norms_are_preserved():
+    scheme = Rotary(rope_cfg())
+    x = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(rotate(scheme, x, [0] * 6), x)
+    y = rotate(scheme, x, [0, 3, 9, 50, 1000, 7])
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))
+    assert not torch.allclose(y[:, :, 1:], x[:, :, 1:], atol=1e-3)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    """<rot(q, m), rot(k, n)> is unchanged when m and n shift together, and changes with m - n."""
+    scheme = Rotary(rope_cfg())
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(1, 4, 1, 8, generator=g), torch.randn(1, 4, 1, 8, generator=g)
+
+    def score(m, n):
+        return (rotate(scheme, q, [m]) * rotate(scheme, k, [n])).sum(-1)  # (1, 4, 1)
+
+    for m, n in [(5, 2), (2, 5), (7, 7), (0, 11)]:
+        for shift in (1, 13, 250):
+            torch.testing.assert_close(score(m + shift, n + shift), score(m, n), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(score(5, 2), score(6, 2), atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# sinusoidal (Vaswani et al. 2017, [sin | cos] halves) and learned tables
+
+
+@pytest.mark.parametrize("d_model", [32, 12])
+def test_sinusoidal_table_matches_formula(d_model):
+    cfg = tiny_config(d_model=d_model, n_heads=4, position="sinusoidal")
+    scheme = Sinusoidal(cfg)
+    positions = torch.tensor([[0, 1, 2, 7, 100]])
+    table = scheme.add_to_embeddings(torch.zeros(1, 5, d_model), positions)
+    half = d_model // 2
+    for t, p in enumerate(positions[0].tolist()):
+        for i in range(half):
+            angle = p / 10000 ** (2 * i / d_model)
+            assert table[0, t, i].item() == pytest.approx(math.sin(angle), abs=1e-5)
+            assert table[0, t, half + i].item() == pytest.approx(math.cos(angle), abs=1e-5)
+
+
+def test_sinusoidal_is_added_to_embeddings():
+    scheme = Sinusoidal(tiny_config(position="sinusoidal"))
+    x = torch.randn(2, 3, 32)
+    pos = torch.tensor([[0, 1, 2], [4, 5, 6]])
+    torch.testing.assert_close(scheme.add_to_embeddings(x, pos) - x,
+                               scheme.add_to_embeddings(torch.zeros_like(x), pos))
+    assert scheme.score_bias(pos, pos) is None and scheme.rotary(pos) is None
+
+
+def test_learned_adds_its_table_rows():
+    scheme = Learned(tiny_config(position="learned"))
+    x = torch.randn(2, 3, 32)
+    pos = torch.tensor([[0, 1, 2], [0, 0, 5]])
+    torch.testing.assert_close(scheme.add_to_embeddings(x, pos), x + scheme.table.weight[pos])
+
+
+def test_none_has_no_effect():
+    scheme = NoPosition(tiny_config(position="none"))
+    x, pos = torch.randn(1, 3, 32), torch.arange(3)[None]
+    assert torch.equal(scheme.add_to_embeddings(x, pos), x)
+    assert scheme.rotary(pos) is None and scheme.score_bias(pos, pos) is None
+    scheme.check_length(10 ** 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# a newly registered scheme works without edits elsewhere
+
+
+def test_a_new_position_scheme_plugs_in():
+    """A Registry cannot unregister, so this runs in a fresh interpreter: a no-op subclass of
+    ``Sinusoidal`` under a new name is accepted by ModelConfig, reported by ``fingerprint`` and
+    computes what ``sinusoidal`` computes, in both kinds."""
+    script = textwrap.dedent("""
+        import torch
+        from variants import ModelConfig, build_model
+        from variants.positions import Sinusoidal
+        from variants.registry import POSITIONS
+
+        @POSITIONS.register("test_plugin_sinusoidal")
+        class Plugin(Sinusoidal):
+            pass
+
+        small = dict(vocab_size=61, d_model=32, n_heads=4, n_layers=2, dropout=0.0)
+        x = torch.randint(1, 61, (2, 7))
+        for kind in ("lm", "seq2seq"):
+            out = []
+            for name in ("test_plugin_sinusoidal", "sinusoidal"):
+                torch.manual_seed(0)
+                model = build_model(ModelConfig(kind=kind, position=name, **small)).eval()
+                assert model.fingerprint()["position"] == name, model.fingerprint()
+                out.append(model(x) if kind == "lm" else model(x, x))
+            torch.testing.assert_close(out[0], out[1])
+        print("plugin ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "plugin ok"

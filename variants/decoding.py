@@ -1,0 +1,93 @@
+"""Greedy and beam-search decoding with the KV cache.
+
+Beam search scores a finished hypothesis by its summed log-probability divided by
+``length ** length_penalty`` (fairseq's convention; the length counts the ``<eos>``), and stops
+for a source once ``beam`` hypotheses have finished.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def greedy_translate(model, src: torch.Tensor, bos_id: int, eos_id: int, max_len: int) -> list[list[int]]:
+    """Most likely next token at each step; returns the token ids of each row, without
+    ``<bos>``/``<eos>``."""
+    B = src.size(0)
+    memory, memory_valid = model.encode(src)
+    cache = model.new_cache(B, max_len)
+    step = torch.full((B, 1), bos_id, dtype=torch.long, device=src.device)
+    out, finished = [], torch.zeros(B, dtype=torch.bool, device=src.device)
+    for _ in range(max_len):
+        step = model.decode(step, memory, memory_valid, cache)[:, -1].argmax(-1, keepdim=True)
+        out.append(step)
+        finished |= step.squeeze(1) == eos_id
+        if bool(finished.all()):
+            break
+    return [_until(row, eos_id) for row in torch.cat(out, dim=1).tolist()]
+
+
+@torch.no_grad()
+def beam_translate(model, src: torch.Tensor, bos_id: int, eos_id: int, max_len: int,
+                   beam: int = 4, length_penalty: float = 1.0) -> list[list[int]]:
+    """Beam search over ``beam`` hypotheses per source row (cache rows reordered each step)."""
+    B, device = src.size(0), src.device
+    memory, memory_valid = model.encode(src)
+    memory = memory.repeat_interleave(beam, dim=0)  # (B * beam, S, D)
+    if memory_valid is not None:
+        memory_valid = memory_valid.repeat_interleave(beam, dim=0)
+    cache = model.new_cache(B * beam, max_len)
+    history = torch.full((B * beam, 1), bos_id, dtype=torch.long, device=device)
+    scores = torch.full((B, beam), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    done = [False] * B
+    for length in range(1, max_len + 1):
+        logp = F.log_softmax(model.decode(history[:, -1:], memory, memory_valid, cache)[:, -1].float(), -1)
+        V = logp.size(-1)
+        top, flat = (scores.view(-1, 1) + logp).view(B, beam * V).topk(2 * beam, dim=-1)
+        top, flat = top.tolist(), flat.tolist()
+        new_scores = torch.full((B, beam), float("-inf"), device=device)
+        rows = torch.arange(B * beam, device=device).view(B, beam).clone()
+        tokens = torch.full((B, beam), eos_id, dtype=torch.long, device=device)
+        for b in range(B):
+            if done[b]:
+                continue
+            k = 0
+            for score, index in zip(top[b], flat[b]):
+                if score == float("-inf"):
+                    break
+                row, token = b * beam + index // V, index % V
+                if token == eos_id or length == max_len:
+                    hyp = history[row, 1:].tolist() + ([] if token == eos_id else [token])
+                    finished[b].append((score / (length ** length_penalty), hyp))
+                elif k < beam:
+                    new_scores[b, k], rows[b, k], tokens[b, k] = score, row, token
+                    k += 1
+                if k == beam and len(finished[b]) >= beam:
+                    break
+            done[b] = len(finished[b]) >= beam or k == 0
+        if all(done):
+            break
+        index = rows.view(-1)
+        cache.reorder(index)
+        history = torch.cat([history.index_select(0, index), tokens.view(-1, 1)], dim=1)
+        scores = new_scores
+    return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in finished]
+
+
+@torch.no_grad()
+def greedy_generate(model, prompt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Continue (B, T) prompts of a decoder-only LM by ``max_new_tokens`` greedy tokens."""
+    cache = model.new_cache(prompt.size(0), prompt.size(1) + max_new_tokens)
+    step, out = prompt, []
+    for _ in range(max_new_tokens):
+        step = model(step, cache)[:, -1].argmax(-1, keepdim=True)
+        out.append(step)
+    return torch.cat(out, dim=1)
+
+
+def _until(ids: list[int], eos_id: int) -> list[int]:
+    return ids[: ids.index(eos_id)] if eos_id in ids else ids

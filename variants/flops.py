@@ -1,0 +1,33 @@
+"""Analytic training FLOPs, for MFU.
+
+Convention (Kaplan et al. 2020, arXiv:2001.08361; PaLM appendix B): a matrix multiply of an
+(m x k) by a (k x n) matrix costs 2mkn FLOPs; training costs 3x the forward pass (forward, plus
+backward for activations and weights). Counted: every linear layer including the output head
+(``6 N`` per token with N the non-embedding parameters of the matrices that token passes
+through), and the attention score and value products (``12 L d T`` per token for T keys) without
+causal halving. Not counted: embeddings lookups, norms, softmax, activations, the optimizer.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def _matmul_params(module: nn.Module) -> int:
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def training_flops(model, tokens: int, seq_len: int, src_tokens: int = 0, src_len: int = 0) -> float:
+    """FLOPs of one training step over ``tokens`` (non-pad) target tokens in sequences of
+    ``seq_len``; for an encoder-decoder also ``src_tokens`` source tokens of ``src_len``."""
+    cfg = model.cfg
+    head = cfg.d_model * cfg.vocab_size
+    decoder = _matmul_params(model.decoder)
+    decoder_layers = len(model.decoder.blocks)
+    per_token = 6 * (decoder + head) + 12 * decoder_layers * cfg.d_model * seq_len
+    flops = per_token * tokens
+    if cfg.kind == "seq2seq":
+        encoder_layers = len(model.encoder.blocks)
+        flops += (6 * _matmul_params(model.encoder) + 12 * encoder_layers * cfg.d_model * src_len) * src_tokens
+        flops += 12 * decoder_layers * cfg.d_model * src_len * tokens  # cross-attention products
+    return float(flops)
