@@ -1,0 +1,120 @@
+"""The run configuration: dataclasses are the schema; YAML layers and ``key=value`` overrides
+are merged into it with OmegaConf and turned back into dataclasses, so every value is checked
+(unknown keys, wrong types, unknown component names, impossible shapes) before any data or
+model work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lit.config import DataConfig, TaskConfig
+from variants import ModelConfig
+
+LOGGERS = ("wandb", "none")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key (and file)."""
+
+
+@dataclass
+class RunSection:
+    root: str = "runs"
+    experiment: str = "default"
+    name: Optional[str] = None  # default: the components and the seed
+
+
+@dataclass
+class CheckpointSection:
+    every_n_steps: int = 500
+
+
+@dataclass
+class PerfSection:
+    warmup_steps: int = 5  # steps excluded from throughput
+    every_n_steps: int = 50  # throughput logging interval
+    peak_flops: Optional[float] = None  # device dense peak; default: table (GPU) or measured (CPU)
+
+
+@dataclass
+class WandbSection:
+    project: str = "ablate"
+    entity: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+def _trainer_defaults() -> Dict[str, Any]:
+    return {"max_steps": 1000, "val_check_interval": 200, "check_val_every_n_epoch": None,
+            "accelerator": "auto", "devices": 1, "precision": "32-true", "gradient_clip_val": 1.0,
+            "log_every_n_steps": 10}
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    trainer: Dict[str, Any] = field(default_factory=_trainer_defaults)  # lightning.Trainer arguments
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    perf: PerfSection = field(default_factory=PerfSection)
+    logger: str = "wandb"  # "wandb" (online with credentials, else offline) or "none"
+    wandb: WandbSection = field(default_factory=WandbSection)
+
+    def __post_init__(self) -> None:
+        if self.logger not in LOGGERS:
+            raise ValueError(f"unknown logger {self.logger!r}; choices: {', '.join(LOGGERS)}")
+        expected = {"lm": "lm", "translation": "seq2seq"}[self.task.name]
+        if self.model.kind != expected:
+            raise ValueError(f"task.name={self.task.name!r} needs model.kind={expected!r}, "
+                             f"got {self.model.kind!r}")
+
+    @property
+    def run_name(self) -> str:
+        if self.run.name:
+            return self.run.name
+        m = self.model
+        return f"{m.norm}-{m.norm_position}-{m.position}-{m.ffn}-s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.root) / self.run.experiment / self.run_name
+
+
+def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> RunConfig:
+    """Merge YAML layers left to right, then ``dotted.key=value`` overrides, into a RunConfig."""
+    merged = OmegaConf.structured(RunConfig)
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{path}: {_describe(err)}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"command-line override: {_describe(err)}") from None
+    except ValueError as err:  # validation in the dataclasses
+        raise ConfigError(str(err)) from None
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    message = str(err).split("\n")[0]
+    return f"key {key!r}: {message}" if key else message

@@ -1,0 +1,174 @@
+"""Callbacks and the local metrics logger every run writes, W&B or not."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+# Dense (non-sparse) peak FLOP/s of common accelerators by precision; override with
+# ``trainer`` setting ``peak_flops`` when a device is missing or differs.
+GPU_PEAK_FLOPS = {
+    # name substring: {precision: FLOP/s}
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "tf32": 494e12},
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "tf32": 494e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12, "tf32": 156e12},
+    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12, "tf32": 60e12},
+    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12, "tf32": 62.5e12},
+    "V100": {"fp16": 125e12, "fp32": 15.7e12},
+    "T4": {"fp16": 65e12, "fp32": 8.1e12},
+}
+
+
+def measured_matmul_peak(size: int = 1024, seconds: float = 0.5, dtype=torch.float32) -> float:
+    """FLOP/s of a square matmul on this CPU, best of repeated runs."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # warm-up
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def device_peak_flops(device: torch.device, precision: str) -> Optional[float]:
+    if device.type == "cpu":
+        return measured_matmul_peak()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        key = "bf16" if "bf16" in precision else "fp16" if "16" in precision else \
+            ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32")
+        for model, peaks in GPU_PEAK_FLOPS.items():
+            if model in name:
+                return peaks.get(key)
+    return None
+
+
+class ThroughputMonitor(L.Callback):
+    """``perf/tokens_per_s`` (non-pad target tokens per second of training step, steady state:
+    the first ``warmup_steps`` excluded), ``perf/mfu`` (analytic FLOPs / device dense peak) and
+    ``perf/peak_mem_mb`` (CUDA max allocated, or the process's max RSS on CPU), logged every
+    ``every_n_steps`` from the steps since the last log."""
+
+    def __init__(self, warmup_steps: int = 5, every_n_steps: int = 50,
+                 peak_flops: Optional[float] = None) -> None:
+        self.warmup_steps, self.every_n_steps, self.peak_flops = warmup_steps, every_n_steps, peak_flops
+        self.window: list[tuple[float, int, float]] = []  # (seconds, tokens, flops) per step
+        self.all_rates: list[float] = []
+        self._start = 0.0
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.peak_flops is None:
+            self.peak_flops = device_peak_flops(pl_module.device, str(trainer.precision))
+
+    def _sync(self, pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._sync(pl_module)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._sync(pl_module)
+        elapsed = time.perf_counter() - self._start
+        if trainer.global_step <= self.warmup_steps:
+            return
+        self.window.append((elapsed, pl_module.tokens_in(batch), pl_module.flops_of(batch)))
+        if len(self.window) >= self.every_n_steps:
+            self._flush(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._flush(trainer, pl_module)
+
+    def _flush(self, trainer, pl_module):
+        if not self.window:
+            return
+        seconds = sum(w[0] for w in self.window)
+        rate = sum(w[1] for w in self.window) / seconds
+        self.all_rates.append(rate)
+        metrics = {"perf/tokens_per_s": rate * trainer.world_size, "perf/peak_mem_mb": peak_memory_mb(pl_module.device)}
+        if self.peak_flops:
+            metrics["perf/mfu"] = sum(w[2] for w in self.window) / seconds / self.peak_flops
+        self.window = []
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+
+    @property
+    def median_tokens_per_s(self) -> Optional[float]:
+        return statistics.median(self.all_rates) if self.all_rates else None
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+class DivergenceGuard(L.Callback):
+    """Stops a run whose training loss turns NaN/inf and records the step and last finite loss."""
+
+    def __init__(self) -> None:
+        self.last_finite: Optional[float] = None
+        self.diverged_at: Optional[int] = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        value = float(loss.detach()) if loss is not None else float("nan")
+        if math.isfinite(value):
+            self.last_finite = value
+            return
+        self.diverged_at = trainer.global_step
+        trainer.should_stop = True
+
+    @property
+    def message(self) -> Optional[str]:
+        if self.diverged_at is None:
+            return None
+        return f"loss became non-finite at step {self.diverged_at}; last finite loss {self.last_finite}"
+
+
+class JsonlLogger(Logger):
+    """Appends one JSON object per logging event (with ``step``) to ``metrics.jsonl``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+
+    @property
+    def name(self) -> str:
+        return "jsonl"
+
+    @property
+    def version(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def save_dir(self) -> str:
+        return str(self.run_dir)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args, **kwargs) -> None:
+        pass  # the resolved config is written to config.yaml by the run
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+        record = {"step": step, "time": time.time()}
+        record.update({k: float(v) for k, v in metrics.items() if k != "epoch"})
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")

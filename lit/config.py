@@ -1,0 +1,65 @@
+"""Data and task settings (mirrored 1:1 by the ``data:`` and ``task:`` sections of the YAML
+configs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+DATA_SOURCES = ("bible", "multi30k", "text", "parallel")
+TASKS = ("lm", "translation")
+SCHEDULES = ("inverse_sqrt", "cosine", "constant")
+
+
+@dataclass
+class DataConfig:
+    source: str = "bible"
+    lang: str = "en"  # language modelling
+    src_lang: str = "de"  # translation
+    tgt_lang: str = "en"
+    path: Optional[str] = None  # directory for multi30k / text / parallel
+    vocab_size: int = 8000  # BPE vocabulary (the model's vocab_size is taken from the tokenizer)
+    block_size: Optional[int] = None  # LM context length; default model.max_seq_len
+    batch_size: int = 16  # LM: blocks per batch
+    max_tokens: int = 4096  # translation: tokens per batch (max of source/target length x rows)
+    limit_train: Optional[int] = None  # use only the first N training examples (a small slice)
+    limit_eval: Optional[int] = None  # use only the first N validation/test examples
+    num_workers: int = 0
+    cache_dir: str = ".cache/ablate"
+
+    def __post_init__(self) -> None:
+        if self.source not in DATA_SOURCES:
+            raise ValueError(f"unknown data.source {self.source!r}; choices: {', '.join(DATA_SOURCES)}")
+        if self.source in ("text", "parallel") and not self.path:
+            raise ValueError(f"data.source {self.source!r} needs data.path")
+        for name in ("vocab_size", "batch_size", "max_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class TaskConfig:
+    name: str = "lm"
+    lr: float = 1e-3
+    weight_decay: float = 0.1  # applied to weights with >= 2 dimensions only
+    betas: tuple[float, float] = (0.9, 0.98)
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine floor
+    label_smoothing: float = 0.0  # training loss only; never in reported loss/perplexity
+    # translation decoding
+    bleu_every_n_val: int = 1  # greedy BLEU on every n-th validation (0: never)
+    beam_size: int = 4  # test decoding
+    length_penalty: float = 1.0
+    max_decode_len: int = 128
+
+    def __post_init__(self) -> None:
+        if self.name not in TASKS:
+            raise ValueError(f"unknown task.name {self.name!r}; choices: {', '.join(TASKS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown task.schedule {self.schedule!r}; choices: {', '.join(SCHEDULES)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"task.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ValueError("task.lr must be positive and task.warmup_steps non-negative")
+        self.betas = tuple(self.betas)

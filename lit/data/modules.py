@@ -1,0 +1,203 @@
+"""LightningDataModules: tokenizer trained on the training split, deterministic batches.
+
+- :class:`LMDataModule`: the split's examples joined by ``<eos>`` into one token stream, cut into
+  contiguous blocks of ``block_size`` inputs (targets shifted by one), so every token but the
+  first is predicted exactly once; the last block is padded.
+- :class:`TranslationDataModule`: ``source <eos>`` -> ``<bos> target <eos>``, batched by a token
+  budget with length bucketing (as fairseq's ``--max-tokens``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lit.config import DataConfig
+from lit.data.sources import DataError, load_pairs, load_text
+from lit.tokenizer import TextTokenizer, cached_bpe
+
+SPLITS = ("train", "val", "test")
+
+
+class _BaseDataModule(L.LightningDataModule):
+    def __init__(self, data: DataConfig, max_seq_len: int, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = data
+        self.max_seq_len = max_seq_len
+        self.seed = seed
+        self.tokenizer: Optional[TextTokenizer] = None
+
+    def _limit(self, items: list, split: str) -> list:
+        limit = self.cfg.limit_train if split == "train" else self.cfg.limit_eval
+        return items[:limit] if limit else items
+
+    def _tokenizer(self, texts: list[str]) -> TextTokenizer:
+        return cached_bpe(texts, self.cfg.vocab_size, Path(self.cfg.cache_dir) / "tokenizers")
+
+
+# ----------------------------------------------------------------------------- language modelling
+
+class BlockDataset(Dataset):
+    """(inputs, targets) blocks of a token stream; targets are inputs shifted by one."""
+
+    def __init__(self, stream: torch.Tensor, block_size: int, pad_id: int) -> None:
+        n_blocks = max(1, -(-(len(stream) - 1) // block_size))
+        padded = torch.full((n_blocks * block_size + 1,), pad_id, dtype=torch.long)
+        padded[: len(stream)] = stream
+        self.inputs = padded[:-1].view(n_blocks, block_size)
+        self.targets = padded[1:].view(n_blocks, block_size)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i):
+        return {"inputs": self.inputs[i], "targets": self.targets[i]}
+
+
+class LMDataModule(_BaseDataModule):
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.tokenizer is not None:
+            return
+        texts = {split: self._limit(load_text(self.cfg, split), split) for split in SPLITS}
+        self.tokenizer = self._tokenizer(texts["train"])
+        self.block_size = self.cfg.block_size or self.max_seq_len
+        self.datasets, self.n_bytes = {}, {}
+        eos = self.tokenizer.eos_id
+        for split, items in texts.items():
+            stream = [eos]
+            for ids in self.tokenizer.encode_batch(items):
+                stream += ids + [eos]
+            self.datasets[split] = BlockDataset(torch.tensor(stream), self.block_size, self.tokenizer.pad_id)
+            # bytes predicted: every example plus one separator byte for each <eos>
+            self.n_bytes[split] = sum(len(t.encode("utf-8")) + 1 for t in items)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.datasets[split], batch_size=self.cfg.batch_size, shuffle=shuffle,
+                          drop_last=shuffle, generator=generator, num_workers=self.cfg.num_workers)
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)
+
+
+# ------------------------------------------------------------------------------------ translation
+
+class PairDataset(Dataset):
+    def __init__(self, src: list[list[int]], tgt: list[list[int]]) -> None:
+        self.src, self.tgt = src, tgt
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def __getitem__(self, i):
+        return i, self.src[i], self.tgt[i]
+
+
+class TokenBudgetBatches(Sampler):
+    """Batches of example indices whose padded size (rows x longest side) stays within
+    ``max_tokens``. Examples are sorted by length (ties broken at random when shuffling), cut
+    into batches, and the batch order is shuffled; the same seed and epoch give the same batches."""
+
+    def __init__(self, lengths: list[int], max_tokens: int, shuffle: bool, seed: int = 0) -> None:
+        self.lengths, self.max_tokens, self.shuffle, self.seed = lengths, max_tokens, shuffle, seed
+        self.epoch = 0
+        self._batches = None if shuffle else self._make()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _make(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist() if self.shuffle else range(len(self.lengths))
+        order = sorted(order, key=lambda i: self.lengths[i])  # stable: ties keep the random order
+        batches, batch, longest = [], [], 0
+        for i in order:
+            longest_next = max(longest, self.lengths[i])
+            if batch and longest_next * (len(batch) + 1) > self.max_tokens:
+                batches.append(batch)
+                batch, longest_next = [], self.lengths[i]
+            batch.append(i)
+            longest = longest_next
+        if batch:
+            batches.append(batch)
+        if self.shuffle:
+            batches = [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
+        return batches
+
+    def __iter__(self):
+        return iter(self._batches if self._batches is not None else self._make())
+
+    def __len__(self) -> int:
+        return len(self._batches if self._batches is not None else self._make())
+
+
+def collate_pairs(items, pad_id: int):
+    index, src, tgt = zip(*items)
+
+    def pad(seqs):
+        out = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            out[row, : len(seq)] = torch.tensor(seq)
+        return out
+
+    tgt = pad(tgt)
+    return {"index": torch.tensor(index), "src": pad(src), "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:]}
+
+
+class TranslationDataModule(_BaseDataModule):
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.tokenizer is not None:
+            return
+        pairs = {split: self._limit(load_pairs(self.cfg, split), split) for split in SPLITS}
+        train_text = [s for pair in pairs["train"] for s in pair]  # joint vocabulary
+        self.tokenizer = self._tokenizer(train_text)
+        tok = self.tokenizer
+        self.datasets, self.sources, self.references = {}, {}, {}
+        for split, items in pairs.items():
+            src = [ids + [tok.eos_id] for ids in tok.encode_batch([s for s, _ in items])]
+            tgt = [[tok.bos_id] + ids + [tok.eos_id] for ids in tok.encode_batch([t for _, t in items])]
+            keep = [i for i in range(len(items)) if max(len(src[i]), len(tgt[i]) - 1) <= self.max_seq_len]
+            if split != "train" and len(keep) < len(items):
+                bad = next(i for i in range(len(items)) if i not in set(keep))
+                raise DataError(
+                    f"{self.cfg.source} {split} example {bad + 1} has {len(src[bad])} source / "
+                    f"{len(tgt[bad]) - 1} target tokens, more than model.max_seq_len="
+                    f"{self.max_seq_len}; raise model.max_seq_len")
+            if not keep:
+                raise DataError(f"{self.cfg.source} {split}: no example fits model.max_seq_len={self.max_seq_len}")
+            self.datasets[split] = PairDataset([src[i] for i in keep], [tgt[i] for i in keep])
+            self.sources[split] = [items[i][0] for i in keep]
+            self.references[split] = [items[i][1] for i in keep]
+        self.dropped_train = len(pairs["train"]) - len(self.datasets["train"])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        data = self.datasets[split]
+        lengths = [max(len(s), len(t)) for s, t in zip(data.src, data.tgt)]
+        sampler = TokenBudgetBatches(lengths, self.cfg.max_tokens, shuffle, self.seed)
+        return DataLoader(data, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                          collate_fn=partial(collate_pairs, pad_id=self.tokenizer.pad_id))
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)
+
+
+def build_datamodule(data: DataConfig, task: str, max_seq_len: int, seed: int) -> _BaseDataModule:
+    cls = LMDataModule if task == "lm" else TranslationDataModule
+    return cls(data, max_seq_len, seed)

@@ -1,0 +1,220 @@
+"""LightningModules for the two tasks: thin wrappers that own loss, metrics, logging and the
+optimizer, around a pure ``variants`` model.
+
+Reported metrics follow the standard definitions:
+- ``loss`` is the mean negative log-likelihood (nats) per non-pad target token; label smoothing
+  changes only the training objective (logged as ``train/objective``), never ``loss``/``ppl``;
+- ``ppl = exp(sum NLL / number of non-pad target tokens)`` over the whole split (sums are
+  accumulated, not per-batch perplexities averaged), so it does not depend on batching;
+- ``bpb`` (LM) = sum NLL / ln 2 / UTF-8 bytes of the split's text: comparable across tokenizers;
+- ``bleu`` = sacreBLEU corpus BLEU on detokenized text; its signature is logged beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import SumMetric
+
+from lit.config import TaskConfig
+from lit.metrics import bits_per_byte, corpus_bleu, perplexity
+from variants import ModelConfig, build_model
+from variants.decoding import beam_translate, greedy_translate
+from variants.flops import training_flops
+
+
+class TaskModule(L.LightningModule):
+    def __init__(self, model: ModelConfig, task: TaskConfig, pad_id: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters({"model": model.to_dict(), "task": vars(task)})
+        self.model_cfg, self.cfg, self.pad_id = model, task, pad_id
+        self.model = build_model(model)
+        self.sums = torch.nn.ModuleDict({f"{stage}_{what}": SumMetric() for stage in ("val", "test")
+                                         for what in ("nll", "tokens")})
+
+    # --------------------------------------------------------------------------- shared step
+    def forward_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, T, V), targets (B, T)) of a batch."""
+        raise NotImplementedError
+
+    def model_step(self, batch):
+        logits, targets = self.forward_batch(batch)
+        flat_logits, flat_targets = logits.flatten(0, 1).float(), targets.flatten()
+        nll = F.cross_entropy(flat_logits, flat_targets, ignore_index=self.pad_id, reduction="sum")
+        tokens = (targets != self.pad_id).sum()
+        objective = nll / tokens.clamp(min=1)
+        if self.training and self.cfg.label_smoothing > 0:
+            objective = F.cross_entropy(flat_logits, flat_targets, ignore_index=self.pad_id,
+                                        label_smoothing=self.cfg.label_smoothing)
+        return objective, nll.detach(), tokens
+
+    def training_step(self, batch, batch_idx):
+        objective, nll, tokens = self.model_step(batch)
+        self.log("train/loss", nll / tokens.clamp(min=1), prog_bar=True)
+        if self.cfg.label_smoothing > 0:
+            self.log("train/objective", objective.detach())
+        return objective
+
+    def _eval_step(self, batch, stage: str) -> None:
+        _, nll, tokens = self.model_step(batch)
+        self.sums[f"{stage}_nll"].update(nll)
+        self.sums[f"{stage}_tokens"].update(tokens)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def _log_split(self, stage: str) -> dict[str, float]:
+        nll = self.sums[f"{stage}_nll"].compute().item()
+        tokens = self.sums[f"{stage}_tokens"].compute().item()
+        self.sums[f"{stage}_nll"].reset()
+        self.sums[f"{stage}_tokens"].reset()
+        metrics = {f"{stage}/loss": nll / max(tokens, 1), f"{stage}/ppl": perplexity(nll, tokens)}
+        metrics.update(self.extra_metrics(stage, nll))
+        for key, value in metrics.items():
+            self.log(key, value, prog_bar=key.endswith(("ppl", "bleu")), sync_dist=False)
+        return metrics
+
+    def extra_metrics(self, stage: str, nll: float) -> dict[str, float]:
+        return {}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test")
+
+    # ---------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas,
+                                      fused=self._fused_ok())
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer else 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(self.cfg, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _fused_ok(self) -> bool:
+        p = next(self.parameters())
+        return p.dtype in (torch.float32, torch.float16, torch.bfloat16) and p.device.type in ("cpu", "cuda")
+
+    # ---------------------------------------------------------------------------- reporting
+    def tokens_in(self, batch) -> int:
+        """Non-pad target tokens of a batch (throughput counts these)."""
+        raise NotImplementedError
+
+    def flops_of(self, batch) -> float:
+        raise NotImplementedError
+
+
+def lr_multiplier(cfg: TaskConfig, total_steps: int):
+    """The learning-rate factor at each optimizer step: linear warm-up, then the schedule.
+
+    ``inverse_sqrt``: ``sqrt(warmup / step)`` after warm-up (Vaswani et al. 2017);
+    ``cosine``: half a cosine from 1 to ``min_lr_ratio`` at ``total_steps``; ``constant``: 1.
+    """
+    warmup = cfg.warmup_steps
+
+    def factor(step: int) -> float:
+        step += 1
+        if warmup and step <= warmup:
+            return step / warmup
+        if cfg.schedule == "inverse_sqrt":
+            return math.sqrt(max(warmup, 1) / step)
+        if cfg.schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+class LanguageModelTask(TaskModule):
+    """Next-token prediction on contiguous blocks."""
+
+    def __init__(self, model: ModelConfig, task: TaskConfig, pad_id: int = 0,
+                 n_bytes: Optional[dict[str, int]] = None) -> None:
+        super().__init__(model, task, pad_id)
+        self.n_bytes = n_bytes or {}
+
+    def forward_batch(self, batch):
+        return self.model(batch["inputs"]), batch["targets"]
+
+    def extra_metrics(self, stage, nll):
+        if stage not in self.n_bytes:
+            return {}
+        return {f"{stage}/bpb": bits_per_byte(nll, self.n_bytes[stage])}
+
+    def tokens_in(self, batch) -> int:
+        return int((batch["targets"] != self.pad_id).sum())
+
+    def flops_of(self, batch) -> float:
+        return training_flops(self.model, self.tokens_in(batch), batch["inputs"].size(1))
+
+
+class TranslationTask(TaskModule):
+    """Teacher-forced training; BLEU from greedy decoding at validation, beam search at test."""
+
+    def __init__(self, model: ModelConfig, task: TaskConfig, tokenizer=None,
+                 references: Optional[dict[str, list[str]]] = None) -> None:
+        super().__init__(model, task, tokenizer.pad_id if tokenizer else 0)
+        self.tokenizer = tokenizer
+        self.references = references or {}
+        self.hypotheses: dict[int, str] = {}
+        self.bleu_signature: Optional[str] = None
+        self.val_runs = 0  # completed validation runs, sanity check excluded
+
+    def forward_batch(self, batch):
+        return self.model(batch["src"], batch["tgt_in"]), batch["tgt_out"]
+
+    def _decode_now(self, stage: str) -> bool:
+        """Test always decodes; validation every ``bleu_every_n_val``-th run (not the sanity check)."""
+        if self.tokenizer is None or stage not in self.references:
+            return False
+        if stage == "test":
+            return True
+        every = self.cfg.bleu_every_n_val
+        return every > 0 and not self.trainer.sanity_checking and self.val_runs % every == every - 1
+
+    def _eval_step(self, batch, stage):
+        super()._eval_step(batch, stage)
+        if not self._decode_now(stage):
+            return
+        tok, max_len = self.tokenizer, self.cfg.max_decode_len
+        if stage == "test" and self.cfg.beam_size > 1:
+            hyps = beam_translate(self.model, batch["src"], tok.bos_id, tok.eos_id, max_len,
+                                  beam=self.cfg.beam_size, length_penalty=self.cfg.length_penalty)
+        else:
+            hyps = greedy_translate(self.model, batch["src"], tok.bos_id, tok.eos_id, max_len)
+        for i, ids in zip(batch["index"].tolist(), hyps):
+            self.hypotheses[i] = tok.decode(ids)
+
+    def extra_metrics(self, stage, nll):
+        if not self.hypotheses:
+            return {}
+        order = sorted(self.hypotheses)
+        score, self.bleu_signature = corpus_bleu([self.hypotheses[i] for i in order],
+                                                 [self.references[stage][i] for i in order])
+        self.hypotheses = {}
+        return {f"{stage}/bleu": score}
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if not self.trainer.sanity_checking:
+            self.val_runs += 1
+
+    def tokens_in(self, batch) -> int:
+        return int((batch["tgt_out"] != self.pad_id).sum())
+
+    def flops_of(self, batch) -> float:
+        src_tokens = int((batch["src"] != self.pad_id).sum())
+        return training_flops(self.model, self.tokens_in(batch), batch["tgt_in"].size(1),
+                              src_tokens, batch["src"].size(1))

@@ -1,0 +1,59 @@
+"""End-to-end runs with the real Trainer, tokenizer, data and sacreBLEU (tiny sizes)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.config import load_config
+from experiments.train import train
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "debug" / "smoke.yaml"
+SHARED_MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+
+
+def _run(tmp_path, experiment, *overrides):
+    cfg = load_config([ROOT / "configs" / "experiments" / f"{experiment}.yaml", SMOKE],
+                      [f"run.root={tmp_path}", "logger=none", f"data.cache_dir={tmp_path}/cache", *overrides])
+    return cfg, train(cfg)
+
+
+def _check_run_dir(cfg, result, metric):
+    run_dir = Path(result["run_dir"])
+    assert run_dir == cfg.run_dir
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "completed" and status["step"] == cfg.trainer["max_steps"]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["vocab_size"] > 3 and saved["model"]["norm"] == cfg.model.norm
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all("step" in r for r in records)
+    keys = set().union(*records)
+    assert {"train/loss", "val/loss", "val/ppl", "perf/tokens_per_s", "perf/mfu", "params/total", metric} <= keys
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    first = next(r["train/loss"] for r in records if "train/loss" in r)
+    last = [r["train/loss"] for r in records if "train/loss" in r][-1]
+    assert last < first  # it learns something
+
+
+@pytest.mark.slow
+def test_lm_bible_smoke(tmp_path):
+    cfg, result = _run(tmp_path, "lm-bible", "model.position=rope", "model.ffn=swiglu")
+    _check_run_dir(cfg, result, "val/bpb")
+    assert 1 < result["test/ppl"] < cfg.model.vocab_size * 10
+
+
+@pytest.mark.slow
+def test_mt_bible_smoke(tmp_path):
+    cfg, result = _run(tmp_path, "mt-bible-de-en")
+    _check_run_dir(cfg, result, "val/bleu")
+    assert 0 <= result["test/bleu"] <= 100
+    assert "tok:13a" in json.loads((cfg.run_dir / "status.json").read_text())["signature"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_MULTI30K.is_dir(), reason="no local Multi30K copy beside the project")
+def test_mt_multi30k_smoke(tmp_path):
+    cfg, result = _run(tmp_path, "mt-multi30k-de-en", f"data.path={SHARED_MULTI30K}")
+    _check_run_dir(cfg, result, "val/bleu")

@@ -1,0 +1,144 @@
+"""Data sources, cleaning, tokenizer and batching."""
+
+import gzip
+import re
+from pathlib import Path
+
+import pytest
+
+from lit.config import DataConfig
+from lit.data import bible
+from lit.data.modules import TokenBudgetBatches, build_datamodule
+from lit.data.sources import DataError, load_pairs, load_text
+from lit.tokenizer import cached_bpe
+
+SHARED_MULTI30K = Path(__file__).resolve().parents[3] / "shared" / "data" / "multi30k"
+
+
+@pytest.mark.parametrize("raw,clean", [
+    ("God`s Spirit [was] there.", "God's Spirit was there."),
+    ("(7:26) L'Éternel dit", "L'Éternel dit"),
+    ("y\u00adla\ttierra", "yla tierra"),
+    ("Wonne; deines Wortes. * * *", "Wonne; deines Wortes."),
+    ("E la terra\nera", "E la terra era"),
+    ("(*)", ""),
+])
+def test_clean_verse(raw, clean):
+    assert bible.clean_verse(raw) == clean
+
+
+def test_bible_splits_hold_out_whole_books():
+    verses = bible.read_verses("en")
+    by_split = {}
+    for (book, _, _), (split, text) in verses.items():
+        by_split.setdefault(split, set()).add(book)
+        assert text and "`" not in text and "[" not in text
+    assert by_split["val"] == set(bible.SPLIT_BOOKS["val"])
+    assert by_split["test"] == set(bible.SPLIT_BOOKS["test"])
+    assert not by_split["train"] & (by_split["val"] | by_split["test"])
+    assert not {40, 41, 42, 43} & (by_split["val"] | by_split["test"])  # no Gospel held out
+
+
+@pytest.mark.parametrize("lang", ["de", "fr", "es", "it"])
+def test_bible_pairs_are_aligned_and_clean(lang):
+    pairs = bible.parallel(lang, "en", "val")
+    assert len(pairs) > 700
+    assert all(src and tgt for src, tgt in pairs)
+    assert not any(re.search(r"\(\d+:\d+\)", src) for src, _ in pairs)
+    assert not any("\u00ad" in src or "\t" in src for src, _ in pairs)
+
+
+def test_tokenizer_round_trip_and_cache(tmp_path):
+    train = bible.monolingual("en", "train")[:3000]
+    tok = cached_bpe(train, 1000, tmp_path)
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    for text in bible.monolingual("en", "val")[:200] + ["ünïcödé — “quotes” 123"]:
+        assert tok.decode(tok.encode(text)) == text
+    assert len(list(tmp_path.glob("bpe-*.json"))) == 1
+    again = cached_bpe(train, 1000, tmp_path)
+    assert again.encode("In the beginning") == tok.encode("In the beginning")
+    other = cached_bpe(train[:2000], 1000, tmp_path)  # different data: a new tokenizer
+    assert len(list(tmp_path.glob("bpe-*.json"))) == 2 and other.vocab_size <= 1000
+
+
+@pytest.mark.skipif(not SHARED_MULTI30K.is_dir(), reason="no local Multi30K copy beside the project")
+def test_multi30k_from_local_directory():
+    cfg = DataConfig(source="multi30k", path=str(SHARED_MULTI30K))
+    assert len(load_pairs(cfg, "train")) == 29000
+    val = load_pairs(cfg, "val")
+    test = load_pairs(cfg, "test")
+    assert (len(val), len(test)) == (1014, 1000)
+    assert test[0][1].startswith("A man in an orange hat")
+
+
+def _write(path: Path, lines, gz=False):
+    text = "\n".join(lines) + "\n"
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+
+
+def test_parallel_files_of_different_lengths_name_both(tmp_path):
+    _write(tmp_path / "train.de", ["a", "b", "c"])
+    _write(tmp_path / "train.en", ["a", "b"])
+    with pytest.raises(DataError, match=r"train\.de has 3 lines but .*train\.en has 2"):
+        load_pairs(DataConfig(source="parallel", path=str(tmp_path)), "train")
+
+
+def test_empty_line_names_file_and_line(tmp_path):
+    _write(tmp_path / "val.txt", ["one", "", "three"])
+    with pytest.raises(DataError, match=r"val\.txt:2: empty line"):
+        load_text(DataConfig(source="text", path=str(tmp_path)), "val")
+
+
+def test_missing_file_and_missing_multi30k_are_clear(tmp_path):
+    with pytest.raises(DataError, match="test.txt: file not found"):
+        load_text(DataConfig(source="text", path=str(tmp_path)), "test")
+
+
+def test_source_for_the_wrong_task():
+    with pytest.raises(DataError, match="no monolingual text"):
+        load_text(DataConfig(source="multi30k", path="x"), "train")
+
+
+def test_unknown_source_lists_choices():
+    with pytest.raises(ValueError, match="bible, multi30k, text, parallel"):
+        DataConfig(source="wmt99")
+
+
+def test_token_budget_batches_deterministic_and_complete():
+    lengths = [(i * 37) % 50 + 1 for i in range(500)]
+    a = list(TokenBudgetBatches(lengths, 200, shuffle=True, seed=3))
+    b = list(TokenBudgetBatches(lengths, 200, shuffle=True, seed=3))
+    assert a == b
+    assert sorted(i for batch in a for i in batch) == list(range(500))
+    assert all(max(lengths[i] for i in batch) * len(batch) <= 200 for batch in a)
+    epoch1 = TokenBudgetBatches(lengths, 200, shuffle=True, seed=3)
+    epoch1.set_epoch(1)
+    assert list(epoch1) != a
+
+
+def test_lm_blocks_cover_the_stream_once():
+    dm = build_datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=40, batch_size=4),
+                          "lm", max_seq_len=32, seed=0)
+    dm.setup()
+    val = dm.datasets["val"]
+    # targets are inputs shifted by one, across block boundaries
+    assert (val.inputs[1:, 0] == val.targets[:-1, -1]).all()
+    assert (val.inputs[:, 1:] == val.targets[:, :-1]).all()
+    assert dm.n_bytes["val"] == sum(len(t.encode()) + 1 for t in bible.monolingual("en", "val")[:40])
+
+
+def test_translation_eval_example_too_long_names_field(tmp_path):
+    _write(tmp_path / "train.de", ["kurz"] * 20)
+    _write(tmp_path / "train.en", ["short"] * 20)
+    _write(tmp_path / "val.de", ["kurz", "sehr " * 80])
+    _write(tmp_path / "val.en", ["short", "long"])
+    _write(tmp_path / "test.de", ["kurz"])
+    _write(tmp_path / "test.en", ["short"])
+    cfg = DataConfig(source="parallel", path=str(tmp_path), vocab_size=300, cache_dir=str(tmp_path / "c"))
+    dm = build_datamodule(cfg, "translation", max_seq_len=16, seed=0)
+    with pytest.raises(DataError, match=r"val example 2 .*model\.max_seq_len=16"):
+        dm.setup()

@@ -1,0 +1,107 @@
+"""Metric definitions: perplexity independent of batching, BLEU equal to the sacrebleu command,
+label smoothing confined to the training objective."""
+
+import math
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit.config import DataConfig, TaskConfig
+from lit.data.modules import build_datamodule
+from lit.metrics import corpus_bleu
+from lit.tasks import LanguageModelTask, lr_multiplier
+from variants import ModelConfig
+
+
+@pytest.fixture(scope="module")
+def lm_data():
+    dm = build_datamodule(DataConfig(vocab_size=400, limit_train=400, limit_eval=60, batch_size=4),
+                          "lm", max_seq_len=32, seed=0)
+    dm.setup()
+    return dm
+
+
+def _task(dm, **task):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=4, n_layers=1, max_seq_len=32,
+                      dropout=0.0)
+    return LanguageModelTask(cfg, TaskConfig(**task), dm.tokenizer.pad_id, dm.n_bytes)
+
+
+def _validate(task, dm):
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, accelerator="cpu")
+    return trainer.validate(task, datamodule=dm, verbose=False)[0]
+
+
+def test_perplexity_is_independent_of_batch_size(lm_data):
+    task = _task(lm_data)
+    results = []
+    for batch_size in (1, 3, 16):
+        lm_data.cfg.batch_size = batch_size
+        results.append(_validate(task, lm_data))
+    lm_data.cfg.batch_size = 4
+    for r in results[1:]:
+        assert r["val/loss"] == pytest.approx(results[0]["val/loss"], rel=1e-5)
+        assert r["val/ppl"] == pytest.approx(results[0]["val/ppl"], rel=1e-5)
+    # and it is exp(sum NLL / tokens) computed directly
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for block in lm_data.val_dataloader():
+            logits = task.model(block["inputs"])
+            nll += F.cross_entropy(logits.flatten(0, 1), block["targets"].flatten(), ignore_index=0,
+                                   reduction="sum").item()
+            tokens += int((block["targets"] != 0).sum())
+    assert results[0]["val/ppl"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
+    assert results[0]["val/bpb"] == pytest.approx(nll / math.log(2) / lm_data.n_bytes["val"], rel=1e-5)
+
+
+def test_label_smoothing_stays_out_of_reported_loss(lm_data):
+    plain, smoothed = _task(lm_data), _task(lm_data, label_smoothing=0.3)
+    assert _validate(plain, lm_data)["val/loss"] == pytest.approx(_validate(smoothed, lm_data)["val/loss"])
+    batch = next(iter(lm_data.train_dataloader()))
+    smoothed.train()
+    objective, nll, tokens = smoothed.model_step(batch)
+    logits = smoothed.model(batch["inputs"]).flatten(0, 1)
+    expected_nll = F.cross_entropy(logits, batch["targets"].flatten(), ignore_index=0, reduction="sum")
+    assert nll.item() == pytest.approx(expected_nll.item(), rel=1e-5)
+    smoothed_ce = F.cross_entropy(logits, batch["targets"].flatten(), ignore_index=0, label_smoothing=0.3)
+    assert objective.item() == pytest.approx(smoothed_ce.item(), rel=1e-5)
+    assert abs(objective.item() - nll.item() / tokens.item()) > 1e-3  # the two really differ
+
+
+def test_bleu_equals_sacrebleu_command(tmp_path):
+    refs = ["The cat sat on the mat.", "He went home, and slept!", "It's a test of BLEU scoring."]
+    hyps = ["The cat sat on a mat.", "He went home and slept.", "It is a test of BLEU scoring."]
+    (tmp_path / "refs.txt").write_text("\n".join(refs) + "\n")
+    (tmp_path / "hyps.txt").write_text("\n".join(hyps) + "\n")
+    cli = subprocess.run([sys.executable, "-m", "sacrebleu", str(tmp_path / "refs.txt"), "-i",
+                          str(tmp_path / "hyps.txt"), "-b", "-w", "6"], capture_output=True, text=True, check=True)
+    score, signature = corpus_bleu(hyps, refs)
+    assert score == pytest.approx(float(cli.stdout.strip()), abs=1e-6)
+    assert "tok:13a" in signature and "nrefs:1" in signature
+    assert corpus_bleu(refs, refs)[0] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("schedule", ["inverse_sqrt", "cosine", "constant"])
+def test_warmup_then_schedule(schedule):
+    f = lr_multiplier(TaskConfig(schedule=schedule, warmup_steps=10, min_lr_ratio=0.1), total_steps=100)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    if schedule == "inverse_sqrt":
+        assert f(39) == pytest.approx(0.5)
+    elif schedule == "cosine":
+        assert f(99) == pytest.approx(0.1) and 0.1 < f(50) < 1.0
+    else:
+        assert f(99) == 1.0
+
+
+def test_weight_decay_only_on_matrices(lm_data):
+    task = _task(lm_data, weight_decay=0.1)
+    opt = task.configure_optimizers()["optimizer"]
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.dim() < 2 for p in plain["params"])
