@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import resource
@@ -30,8 +31,10 @@ GPU_PEAK_FLOPS = {
 }
 
 
-def measured_matmul_peak(size: int = 1024, seconds: float = 0.5, dtype=torch.float32) -> float:
-    """FLOP/s of a square matmul on this CPU, best of repeated runs."""
+@functools.lru_cache(maxsize=None)
+def measured_matmul_peak(size: int = 2048, seconds: float = 1.0, dtype=torch.float32) -> float:
+    """FLOP/s of a square matmul on this CPU, best of repeated runs; measured once per process
+    so that every run of a process divides by the same peak."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b  # warm-up
     best, deadline = 0.0, time.perf_counter() + seconds
@@ -101,6 +104,7 @@ class ThroughputMonitor(L.Callback):
         metrics = {"perf/tokens_per_s": rate * trainer.world_size, "perf/peak_mem_mb": peak_memory_mb(pl_module.device)}
         if self.peak_flops:
             metrics["perf/mfu"] = sum(w[2] for w in self.window) / seconds / self.peak_flops
+            metrics["perf/peak_flops"] = self.peak_flops
         self.window = []
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)

