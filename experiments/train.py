@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from experiments.config import RunConfig, to_yaml
-from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor
+from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor, cpu_peak_flops
 from lit.data.modules import build_datamodule
 from lit.tasks import LanguageModelTask, TranslationTask
 
@@ -58,11 +59,17 @@ def _wandb_logger(cfg: RunConfig, run_dir: Path, extra: dict):
     return logger
 
 
+def _runs_on_cpu(cfg: RunConfig) -> bool:
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Train, validate and test one configuration; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True)
     run_dir = cfg.run_dir
     data = build_datamodule(cfg.data, cfg.task.name, cfg.model.max_seq_len, cfg.seed)
+    data.prepare_data()
     data.setup()
     tok = data.tokenizer
     cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=tok.vocab_size, pad_id=tok.pad_id))
@@ -70,17 +77,20 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
     if cfg.task.name == "lm":
-        task = LanguageModelTask(cfg.model, cfg.task, tok.pad_id, data.n_bytes)
+        task = LanguageModelTask(cfg.model, cfg.task, tok.pad_id, data.n_bytes, data.streams, data.block_size)
     else:
         task = TranslationTask(cfg.model, cfg.task, tok, data.references)
     params = task.model.num_params()
     extra = {"params": params, "fingerprint": task.model.fingerprint()}
 
+    peak = cfg.perf.peak_flops
+    if peak is None and _runs_on_cpu(cfg):  # measured before W&B starts its service process
+        peak = cpu_peak_flops(Path(cfg.data.cache_dir))
     loggers = [JsonlLogger(run_dir)]
     if cfg.logger == "wandb":
         loggers.append(_wandb_logger(cfg, run_dir, extra))
     loggers[0].log_metrics({f"params/{k}": v for k, v in params.items()}, step=0)
-    throughput = ThroughputMonitor(cfg.perf.warmup_steps, cfg.perf.every_n_steps, cfg.perf.peak_flops)
+    throughput = ThroughputMonitor(cfg.perf.warmup_steps, cfg.perf.every_n_steps, peak)
     guard = DivergenceGuard()
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=cfg.checkpoint.every_n_steps,
                                   save_last=True, save_top_k=0)
@@ -118,6 +128,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 def _summary(cfg: RunConfig, metrics: dict[str, Any], problem: Optional[str]) -> None:
     keys = [k for k in ("val/loss", "val/ppl", "val/bpb", "val/bleu", "test/ppl", "test/bpb", "test/bleu",
                         "perf/tokens_per_s_median", "perf/mfu") if k in metrics]
+    keys += sorted(k for k in metrics if k.startswith("test/ppl_x"))
     print(f"\n== {cfg.run.experiment}/{cfg.run_name}: {metrics['state']}"
           f" ({metrics['wall_s']:.0f} s, {metrics['params']:,} parameters)")
     if problem:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
+import platform
 import resource
 import statistics
 import sys
@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 # Dense (non-sparse) peak FLOP/s of common accelerators by precision; override with
-# ``trainer`` setting ``peak_flops`` when a device is missing or differs.
+# ``perf.peak_flops`` when a device is missing or differs.
 GPU_PEAK_FLOPS = {
     # name substring: {precision: FLOP/s}
     "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "tf32": 494e12},
@@ -31,10 +31,8 @@ GPU_PEAK_FLOPS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def measured_matmul_peak(size: int = 2048, seconds: float = 1.0, dtype=torch.float32) -> float:
-    """FLOP/s of a square matmul on this CPU, best of repeated runs; measured once per process
-    so that every run of a process divides by the same peak."""
+def measured_matmul_peak(size: int = 2048, seconds: float = 2.0, dtype=torch.float32) -> float:
+    """FLOP/s of a square fp32 matmul on this CPU, best of repeated runs."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b  # warm-up
     best, deadline = 0.0, time.perf_counter() + seconds
@@ -45,9 +43,32 @@ def measured_matmul_peak(size: int = 2048, seconds: float = 1.0, dtype=torch.flo
     return best
 
 
+def cpu_peak_flops(cache_dir: Path) -> float:
+    """The measured CPU matmul peak, cached in ``cache_dir/cpu_peak.json`` per processor, thread
+    count and torch version: every run on a machine divides by the same peak, measured once
+    while nothing else runs (a peak measured beside a starting W&B service came out far too low)."""
+    key = f"{platform.machine()}|{_cpu_model()}|{torch.get_num_threads()} threads|torch {torch.__version__}"
+    path = Path(cache_dir) / "cpu_peak.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    if key not in known:
+        known[key] = measured_matmul_peak()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(known, indent=1))
+    return known[key]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
 def device_peak_flops(device: torch.device, precision: str) -> Optional[float]:
-    if device.type == "cpu":
-        return measured_matmul_peak()
+    """Dense peak FLOP/s of a CUDA device at the run's precision, from the table above."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         key = "bf16" if "bf16" in precision else "fp16" if "16" in precision else \
@@ -72,7 +93,7 @@ class ThroughputMonitor(L.Callback):
         self._start = 0.0
 
     def on_fit_start(self, trainer, pl_module):
-        if self.peak_flops is None:
+        if self.peak_flops is None and pl_module.device.type != "cpu":
             self.peak_flops = device_peak_flops(pl_module.device, str(trainer.precision))
 
     def _sync(self, pl_module):

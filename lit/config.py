@@ -3,10 +3,10 @@ configs)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import List, Optional
 
-DATA_SOURCES = ("bible", "multi30k", "text", "parallel")
+DATA_SOURCES = ("bible", "multi30k", "text", "parallel", "hf")
 TASKS = ("lm", "translation")
 SCHEDULES = ("inverse_sqrt", "cosine", "constant")
 
@@ -17,7 +17,11 @@ class DataConfig:
     lang: str = "en"  # language modelling
     src_lang: str = "de"  # translation
     tgt_lang: str = "en"
-    path: Optional[str] = None  # directory for multi30k / text / parallel
+    path: Optional[str] = None  # directory for multi30k / text / parallel / hf (saved to disk)
+    hf_name: Optional[str] = None  # hf: dataset name, e.g. "wikitext", "iwslt2017"
+    hf_config: Optional[str] = None  # hf: configuration, e.g. "wikitext-103-raw-v1", "iwslt2017-de-en"
+    text_field: str = "text"  # hf, language modelling
+    pair_field: str = "translation"  # hf, translation: a {lang: text} dict
     vocab_size: int = 8000  # BPE vocabulary (the model's vocab_size is taken from the tokenizer)
     block_size: Optional[int] = None  # LM context length; default model.max_seq_len
     batch_size: int = 16  # LM: blocks per batch
@@ -30,8 +34,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.source not in DATA_SOURCES:
             raise ValueError(f"unknown data.source {self.source!r}; choices: {', '.join(DATA_SOURCES)}")
-        if self.source in ("text", "parallel") and not self.path:
+        if self.source in ("text", "parallel", "multi30k") and not self.path:
             raise ValueError(f"data.source {self.source!r} needs data.path")
+        if self.source == "hf" and not (self.path or self.hf_name):
+            raise ValueError("data.source 'hf' needs data.hf_name (online) or data.path (saved to disk)")
         for name in ("vocab_size", "batch_size", "max_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
@@ -47,6 +53,9 @@ class TaskConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine floor
     label_smoothing: float = 0.0  # training loss only; never in reported loss/perplexity
+    # language modelling: test perplexity at these multiples of the training context
+    extrapolation: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    extrapolation_stride: Optional[int] = None  # sliding-window stride; default the context
     # translation decoding
     bleu_every_n_val: int = 1  # greedy BLEU on every n-th validation (0: never)
     beam_size: int = 4  # test decoding
@@ -63,3 +72,5 @@ class TaskConfig:
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError("task.lr must be positive and task.warmup_steps non-negative")
         self.betas = tuple(self.betas)
+        if any(f < 1 for f in self.extrapolation):
+            raise ValueError(f"task.extrapolation factors must be >= 1, got {list(self.extrapolation)}")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torchmetrics import SumMetric
 
 from lit.config import TaskConfig
+from lit.extrapolation import extrapolation
 from lit.metrics import bits_per_byte, corpus_bleu, perplexity
 from variants import ModelConfig, build_model
 from variants.decoding import beam_translate, greedy_translate
@@ -146,17 +147,25 @@ class LanguageModelTask(TaskModule):
     """Next-token prediction on contiguous blocks."""
 
     def __init__(self, model: ModelConfig, task: TaskConfig, pad_id: int = 0,
-                 n_bytes: Optional[dict[str, int]] = None) -> None:
+                 n_bytes: Optional[dict[str, int]] = None, streams: Optional[dict[str, torch.Tensor]] = None,
+                 block_size: Optional[int] = None) -> None:
         super().__init__(model, task, pad_id)
         self.n_bytes = n_bytes or {}
+        self.streams = streams or {}
+        self.block_size = block_size or model.max_seq_len
 
     def forward_batch(self, batch):
         return self.model(batch["inputs"]), batch["targets"]
 
     def extra_metrics(self, stage, nll):
-        if stage not in self.n_bytes:
-            return {}
-        return {f"{stage}/bpb": bits_per_byte(nll, self.n_bytes[stage])}
+        metrics = {}
+        if stage in self.n_bytes:
+            metrics[f"{stage}/bpb"] = bits_per_byte(nll, self.n_bytes[stage])
+        if stage == "test" and stage in self.streams and self.cfg.extrapolation:
+            found = extrapolation(self.model, self.streams[stage], self.block_size, self.cfg.extrapolation,
+                                  self.pad_id, self.cfg.extrapolation_stride)
+            metrics.update({f"{stage}/{k}": v for k, v in found.items() if v is not None})
+        return metrics
 
     def tokens_in(self, batch) -> int:
         return int((batch["targets"] != self.pad_id).sum())

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit.config import DataConfig
-from lit.data.sources import DataError, load_pairs, load_text
+from lit.data.sources import DataError, load_pairs, load_text, prepare
 from lit.tokenizer import TextTokenizer, cached_bpe
 
 SPLITS = ("train", "val", "test")
@@ -31,6 +31,9 @@ class _BaseDataModule(L.LightningDataModule):
         self.max_seq_len = max_seq_len
         self.seed = seed
         self.tokenizer: Optional[TextTokenizer] = None
+
+    def prepare_data(self) -> None:
+        prepare(self.cfg)
 
     def _limit(self, items: list, split: str) -> list:
         limit = self.cfg.limit_train if split == "train" else self.cfg.limit_eval
@@ -66,13 +69,14 @@ class LMDataModule(_BaseDataModule):
         texts = {split: self._limit(load_text(self.cfg, split), split) for split in SPLITS}
         self.tokenizer = self._tokenizer(texts["train"])
         self.block_size = self.cfg.block_size or self.max_seq_len
-        self.datasets, self.n_bytes = {}, {}
+        self.datasets, self.n_bytes, self.streams = {}, {}, {}
         eos = self.tokenizer.eos_id
         for split, items in texts.items():
             stream = [eos]
             for ids in self.tokenizer.encode_batch(items):
                 stream += ids + [eos]
-            self.datasets[split] = BlockDataset(torch.tensor(stream), self.block_size, self.tokenizer.pad_id)
+            self.streams[split] = torch.tensor(stream)
+            self.datasets[split] = BlockDataset(self.streams[split], self.block_size, self.tokenizer.pad_id)
             # bytes predicted: every example plus one separator byte for each <eos>
             self.n_bytes[split] = sum(len(t.encode("utf-8")) + 1 for t in items)
 

@@ -8,6 +8,11 @@
   dataset's public repository into that directory when missing and a network is reachable |
 | ``text`` | ``{path}/{split}.txt``, one example per line |
 | ``parallel`` | ``{path}/{split}.{src_lang}`` and ``{path}/{split}.{tgt_lang}``, line-aligned |
+| ``hf`` | a Hugging Face dataset: ``datasets.load_from_disk(path)`` when ``data.path`` is set (the
+  offline path: a ``DatasetDict`` saved with ``save_to_disk``), else ``load_dataset(hf_name,
+  hf_config)`` (downloaded in ``prepare``). Splits ``train``/``validation``/``test``; text from
+  ``text_field`` (rows that are empty or only whitespace are skipped, as wikitext has many), pairs
+  from the ``pair_field`` dict (``{"de": ..., "en": ...}`` as in iwslt2017 and wmt14) |
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from lit.data import bible
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}"
 MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 
 class DataError(ValueError):
@@ -49,9 +55,12 @@ def read_parallel(src_path: Path, tgt_path: Path) -> list[tuple[str, str]]:
     return list(zip(src, tgt))
 
 
-def _multi30k_file(directory: Path, split: str, lang: str) -> Path:
+def _multi30k_file(directory: Path, split: str, lang: str, download: bool = False) -> Path:
     name = f"{MULTI30K_SPLITS[split]}.{lang}.gz"
     path = directory / name
+    if not path.is_file() and not download:
+        raise DataError(f"{path}: not found (set data.path to a directory holding the Multi30K raw "
+                        f".gz files, or run with a network so that they are downloaded there)")
     if not path.is_file():
         directory.mkdir(parents=True, exist_ok=True)
         url = MULTI30K_URL.format(name=name)
@@ -67,6 +76,44 @@ def _multi30k_file(directory: Path, split: str, lang: str) -> Path:
     return path
 
 
+def prepare(data) -> None:
+    """Downloads, where a source needs any (called once, before loading)."""
+    if data.source == "multi30k":
+        for split in MULTI30K_SPLITS:
+            for lang in (data.src_lang, data.tgt_lang):
+                _multi30k_file(Path(data.path), split, lang, download=True)
+    elif data.source == "hf" and not data.path:
+        _hf_dataset(data)
+
+
+def _hf_dataset(data):
+    import datasets
+
+    if data.path:
+        directory = Path(data.path)
+        if not directory.exists():
+            raise DataError(f"{directory}: no dataset saved there (datasets.DatasetDict.save_to_disk)")
+        return datasets.load_from_disk(str(directory))
+    if not data.hf_name:
+        raise DataError("data.source 'hf' needs data.hf_name (online) or data.path (a dataset saved to disk)")
+    return datasets.load_dataset(data.hf_name, data.hf_config)
+
+
+def _hf_split(data, split: str):
+    dataset = _hf_dataset(data)
+    name = HF_SPLITS[split]
+    if name not in dataset:
+        raise DataError(f"Hugging Face dataset {data.hf_name or data.path}: no split {name!r} "
+                        f"(has {', '.join(dataset)})")
+    return dataset[name]
+
+
+def _hf_column(rows, field: str, where: str):
+    if field not in rows.column_names:
+        raise DataError(f"{where}: no field {field!r} (fields: {', '.join(rows.column_names)})")
+    return rows[field]
+
+
 def load_pairs(data, split: str) -> list[tuple[str, str]]:
     """Sentence pairs (source, target) of one split."""
     if data.source == "bible":
@@ -78,9 +125,17 @@ def load_pairs(data, split: str) -> list[tuple[str, str]]:
     elif data.source == "parallel":
         directory = Path(data.path)
         pairs = read_parallel(directory / f"{split}.{data.src_lang}", directory / f"{split}.{data.tgt_lang}")
+    elif data.source == "hf":
+        where = f"{data.hf_name or data.path} [{HF_SPLITS[split]}]"
+        pairs = []
+        for row, item in enumerate(_hf_column(_hf_split(data, split), data.pair_field, where), 1):
+            missing = [lang for lang in (data.src_lang, data.tgt_lang) if not (item or {}).get(lang)]
+            if missing:
+                raise DataError(f"{where} row {row}: field {data.pair_field!r} has no {missing[0]!r} text")
+            pairs.append((item[data.src_lang].strip(), item[data.tgt_lang].strip()))
     else:
         raise DataError(f"data.source {data.source!r} has no sentence pairs; translation sources: "
-                        f"bible, multi30k, parallel")
+                        f"bible, multi30k, parallel, hf")
     if not pairs:
         raise DataError(f"data.source {data.source!r}: split {split!r} is empty")
     return pairs
@@ -92,9 +147,12 @@ def load_text(data, split: str) -> list[str]:
         texts = bible.monolingual(data.lang, split)
     elif data.source == "text":
         texts = read_lines(Path(data.path) / f"{split}.txt")
+    elif data.source == "hf":
+        where = f"{data.hf_name or data.path} [{HF_SPLITS[split]}]"
+        texts = [t.strip() for t in _hf_column(_hf_split(data, split), data.text_field, where) if t and t.strip()]
     else:
         raise DataError(f"data.source {data.source!r} has no monolingual text; language-modelling "
-                        f"sources: bible, text")
+                        f"sources: bible, text, hf")
     if not texts:
         raise DataError(f"data.source {data.source!r}: split {split!r} is empty")
     return texts

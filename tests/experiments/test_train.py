@@ -42,6 +42,8 @@ def test_lm_bible_smoke(tmp_path):
     cfg, result = _run(tmp_path, "lm-bible", "model.position=rope", "model.ffn=swiglu")
     _check_run_dir(cfg, result, "val/bpb")
     assert 1 < result["test/ppl"] < cfg.model.vocab_size * 10
+    assert result["test/ppl_x1"] == pytest.approx(result["test/ppl"], rel=1e-4)
+    assert all(f"test/ppl_x{f}{mode}" in result for f in (2, 4, 8) for mode in ("", "_sliding"))
 
 
 @pytest.mark.slow

@@ -96,6 +96,8 @@ def test_empty_line_names_file_and_line(tmp_path):
 def test_missing_file_and_missing_multi30k_are_clear(tmp_path):
     with pytest.raises(DataError, match="test.txt: file not found"):
         load_text(DataConfig(source="text", path=str(tmp_path)), "test")
+    with pytest.raises(DataError, match=r"train\.de\.gz: not found .*data\.path"):
+        load_pairs(DataConfig(source="multi30k", path=str(tmp_path)), "train")
 
 
 def test_source_for_the_wrong_task():
@@ -104,7 +106,7 @@ def test_source_for_the_wrong_task():
 
 
 def test_unknown_source_lists_choices():
-    with pytest.raises(ValueError, match="bible, multi30k, text, parallel"):
+    with pytest.raises(ValueError, match="bible, multi30k, text, parallel, hf"):
         DataConfig(source="wmt99")
 
 
@@ -142,3 +144,44 @@ def test_translation_eval_example_too_long_names_field(tmp_path):
     dm = build_datamodule(cfg, "translation", max_seq_len=16, seed=0)
     with pytest.raises(DataError, match=r"val example 2 .*model\.max_seq_len=16"):
         dm.setup()
+
+
+@pytest.fixture
+def hf_saved(tmp_path):
+    """Small Hugging Face datasets saved to disk: the offline path of the ``hf`` source."""
+    datasets = pytest.importorskip("datasets")
+    verses = {s: bible.parallel("de", "en", s)[:50] for s in ("train", "val", "test")}
+    lm = datasets.DatasetDict({
+        name: datasets.Dataset.from_dict({"text": [t for _, t in verses[s]] + ["", "   "]})
+        for s, name in (("train", "train"), ("val", "validation"), ("test", "test"))})
+    mt = datasets.DatasetDict({
+        name: datasets.Dataset.from_dict({"translation": [{"de": d, "en": e} for d, e in verses[s]]})
+        for s, name in (("train", "train"), ("val", "validation"), ("test", "test"))})
+    lm.save_to_disk(str(tmp_path / "lm"))
+    mt.save_to_disk(str(tmp_path / "mt"))
+    return tmp_path, verses
+
+
+def test_hf_source_offline_from_disk(hf_saved):
+    root, verses = hf_saved
+    lm = DataConfig(source="hf", path=str(root / "lm"))
+    assert load_text(lm, "val") == [t for _, t in verses["val"]]  # blank rows skipped
+    mt = DataConfig(source="hf", path=str(root / "mt"), src_lang="de", tgt_lang="en")
+    assert load_pairs(mt, "test") == verses["test"]
+    dm = build_datamodule(DataConfig(source="hf", path=str(root / "mt"), vocab_size=400,
+                                     cache_dir=str(root / "cache")), "translation", max_seq_len=256, seed=0)
+    dm.prepare_data()
+    dm.setup()
+    assert dm.references["val"] == [e for _, e in verses["val"]]
+
+
+def test_hf_source_errors_name_field_and_split(hf_saved):
+    root, _ = hf_saved
+    with pytest.raises(DataError, match="no field 'body'"):
+        load_text(DataConfig(source="hf", path=str(root / "lm"), text_field="body"), "train")
+    with pytest.raises(DataError, match="has no 'fr' text"):
+        load_pairs(DataConfig(source="hf", path=str(root / "mt"), src_lang="fr"), "train")
+    with pytest.raises(DataError, match="no dataset saved there"):
+        load_text(DataConfig(source="hf", path=str(root / "nothing")), "train")
+    with pytest.raises(ValueError, match="hf_name"):
+        DataConfig(source="hf")

@@ -105,3 +105,25 @@ def test_weight_decay_only_on_matrices(lm_data):
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decayed["params"])
     assert plain["weight_decay"] == 0.0 and all(p.dim() < 2 for p in plain["params"])
+
+
+def test_extrapolation_protocols(lm_data):
+    from lit.extrapolation import _windows, extrapolation, stream_nll
+
+    # every target scored exactly once, each window at most `length` long
+    for n, length, stride in [(100, 32, 32), (100, 32, 8), (7, 32, 8), (64, 16, 16)]:
+        scored = []
+        for start, end, first in _windows(n, length, stride):
+            assert end - start <= length and start <= first < end
+            scored += range(first, end)
+        assert scored == list(range(n))
+    task = _task(lm_data)
+    stream = lm_data.streams["val"]
+    # at factor 1 the non-overlapping protocol is the validation perplexity
+    found = extrapolation(task.model, stream, 32, [1, 2], pad_id=0)
+    assert found["ppl_x1"] == pytest.approx(_validate(task, lm_data)["val/ppl"], rel=1e-4)
+    assert found["ppl_x2"] is None and found["ppl_x2_sliding"] is None  # learned table of 32
+    # a sliding window scores the same tokens as the non-overlapping blocks
+    nll_a, n_a = stream_nll(task.model, stream, 32, 32, 0)
+    nll_b, n_b = stream_nll(task.model, stream, 32, 8, 0)
+    assert n_a == n_b == len(stream) - 1 and nll_a != nll_b
