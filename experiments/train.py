@@ -72,6 +72,10 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     data.prepare_data()
     data.setup()
     tok = data.tokenizer
+    dropped = getattr(data, "dropped_train", 0)
+    if dropped:
+        print(f"note: {dropped} training pairs longer than model.max_seq_len={cfg.model.max_seq_len} "
+              f"were left out")
     cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=tok.vocab_size, pad_id=tok.pad_id))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -95,7 +99,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=cfg.checkpoint.every_n_steps,
                                   save_last=True, save_top_k=0)
     callbacks = [throughput, guard, checkpoints, LearningRateMonitor(logging_interval="step")]
-    trainer = L.Trainer(**cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir))
+    trainer = L.Trainer(**cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir),
+                        use_distributed_sampler=False)  # the data modules shard themselves
 
     last = run_dir / "checkpoints" / "last.ckpt"
     write_status(run_dir, "running", step=0)

@@ -18,7 +18,6 @@ from typing import Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import SumMetric
 
 from lit.config import TaskConfig
 from lit.extrapolation import extrapolation
@@ -34,8 +33,7 @@ class TaskModule(L.LightningModule):
         self.save_hyperparameters({"model": model.to_dict(), "task": vars(task)})
         self.model_cfg, self.cfg, self.pad_id = model, task, pad_id
         self.model = build_model(model)
-        self.sums = torch.nn.ModuleDict({f"{stage}_{what}": SumMetric() for stage in ("val", "test")
-                                         for what in ("nll", "tokens")})
+        self.sums: dict[str, list[float]] = {}  # stage -> [sum NLL, non-pad tokens] on this rank
 
     # --------------------------------------------------------------------------- shared step
     def forward_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,8 +60,9 @@ class TaskModule(L.LightningModule):
 
     def _eval_step(self, batch, stage: str) -> None:
         _, nll, tokens = self.model_step(batch)
-        self.sums[f"{stage}_nll"].update(nll)
-        self.sums[f"{stage}_tokens"].update(tokens)
+        sums = self.sums.setdefault(stage, [0.0, 0.0])
+        sums[0] += nll.item()
+        sums[1] += tokens.item()
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -72,10 +71,8 @@ class TaskModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def _log_split(self, stage: str) -> dict[str, float]:
-        nll = self.sums[f"{stage}_nll"].compute().item()
-        tokens = self.sums[f"{stage}_tokens"].compute().item()
-        self.sums[f"{stage}_nll"].reset()
-        self.sums[f"{stage}_tokens"].reset()
+        local = torch.tensor(self.sums.pop(stage, [0.0, 0.0]), dtype=torch.float64, device=self.device)
+        nll, tokens = self.trainer.strategy.reduce(local, reduce_op="sum").tolist()  # over ranks
         metrics = {f"{stage}/loss": nll / max(tokens, 1), f"{stage}/ppl": perplexity(nll, tokens)}
         metrics.update(self.extra_metrics(stage, nll))
         for key, value in metrics.items():
@@ -212,13 +209,18 @@ class TranslationTask(TaskModule):
             self.hypotheses[i] = tok.decode(ids)
 
     def extra_metrics(self, stage, nll):
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            shards = [None] * self.trainer.world_size  # every rank decoded its own share
+            torch.distributed.all_gather_object(shards, self.hypotheses)
+            self.hypotheses = {i: h for shard in shards for i, h in shard.items()}
         if not self.hypotheses:
             return {}
         order = sorted(self.hypotheses)
-        score, self.bleu_signature = corpus_bleu([self.hypotheses[i] for i in order],
+        self.last_hypotheses = {stage: [self.hypotheses[i] for i in order]}
+        score, self.bleu_signature = corpus_bleu(self.last_hypotheses[stage],
                                                  [self.references[stage][i] for i in order])
         self.hypotheses = {}
-        return {f"{stage}/bleu": score}
+        return {f"{stage}/bleu": score, f"{stage}/bleu_sentences": float(len(order))}
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

@@ -15,7 +15,7 @@ from typing import Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lit.config import DataConfig
 from lit.data.sources import DataError, load_pairs, load_text, prepare
@@ -41,6 +41,25 @@ class _BaseDataModule(L.LightningDataModule):
 
     def _tokenizer(self, texts: list[str]) -> TextTokenizer:
         return cached_bpe(texts, self.cfg.vocab_size, Path(self.cfg.cache_dir) / "tokenizers")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def shard(self) -> tuple[int, int]:
+        """(rank, world size) of this process; the loaders shard the data themselves (the
+        Trainer runs with ``use_distributed_sampler=False``) so that evaluation sees every
+        example exactly once, never the padding duplicates of ``DistributedSampler``."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)
 
 
 # ----------------------------------------------------------------------------- language modelling
@@ -81,18 +100,15 @@ class LMDataModule(_BaseDataModule):
             self.n_bytes[split] = sum(len(t.encode("utf-8")) + 1 for t in items)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.datasets[split], batch_size=self.cfg.batch_size, shuffle=shuffle,
-                          drop_last=shuffle, generator=generator, num_workers=self.cfg.num_workers)
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader("test", shuffle=False)
+        data = self.datasets[split]
+        rank, world = self.shard()
+        if shuffle:  # training: a seeded permutation per epoch, equal-sized shards
+            sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
+                                         drop_last=True)
+        else:  # evaluation: every block on exactly one rank, in order
+            sampler = range(rank, len(data), world)
+        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=shuffle,
+                          num_workers=self.cfg.num_workers)
 
 
 # ------------------------------------------------------------------------------------ translation
@@ -111,10 +127,14 @@ class PairDataset(Dataset):
 class TokenBudgetBatches(Sampler):
     """Batches of example indices whose padded size (rows x longest side) stays within
     ``max_tokens``. Examples are sorted by length (ties broken at random when shuffling), cut
-    into batches, and the batch order is shuffled; the same seed and epoch give the same batches."""
+    into batches, and the batch order is shuffled; the same seed and epoch give the same batches.
+    With ``world > 1`` each rank takes every ``world``-th batch: equally many when shuffling
+    (training, the remainder dropped), all of them exactly once otherwise (evaluation)."""
 
-    def __init__(self, lengths: list[int], max_tokens: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(self, lengths: list[int], max_tokens: int, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world: int = 1) -> None:
         self.lengths, self.max_tokens, self.shuffle, self.seed = lengths, max_tokens, shuffle, seed
+        self.rank, self.world = rank, world
         self.epoch = 0
         self._batches = None if shuffle else self._make()
 
@@ -137,7 +157,8 @@ class TokenBudgetBatches(Sampler):
             batches.append(batch)
         if self.shuffle:
             batches = [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
-        return batches
+            batches = batches[: len(batches) // self.world * self.world]
+        return batches[self.rank::self.world]
 
     def __iter__(self):
         return iter(self._batches if self._batches is not None else self._make())
@@ -188,18 +209,9 @@ class TranslationDataModule(_BaseDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.datasets[split]
         lengths = [max(len(s), len(t)) for s, t in zip(data.src, data.tgt)]
-        sampler = TokenBudgetBatches(lengths, self.cfg.max_tokens, shuffle, self.seed)
+        sampler = TokenBudgetBatches(lengths, self.cfg.max_tokens, shuffle, self.seed, *self.shard())
         return DataLoader(data, batch_sampler=sampler, num_workers=self.cfg.num_workers,
                           collate_fn=partial(collate_pairs, pad_id=self.tokenizer.pad_id))
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader("test", shuffle=False)
 
 
 def build_datamodule(data: DataConfig, task: str, max_seq_len: int, seed: int) -> _BaseDataModule:

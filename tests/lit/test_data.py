@@ -185,3 +185,32 @@ def test_hf_source_errors_name_field_and_split(hf_saved):
         load_text(DataConfig(source="hf", path=str(root / "nothing")), "train")
     with pytest.raises(ValueError, match="hf_name"):
         DataConfig(source="hf")
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_token_budget_shards(world):
+    lengths = [(i * 37) % 50 + 1 for i in range(500)]
+    full = list(TokenBudgetBatches(lengths, 200, shuffle=False))
+    shards = [list(TokenBudgetBatches(lengths, 200, shuffle=False, rank=r, world=world)) for r in range(world)]
+    assert sorted(b for shard in shards for b in shard) == sorted(full)  # evaluation: each batch once
+    train = [list(TokenBudgetBatches(lengths, 200, shuffle=True, seed=1, rank=r, world=world)) for r in range(world)]
+    assert len({len(t) for t in train}) == 1  # training: equally many batches per rank
+    seen = [i for t in train for b in t for i in b]
+    assert len(seen) == len(set(seen))  # no example twice in an epoch
+
+
+def test_lm_eval_shards_see_each_block_once():
+    dm = build_datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=40, batch_size=3),
+                          "lm", max_seq_len=16, seed=0)
+    dm.setup()
+
+    class FakeTrainer:
+        def __init__(self, rank, world):
+            self.global_rank, self.world_size = rank, world
+
+    blocks = []
+    for rank in range(3):
+        dm.trainer = FakeTrainer(rank, 3)
+        blocks += [row for batch in dm.val_dataloader() for row in batch["inputs"].tolist()]
+    dm.trainer = None
+    assert sorted(blocks) == sorted(dm.datasets["val"].inputs.tolist())
