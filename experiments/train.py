@@ -103,6 +103,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
                         use_distributed_sampler=False)  # the data modules shard themselves
 
     last = run_dir / "checkpoints" / "last.ckpt"
+    where = None
     write_status(run_dir, "running", step=0)
     start = time.time()
     try:
@@ -118,6 +119,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         if cfg.logger == "wandb":
             import wandb
 
+            where = _wandb_where(wandb.run)
             wandb.finish()  # one W&B run per job
     metrics["wall_s"] = time.time() - start
     if throughput.median_tokens_per_s:
@@ -126,11 +128,20 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     write_status(run_dir, state, step=trainer.global_step, message=guard.message, metrics=metrics,
                  signature=getattr(task, "bleu_signature", None))
     metrics.update({"state": state, "run_dir": str(run_dir), "params": params["total"]})
-    _summary(cfg, metrics, guard.message)
+    _summary(cfg, metrics, guard.message, where)
     return metrics
 
 
-def _summary(cfg: RunConfig, metrics: dict[str, Any], problem: Optional[str]) -> None:
+def _wandb_where(run) -> Optional[str]:
+    """How to see the W&B run: its page when online, the sync command when offline."""
+    if run is None or os.environ.get("WANDB_MODE") == "disabled":
+        return None
+    if run.settings.mode == "offline":
+        return f"W&B offline: wandb sync {Path(run.dir).parent}"
+    return f"W&B: {run.url}"
+
+
+def _summary(cfg: RunConfig, metrics: dict[str, Any], problem: Optional[str], where: Optional[str]) -> None:
     keys = [k for k in ("val/loss", "val/ppl", "val/bpb", "val/bleu", "test/ppl", "test/bpb", "test/bleu",
                         "perf/tokens_per_s_median", "perf/mfu") if k in metrics]
     keys += sorted(k for k in metrics if k.startswith("test/ppl_x"))
@@ -141,3 +152,5 @@ def _summary(cfg: RunConfig, metrics: dict[str, Any], problem: Optional[str]) ->
     for k in keys:
         print(f"   {k:26} {metrics[k]:.4g}")
     print(f"   run directory: {metrics['run_dir']} (metrics.jsonl, config.yaml, checkpoints/)")
+    if where:
+        print(f"   {where}")
