@@ -46,12 +46,13 @@ def _fmt(result: dict, key: str, spec: str) -> str:
 
 
 def _table(rows) -> str:
-    lines = ["| task | variant | params | state | val ppl | test ppl | test bpb | test BLEU | tokens/s | MFU | wall s |",
+    lines = ["| task | variant | params | state | val ppl | test ppl | test bpb | test BLEU | tokens/s¹ | MFU¹ | wall s |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for experiment, name, r in rows:
         lines.append(" | ".join([
             f"| {experiment}", name, f"{r['params']:,}", r["state"], _fmt(r, "val/ppl", ".1f"),
             _fmt(r, "test/ppl", ".1f"), _fmt(r, "test/bpb", ".3f"), _fmt(r, "test/bleu", ".2f"),
-            _fmt(r, "perf/tokens_per_s_median", ",.0f"), _fmt(r, "perf/mfu", ".1%"),
+            _fmt(r, "perf/tokens_per_s_median", ",.0f"), _fmt(r, "perf/mfu_median", ".1%"),
             f"{r['wall_s']:.0f} |"]))
+    lines.append("\n¹ medians over the run's logging windows (steady state, warm-up steps excluded)")
     return "\n".join(lines) + "\n"

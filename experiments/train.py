@@ -122,8 +122,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
             where = _wandb_where(wandb.run)
             wandb.finish()  # one W&B run per job
     metrics["wall_s"] = time.time() - start
-    if throughput.median_tokens_per_s:
-        metrics["perf/tokens_per_s_median"] = throughput.median_tokens_per_s
+    metrics.update(throughput.medians())
     state = "diverged" if guard.message else "completed"
     write_status(run_dir, state, step=trainer.global_step, message=guard.message, metrics=metrics,
                  signature=getattr(task, "bleu_signature", None))
@@ -143,7 +142,7 @@ def _wandb_where(run) -> Optional[str]:
 
 def _summary(cfg: RunConfig, metrics: dict[str, Any], problem: Optional[str], where: Optional[str]) -> None:
     keys = [k for k in ("val/loss", "val/ppl", "val/bpb", "val/bleu", "test/ppl", "test/bpb", "test/bleu",
-                        "perf/tokens_per_s_median", "perf/mfu") if k in metrics]
+                        "perf/tokens_per_s_median", "perf/mfu_median") if k in metrics]
     keys += sorted(k for k in metrics if k.startswith("test/ppl_x"))
     print(f"\n== {cfg.run.experiment}/{cfg.run_name}: {metrics['state']}"
           f" ({metrics['wall_s']:.0f} s, {metrics['params']:,} parameters)")

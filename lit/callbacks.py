@@ -90,6 +90,7 @@ class ThroughputMonitor(L.Callback):
         self.warmup_steps, self.every_n_steps, self.peak_flops = warmup_steps, every_n_steps, peak_flops
         self.window: list[tuple[float, int, float]] = []  # (seconds, tokens, flops) per step
         self.all_rates: list[float] = []
+        self.all_mfu: list[float] = []
         self._start = 0.0
 
     def on_fit_start(self, trainer, pl_module):
@@ -126,14 +127,20 @@ class ThroughputMonitor(L.Callback):
         if self.peak_flops:
             metrics["perf/mfu"] = sum(w[2] for w in self.window) / seconds / self.peak_flops
             metrics["perf/peak_flops"] = self.peak_flops
+            self.all_mfu.append(metrics["perf/mfu"])
         self.window = []
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
 
-    @property
-    def median_tokens_per_s(self) -> Optional[float]:
-        return statistics.median(self.all_rates) if self.all_rates else None
+    def medians(self) -> dict[str, float]:
+        """Medians over the logging windows of the run (steady state)."""
+        out = {}
+        if self.all_rates:
+            out["perf/tokens_per_s_median"] = statistics.median(self.all_rates)
+        if self.all_mfu:
+            out["perf/mfu_median"] = statistics.median(self.all_mfu)
+        return out
 
 
 def peak_memory_mb(device: torch.device) -> float:
