@@ -24,7 +24,7 @@ from lit.extrapolation import extrapolation
 from lit.metrics import bits_per_byte, corpus_bleu, perplexity
 from variants import ModelConfig, build_model
 from variants.decoding import beam_translate, greedy_translate
-from variants.flops import training_flops
+from variants.flops import FlopCounter
 
 
 class TaskModule(L.LightningModule):
@@ -33,7 +33,8 @@ class TaskModule(L.LightningModule):
         self.save_hyperparameters({"model": model.to_dict(), "task": vars(task)})
         self.model_cfg, self.cfg, self.pad_id = model, task, pad_id
         self.model = build_model(model)
-        self.sums: dict[str, list[float]] = {}  # stage -> [sum NLL, non-pad tokens] on this rank
+        self.count_flops = FlopCounter(self.model)
+        self.sums: dict[str, torch.Tensor] = {}  # stage -> [sum NLL, non-pad tokens] on this rank
 
     # --------------------------------------------------------------------------- shared step
     def forward_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,9 +61,8 @@ class TaskModule(L.LightningModule):
 
     def _eval_step(self, batch, stage: str) -> None:
         _, nll, tokens = self.model_step(batch)
-        sums = self.sums.setdefault(stage, [0.0, 0.0])
-        sums[0] += nll.item()
-        sums[1] += tokens.item()
+        step = torch.stack([nll.double(), tokens.double()])  # stays on the device: no sync per batch
+        self.sums[stage] = self.sums[stage] + step if stage in self.sums else step
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -71,7 +71,7 @@ class TaskModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def _log_split(self, stage: str) -> dict[str, float]:
-        local = torch.tensor(self.sums.pop(stage, [0.0, 0.0]), dtype=torch.float64, device=self.device)
+        local = self.sums.pop(stage, torch.zeros(2, dtype=torch.float64, device=self.device))
         nll, tokens = self.trainer.strategy.reduce(local, reduce_op="sum").tolist()  # over ranks
         metrics = {f"{stage}/loss": nll / max(tokens, 1), f"{stage}/ppl": perplexity(nll, tokens)}
         metrics.update(self.extra_metrics(stage, nll))
@@ -168,7 +168,7 @@ class LanguageModelTask(TaskModule):
         return int((batch["targets"] != self.pad_id).sum())
 
     def flops_of(self, batch) -> float:
-        return training_flops(self.model, self.tokens_in(batch), batch["inputs"].size(1))
+        return self.count_flops(self.tokens_in(batch), batch["inputs"].size(1))
 
 
 class TranslationTask(TaskModule):
@@ -232,5 +232,4 @@ class TranslationTask(TaskModule):
 
     def flops_of(self, batch) -> float:
         src_tokens = int((batch["src"] != self.pad_id).sum())
-        return training_flops(self.model, self.tokens_in(batch), batch["tgt_in"].size(1),
-                              src_tokens, batch["src"].size(1))
+        return self.count_flops(self.tokens_in(batch), batch["tgt_in"].size(1), src_tokens, batch["src"].size(1))

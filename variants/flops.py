@@ -17,17 +17,24 @@ def _matmul_params(module: nn.Module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
 
 
-def training_flops(model, tokens: int, seq_len: int, src_tokens: int = 0, src_len: int = 0) -> float:
-    """FLOPs of one training step over ``tokens`` (non-pad) target tokens in sequences of
-    ``seq_len``; for an encoder-decoder also ``src_tokens`` source tokens of ``src_len``."""
-    cfg = model.cfg
-    head = cfg.d_model * cfg.vocab_size
-    decoder = _matmul_params(model.decoder)
-    decoder_layers = len(model.decoder.blocks)
-    per_token = 6 * (decoder + head) + 12 * decoder_layers * cfg.d_model * seq_len
-    flops = per_token * tokens
-    if cfg.kind == "seq2seq":
-        encoder_layers = len(model.encoder.blocks)
-        flops += (6 * _matmul_params(model.encoder) + 12 * encoder_layers * cfg.d_model * src_len) * src_tokens
-        flops += 12 * decoder_layers * cfg.d_model * src_len * tokens  # cross-attention products
-    return float(flops)
+class FlopCounter:
+    """Training FLOPs of a model's steps; the model's matrix sizes are read once."""
+
+    def __init__(self, model) -> None:
+        cfg = model.cfg
+        self.d_model, self.seq2seq = cfg.d_model, cfg.kind == "seq2seq"
+        self.decoder = _matmul_params(model.decoder) + cfg.d_model * cfg.vocab_size  # + output head
+        self.decoder_layers = len(model.decoder.blocks)
+        self.encoder = _matmul_params(model.encoder) if self.seq2seq else 0
+        self.encoder_layers = len(model.encoder.blocks) if self.seq2seq else 0
+
+    def __call__(self, tokens: int, seq_len: int, src_tokens: int = 0, src_len: int = 0) -> float:
+        """FLOPs of one training step over ``tokens`` (non-pad) target tokens in sequences of
+        ``seq_len``; for an encoder-decoder also ``src_tokens`` source tokens of ``src_len``."""
+        d = self.d_model
+        flops = (6 * self.decoder + 12 * self.decoder_layers * d * seq_len) * tokens
+        if self.seq2seq:
+            flops += (6 * self.encoder + 12 * self.encoder_layers * d * src_len) * src_tokens
+            flops += 12 * self.decoder_layers * d * src_len * tokens  # cross-attention products
+        return float(flops)
+

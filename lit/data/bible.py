@@ -13,6 +13,7 @@ trains (29,667 verses before dropping empty or placeholder verses).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import sqlite3
@@ -57,8 +58,10 @@ def split_of(book: int) -> str:
     return "train"
 
 
+@functools.lru_cache(maxsize=8)
 def read_verses(lang: str, db: Path | None = None) -> dict[tuple[int, int, int], tuple[str, str]]:
-    """``{(book, chapter, verse): (split, cleaned text)}`` for one language, empty verses dropped."""
+    """``{(book, chapter, verse): (split, cleaned text)}`` for one language, empty verses dropped
+    (cached: one read per language and process; callers must not modify the result)."""
     if lang not in VERSIONS:
         raise ValueError(f"unknown bible language {lang!r}; choices: {', '.join(VERSIONS)}")
     with sqlite3.connect(f"file:{db or database_path()}?mode=ro", uri=True) as conn:
