@@ -194,7 +194,8 @@ class TranslationDataModule(_BaseDataModule):
             tgt = [[tok.bos_id] + ids + [tok.eos_id] for ids in tok.encode_batch([t for _, t in items])]
             keep = [i for i in range(len(items)) if max(len(src[i]), len(tgt[i]) - 1) <= self.max_seq_len]
             if split != "train" and len(keep) < len(items):
-                bad = next(i for i in range(len(items)) if i not in set(keep))
+                kept = set(keep)
+                bad = next(i for i in range(len(items)) if i not in kept)
                 raise DataError(
                     f"{self.cfg.source} {split} example {bad + 1} has {len(src[bad])} source / "
                     f"{len(tgt[bad]) - 1} target tokens, more than model.max_seq_len="

@@ -181,6 +181,10 @@ def test_marian_logits_match(name):
     assert ours.cfg.pad_id == MARIAN_PAD and ours.cfg.kind == "seq2seq"
     assert (ours.cfg.encoder_layers, ours.cfg.decoder_layers) == (hf.config.encoder_layers,
                                                                    hf.config.decoder_layers)
+    assert_marian_logits_close(hf, ours)
+
+
+def assert_marian_logits_close(hf, ours):
     src, tgt = marian_batch()
     with torch.no_grad():
         theirs = hf(input_ids=src, attention_mask=(src != MARIAN_PAD).long(),
@@ -195,11 +199,7 @@ def test_marian_untied_head():
     hf.model.encoder.embed_tokens = hf.model.decoder.embed_tokens = hf.model.shared
     ours = from_hf(hf)
     assert not ours.cfg.tie_embeddings
-    src, tgt = marian_batch()
-    with torch.no_grad():
-        theirs = hf(input_ids=src, attention_mask=(src != MARIAN_PAD).long(),
-                    decoder_input_ids=tgt).logits
-        assert_logits_close(ours(src, tgt), theirs)
+    assert_marian_logits_close(hf, ours)
 
 
 def test_marian_separate_input_embeddings_refused():
