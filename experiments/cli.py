@@ -30,10 +30,50 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"ablate train: {err}", file=sys.stderr)
         return 2
-    from experiments.train import train
+    from experiments.launchers import EXIT_LOCKED
+    from experiments.rundir import RunLocked
+    from experiments.train import RunMismatch, train
 
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except RunLocked as err:
+        print(f"ablate train: {err}", file=sys.stderr)
+        return EXIT_LOCKED
+    except RunMismatch as err:
+        print(f"ablate train: {err}", file=sys.stderr)
+        return 2
     return 0 if result["state"] == "completed" else 1
+
+
+def _load_sweep(args: argparse.Namespace):
+    from experiments.sweep import load_sweep
+
+    return load_sweep(args.sweep, args.overrides)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from experiments.launchers import launch
+    from experiments.sweep import SweepError
+
+    try:
+        sweep = _load_sweep(args)
+        return launch(sweep, args.launcher, args.workers, args.retry_failed, args.gpus_per_run, args.wait)
+    except SweepError as err:
+        print(f"ablate sweep: {err}", file=sys.stderr)
+        return 2
+
+
+def _status(args: argparse.Namespace) -> int:
+    from experiments.status import status_table
+    from experiments.sweep import SweepError
+
+    try:
+        sweep = _load_sweep(args)
+    except SweepError as err:
+        print(f"ablate status: {err}", file=sys.stderr)
+        return 2
+    print(status_table(sweep)[0])
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +97,27 @@ def main(argv: list[str] | None = None) -> int:
                                 description="YAML layers merge left to right, then dotted.key=value overrides")
     train.add_argument("items", nargs="+", metavar="CONFIG.yaml | key=value")
     train.set_defaults(func=_train)
+
+    sweep = commands.add_parser(
+        "sweep", help="run every variant x seed of a sweep file; re-running resumes",
+        description="Runs a sweep (configs/sweeps/*.yaml). Re-running the same command skips completed runs, "
+                    "resumes interrupted ones from their last checkpoint and reruns failed ones with --retry-failed.")
+    sweep.add_argument("sweep", metavar="SWEEP.yaml")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
+    sweep.add_argument("--launcher", default="local", choices=["local", "slurm", "wandb"],
+                       help="local: a queue on this machine; slurm: a submitit job array; wandb: a W&B sweep "
+                            "and the agent commands")
+    sweep.add_argument("--workers", type=int, default=None,
+                       help="concurrent runs (local): default one per GPU group, or 1 on CPU")
+    sweep.add_argument("--gpus-per-run", type=int, default=1, help="GPUs given to each run (local)")
+    sweep.add_argument("--retry-failed", action="store_true", help="rerun runs that failed")
+    sweep.add_argument("--wait", action="store_true", help="slurm: wait for the job array and print the table")
+    sweep.set_defaults(func=_sweep)
+
+    status = commands.add_parser("status", help="state, step and headline metric of every run of a sweep")
+    status.add_argument("sweep", metavar="SWEEP.yaml")
+    status.add_argument("overrides", nargs="*", metavar="key=value", help="as given to ablate sweep")
+    status.set_defaults(func=_status)
 
     args = parser.parse_args(argv)
     return args.func(args)

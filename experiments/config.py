@@ -5,6 +5,8 @@ model work starts."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -32,6 +34,7 @@ class RunSection:
 @dataclass
 class CheckpointSection:
     every_n_steps: int = 500
+    keep: int = 2  # periodic checkpoints kept (the newest complete one is resumed from)
 
 
 @dataclass
@@ -108,6 +111,24 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
         raise ConfigError(f"command-line override: {_describe(err)}") from None
     except ValueError as err:  # validation in the dataclasses
         raise ConfigError(str(err)) from None
+
+
+# Settings that change how a run is logged or stored, never what it computes: left out of the run id.
+_NOT_IN_RUN_ID = ("run.root", "logger", "wandb", "perf", "checkpoint", "data.cache_dir", "data.num_workers",
+                  "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps")
+
+
+def run_id(cfg: RunConfig) -> str:
+    """A short hash of the resolved configuration (what the run computes)."""
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg))
+    for dotted in _NOT_IN_RUN_ID:
+        *parents, last = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(last, None)
+    text = json.dumps(tree, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -1,7 +1,10 @@
 """One training run: data, model, Lightning Trainer, local run directory and W&B.
 
 The run directory ``<run.root>/<experiment>/<run-name>/`` holds ``config.yaml`` (resolved),
-``metrics.jsonl`` (one JSON object per logging event), ``status.json`` and ``checkpoints/``.
+``metrics.jsonl`` (one JSON object per logging event), ``status.json``, ``run.lock`` and
+``checkpoints/``. Running the same configuration again resumes from the newest complete
+checkpoint, exactly: optimizer, scheduler, loop counters, RNG states, data position and W&B run
+id all come back, so the final metrics equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -11,24 +14,23 @@ import json
 import netrc
 import os
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 
-from experiments.config import RunConfig, to_yaml
+from experiments.config import RunConfig, run_id, to_yaml
+from experiments.rundir import RunLock, write_status
 from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor, cpu_peak_flops
+from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
+                               latest_checkpoint)
 from lit.data.modules import build_datamodule
 from lit.tasks import LanguageModelTask, TranslationTask
 
-
-def write_status(run_dir: Path, state: str, **extra: Any) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "status.json.tmp"
-    tmp.write_text(json.dumps({"state": state, "time": time.time(), **extra}, indent=1))
-    tmp.replace(run_dir / "status.json")
+INTERRUPTIONS = (KeyboardInterrupt, SystemExit)
 
 
 def wandb_has_credentials() -> bool:
@@ -40,21 +42,39 @@ def wandb_has_credentials() -> bool:
         return False
 
 
-def _wandb_logger(cfg: RunConfig, run_dir: Path, extra: dict):
+def _saved_wandb_id(run_dir: Path) -> Optional[str]:
+    id_file = run_dir / "wandb_id"
+    return id_file.read_text().strip() if id_file.is_file() else None
+
+
+def _checkpoint_wandb_id(path: Path) -> Optional[str]:
+    """The W&B run id a checkpoint carries (when the ``wandb_id`` file was lost)."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    for key, value in state.get("callbacks", {}).items():
+        if key.startswith("ResumeState"):
+            return value.get("wandb_id")
+    return None
+
+
+def _wandb_logger(cfg: RunConfig, run_dir: Path, extra: dict, resume_from: Optional[Path]):
     from lightning.pytorch.loggers import WandbLogger
 
     if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
         os.environ["WANDB_MODE"] = "offline"  # never prompt, never wait on the network
     id_file = run_dir / "wandb_id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    wandb_id = _saved_wandb_id(run_dir)
+    if wandb_id is None and resume_from is not None:
+        wandb_id = _checkpoint_wandb_id(resume_from)
+        if wandb_id:
+            id_file.write_text(wandb_id)
     m = cfg.model
     logger = WandbLogger(
         project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.run_name, group=cfg.run.experiment,
         tags=[m.norm, m.norm_position, m.position, m.ffn, *cfg.wandb.tags], save_dir=str(run_dir),
-        id=run_id, resume="allow" if run_id else None,
+        id=wandb_id, resume="allow" if wandb_id else None,
         config={**dataclasses.asdict(cfg), **extra},
     )
-    if run_id is None and os.environ.get("WANDB_MODE") != "disabled":
+    if wandb_id is None and os.environ.get("WANDB_MODE") != "disabled":
         id_file.write_text(logger.experiment.id)
     return logger
 
@@ -64,8 +84,58 @@ def _runs_on_cpu(cfg: RunConfig) -> bool:
     return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
 
 
-def train(cfg: RunConfig) -> dict[str, Any]:
-    """Train, validate and test one configuration; returns the final metrics."""
+def _is_rank_zero() -> bool:
+    """True in the launching process; False in the extra processes of a multi-device run."""
+    return all(int(os.environ.get(var, 0)) == 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _check_same_run(cfg: RunConfig, rid: str) -> None:
+    status_file = cfg.run_dir / "status.json"
+    if not status_file.is_file():
+        return
+    previous = json.loads(status_file.read_text()).get("run_id")
+    if previous and previous != rid:
+        raise RunMismatch(
+            f"{cfg.run_dir} holds a run of another configuration (run id {previous}, this one is {rid}); "
+            f"choose another run.root or run.name, or delete that directory")
+
+
+class RunMismatch(RuntimeError):
+    """The run directory belongs to a different configuration."""
+
+
+def _keep_metrics_up_to(run_dir: Path, step: int) -> None:
+    """Drop the records logged after the checkpoint a run resumes from: the resumed run logs
+    them again, identically, so each step appears once in ``metrics.jsonl``."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name("metrics.jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+# The data modules carry the data position themselves (their state_dict is in every checkpoint).
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+
+
+def train(cfg: RunConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
+    """Train, validate and test one configuration (resuming it if it was interrupted); returns
+    the final metrics. Raises :class:`RunLocked` if another live process runs it."""
+    rid = run_id(cfg)
+    if not _is_rank_zero():
+        return _train(cfg, rid, extra_callbacks)
+    _check_same_run(cfg, rid)
+    with RunLock(cfg.run_dir) as lock:
+        if lock.stale:
+            print(f"note: {cfg.run_dir}: taking over the lock of pid {lock.stale.get('pid')} "
+                  f"on {lock.stale.get('host')}, which is no longer running")
+        return _train(cfg, rid, extra_callbacks)
+
+
+def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = cfg.run_dir
     data = build_datamodule(cfg.data, cfg.task.name, cfg.model.max_seq_len, cfg.seed)
@@ -85,35 +155,52 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     else:
         task = TranslationTask(cfg.model, cfg.task, tok, data.references)
     params = task.model.num_params()
-    extra = {"params": params, "fingerprint": task.model.fingerprint()}
+    extra = {"params": params, "fingerprint": task.model.fingerprint(), "run_id": rid}
+
+    ckpt_dir = run_dir / "checkpoints"
+    resume_from = latest_checkpoint(ckpt_dir)
+    if resume_from is not None:
+        step = checkpoint_step(resume_from)
+        print(f"resuming {cfg.run.experiment}/{cfg.run_name} from {resume_from} (step {step})")
+        if _is_rank_zero():
+            _keep_metrics_up_to(run_dir, step)
 
     peak = cfg.perf.peak_flops
     if peak is None and _runs_on_cpu(cfg):  # measured before W&B starts its service process
         peak = cpu_peak_flops(Path(cfg.data.cache_dir))
+    resume_state = ResumeState()
     loggers = [JsonlLogger(run_dir)]
     if cfg.logger == "wandb":
-        loggers.append(_wandb_logger(cfg, run_dir, extra))
-    loggers[0].log_metrics({f"params/{k}": v for k, v in params.items()}, step=0)
+        loggers.append(_wandb_logger(cfg, run_dir, extra, resume_from))
+        resume_state.wandb_id = _saved_wandb_id(run_dir)
+    if resume_from is None:
+        loggers[0].log_metrics({f"params/{k}": v for k, v in params.items()}, step=0)
     throughput = ThroughputMonitor(cfg.perf.warmup_steps, cfg.perf.every_n_steps, peak)
     guard = DivergenceGuard()
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=cfg.checkpoint.every_n_steps,
-                                  save_last=True, save_top_k=0)
-    callbacks = [throughput, guard, checkpoints, LearningRateMonitor(logging_interval="step")]
+    periodic = PeriodicCheckpoint(ckpt_dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep, guard)
+    callbacks = [throughput, guard, resume_state, *extra_callbacks, LearningRateMonitor(logging_interval="step"),
+                 periodic]
     trainer = L.Trainer(**cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir),
+                        enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
                         use_distributed_sampler=False)  # the data modules shard themselves
 
-    last = run_dir / "checkpoints" / "last.ckpt"
     where = None
-    write_status(run_dir, "running", step=0)
-    start = time.time()
+    write_status(run_dir, "running", step=checkpoint_step(resume_from) if resume_from else 0, run_id=rid)
+    test_start = None
     try:
-        trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+        trainer.fit(task, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
+                    weights_only=True)
+        train_s = resume_state.elapsed
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if guard.message is None:
+            test_start = time.time()
             trainer.test(task, datamodule=data, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     except BaseException as err:
-        write_status(run_dir, "failed", step=trainer.global_step, error=repr(err))
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        state = "interrupted" if isinstance(err, (*INTERRUPTIONS, SIGTERMException)) else "failed"
+        write_status(run_dir, state, step=trainer.global_step, run_id=rid, error=repr(err))
         raise
     finally:
         if cfg.logger == "wandb":
@@ -121,12 +208,14 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
             where = _wandb_where(wandb.run)
             wandb.finish()  # one W&B run per job
-    metrics["wall_s"] = time.time() - start
+    metrics["train_s"] = train_s
+    metrics["wall_s"] = train_s + (time.time() - test_start if test_start else 0.0)
     metrics.update(throughput.medians())
     state = "diverged" if guard.message else "completed"
-    write_status(run_dir, state, step=trainer.global_step, message=guard.message, metrics=metrics,
-                 signature=getattr(task, "bleu_signature", None))
-    metrics.update({"state": state, "run_dir": str(run_dir), "params": params["total"]})
+    write_status(run_dir, state, step=trainer.global_step, run_id=rid, message=guard.message, metrics=metrics,
+                 signature=getattr(task, "bleu_signature", None),
+                 resumed_from_step=resume_state.resumed_from_step)
+    metrics.update({"state": state, "run_dir": str(run_dir), "params": params["total"], "run_id": rid})
     _summary(cfg, metrics, guard.message, where)
     return metrics
 
@@ -151,5 +240,6 @@ def _summary(cfg: RunConfig, metrics: dict[str, Any], problem: Optional[str], wh
     for k in keys:
         print(f"   {k:26} {metrics[k]:.4g}")
     print(f"   run directory: {metrics['run_dir']} (metrics.jsonl, config.yaml, checkpoints/)")
+    print(f"   run id: {metrics['run_id']}")
     if where:
         print(f"   {where}")

@@ -5,6 +5,10 @@
   first is predicted exactly once; the last block is padded.
 - :class:`TranslationDataModule`: ``source <eos>`` -> ``<bos> target <eos>``, batched by a token
   budget with length bucketing (as fairseq's ``--max-tokens``).
+
+Training batches depend only on (seed, epoch), and the data module's ``state_dict`` (saved in
+every checkpoint) records the epoch and how many of its batches were trained on, so a run resumed
+mid-epoch continues with exactly the batches an uninterrupted run would see.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit.config import DataConfig
 from lit.data.sources import DataError, load_pairs, load_text, prepare
@@ -31,6 +35,25 @@ class _BaseDataModule(L.LightningDataModule):
         self.max_seq_len = max_seq_len
         self.seed = seed
         self.tokenizer: Optional[TextTokenizer] = None
+        self._resume_at: Optional[tuple[int, int]] = None
+
+    def state_dict(self) -> dict:
+        """Where training stands in the data: the epoch and the batches of it already trained on."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": trainer.current_epoch, "batches_done": progress.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
+
+    def _train_batches(self, batches: "EpochBatches") -> "EpochBatches":
+        if self._resume_at is not None:
+            batches.resume(*self._resume_at)
+            self._resume_at = None
+        return batches
 
     def prepare_data(self) -> None:
         prepare(self.cfg)
@@ -103,11 +126,10 @@ class LMDataModule(_BaseDataModule):
         data = self.datasets[split]
         rank, world = self.shard()
         if shuffle:  # training: a seeded permutation per epoch, equal-sized shards
-            sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
-                                         drop_last=True)
-        else:  # evaluation: every block on exactly one rank, in order
-            sampler = range(rank, len(data), world)
-        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=shuffle,
+            batches = self._train_batches(ShuffledBatches(len(data), self.cfg.batch_size, self.seed, rank, world))
+            return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.num_workers)
+        # evaluation: every block on exactly one rank, in order
+        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=range(rank, len(data), world),
                           num_workers=self.cfg.num_workers)
 
 
@@ -124,7 +146,68 @@ class PairDataset(Dataset):
         return i, self.src[i], self.tgt[i]
 
 
-class TokenBudgetBatches(Sampler):
+class EpochBatches(Sampler):
+    """A batch sampler whose batches are a function of (seed, epoch); :meth:`resume` starts an
+    epoch part-way through, skipping the batches already trained on."""
+
+    def __init__(self, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
+        self.epoch, self.skip = 0, 0
+        self._fixed: Optional[list[list[int]]] = None  # evaluation batches never change
+        # Lightning advances the epoch through ``loader.batch_sampler.sampler.set_epoch``
+        self.sampler = _EpochSetter(self)
+
+    def _make(self) -> list[list[int]]:
+        raise NotImplementedError
+
+    def _batches(self) -> list[list[int]]:
+        if not self.shuffle:
+            if self._fixed is None:
+                self._fixed = self._make()
+            return self._fixed
+        return self._make()
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.skip = epoch, 0
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        self.epoch, self.skip = epoch, batches_done
+        if batches_done >= len(self):  # saved after the epoch's last batch: the next epoch starts
+            self.epoch, self.skip = epoch + 1, 0
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return iter(self._batches()[skip:])
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class _EpochSetter:
+    def __init__(self, owner: EpochBatches) -> None:
+        self.set_epoch = owner.set_epoch
+
+
+class ShuffledBatches(EpochBatches):
+    """A seeded permutation of ``n`` examples per epoch, cut into full batches; with ``world > 1``
+    each rank takes every ``world``-th batch (equally many on every rank)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        super().__init__(True, seed, rank, world)
+        self.n, self.batch_size = n, batch_size
+
+    def _make(self) -> list[list[int]]:
+        order = torch.randperm(self.n, generator=self._generator()).tolist()
+        batches = [order[i:i + self.batch_size] for i in range(0, self.n - self.batch_size + 1, self.batch_size)]
+        batches = batches[: len(batches) // self.world * self.world]
+        return batches[self.rank::self.world]
+
+
+class TokenBudgetBatches(EpochBatches):
     """Batches of example indices whose padded size (rows x longest side) stays within
     ``max_tokens``. Examples are sorted by length (ties broken at random when shuffling), cut
     into batches, and the batch order is shuffled; the same seed and epoch give the same batches.
@@ -133,16 +216,11 @@ class TokenBudgetBatches(Sampler):
 
     def __init__(self, lengths: list[int], max_tokens: int, shuffle: bool, seed: int = 0,
                  rank: int = 0, world: int = 1) -> None:
-        self.lengths, self.max_tokens, self.shuffle, self.seed = lengths, max_tokens, shuffle, seed
-        self.rank, self.world = rank, world
-        self.epoch = 0
-        self._batches = None if shuffle else self._make()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(shuffle, seed, rank, world)
+        self.lengths, self.max_tokens = lengths, max_tokens
 
     def _make(self) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = self._generator()
         order = torch.randperm(len(self.lengths), generator=g).tolist() if self.shuffle else range(len(self.lengths))
         order = sorted(order, key=lambda i: self.lengths[i])  # stable: ties keep the random order
         batches, batch, longest = [], [], 0
@@ -159,12 +237,6 @@ class TokenBudgetBatches(Sampler):
             batches = [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
             batches = batches[: len(batches) // self.world * self.world]
         return batches[self.rank::self.world]
-
-    def __iter__(self):
-        return iter(self._batches if self._batches is not None else self._make())
-
-    def __len__(self) -> int:
-        return len(self._batches if self._batches is not None else self._make())
 
 
 def collate_pairs(items, pad_id: int):
@@ -210,8 +282,10 @@ class TranslationDataModule(_BaseDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.datasets[split]
         lengths = [max(len(s), len(t)) for s, t in zip(data.src, data.tgt)]
-        sampler = TokenBudgetBatches(lengths, self.cfg.max_tokens, shuffle, self.seed, *self.shard())
-        return DataLoader(data, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+        batches = TokenBudgetBatches(lengths, self.cfg.max_tokens, shuffle, self.seed, *self.shard())
+        if shuffle:
+            batches = self._train_batches(batches)
+        return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.num_workers,
                           collate_fn=partial(collate_pairs, pad_id=self.tokenizer.pad_id))
 
 

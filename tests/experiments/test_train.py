@@ -31,7 +31,7 @@ def _check_run_dir(cfg, result, metric):
     assert all("step" in r for r in records)
     keys = set().union(*records)
     assert {"train/loss", "val/loss", "val/ppl", "perf/tokens_per_s", "perf/mfu", "params/total", metric} <= keys
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "checkpoints" / f"step-{cfg.trainer['max_steps']:08d}.ckpt").is_file()
     first = next(r["train/loss"] for r in records if "train/loss" in r)
     last = [r["train/loss"] for r in records if "train/loss" in r][-1]
     assert last < first  # it learns something

@@ -1,0 +1,358 @@
+"""Launchers for the runs of a sweep: a local queue, Slurm job arrays, W&B agents.
+
+All three run each run through ``ablate train`` with the run's own overrides, so a run started by
+any launcher resumes from its checkpoint in any other. Re-running a sweep skips completed (and
+diverged) runs, resumes interrupted ones and reruns failed ones only with ``retry_failed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from experiments.rundir import FINAL_STATES, read_status
+from experiments.status import format_counts, run_state, status_table
+from experiments.sweep import Sweep, SweepError, SweepRun
+
+EXIT_LOCKED = 3  # `ablate train` exit status when another process holds the run
+
+
+def plan(sweep: Sweep, retry_failed: bool = False) -> tuple[list[SweepRun], dict[str, str]]:
+    """(runs to start, {run: why it is skipped}). Refuses, before anything starts, a run directory
+    that holds a run of a different configuration."""
+    todo, skipped = [], {}
+    for run in sweep.runs:
+        status = read_status(run.run_dir)
+        if status.get("run_id") and status["run_id"] != run.run_id:
+            raise SweepError(f"{run.run_dir} holds a run of another configuration (run id {status['run_id']}, "
+                             f"the sweep's is {run.run_id}); use another run.root, or delete that directory")
+        state = status["state"]
+        if state in FINAL_STATES:
+            skipped[run.name] = state
+        elif state == "failed" and not retry_failed:
+            skipped[run.name] = "failed (rerun with --retry-failed)"
+        elif state == "running":
+            holder = status.get("holder") or {}
+            skipped[run.name] = f"running elsewhere (pid {holder.get('pid')} on {holder.get('host')})"
+        else:
+            todo.append(run)
+    return todo, skipped
+
+
+def write_manifest(sweep: Sweep) -> Path:
+    """``<root>/<sweep>/sweep.json``: the sweep file, its runs and the command of each."""
+    sweep.root.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "name": sweep.name, "description": sweep.description, "sweep_file": str(sweep.path), "text": sweep.text,
+        "cli_overrides": sweep.cli_overrides, "baseline": sweep.baseline, "variants": sweep.variants,
+        "runs": [{"name": r.name, "variant": r.variant, "seed": r.seed, "run_id": r.run_id, "point": r.point,
+                  "command": ["ablate", *r.command(sweep.configs)]} for r in sweep.runs],
+    }
+    path = sweep.root / "sweep.json"
+    tmp = path.with_name(f"sweep.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=1, default=str))
+    tmp.replace(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------- local
+
+def visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no usable CUDA: CPU workers
+        return []
+
+
+def _slots(workers: Optional[int], gpus_per_run: int) -> list[dict[str, str]]:
+    """One environment per worker: its GPUs (``CUDA_VISIBLE_DEVICES``) or its CPU threads."""
+    gpus = visible_gpus()
+    if gpus:
+        groups = [gpus[i:i + gpus_per_run] for i in range(0, len(gpus) - gpus_per_run + 1, gpus_per_run)]
+        if not groups:
+            raise SweepError(f"--gpus-per-run {gpus_per_run} but only {len(gpus)} GPU(s) visible")
+        n = min(workers or len(groups), len(groups))
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(g)} for g in groups[:n]]
+    n = workers or 1
+    threads = str(max(1, (os.cpu_count() or 1) // n))
+    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads),
+             "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", threads)} for _ in range(n)]
+
+
+class _Progress:
+    """Event lines, plus a status line redrawn in place when stdout is a terminal."""
+
+    def __init__(self, sweep: Sweep, total: int) -> None:
+        self.sweep, self.total, self.tty = sweep, total, sys.stdout.isatty()
+        self.start = time.time()
+
+    def event(self, text: str) -> None:
+        if self.tty:
+            sys.stdout.write("\r\x1b[K")
+        print(f"[{self._clock()}] {text}", flush=True)
+
+    def line(self, rows: list[dict[str, Any]], running: dict[str, int]) -> None:
+        if not self.tty:
+            return
+        from collections import Counter
+
+        c = Counter(r["state"] for r in rows)
+        steps = ", ".join(f"{name} {step}" for name, step in list(running.items())[:3])
+        sys.stdout.write(f"\r\x1b[K[{self._clock()}] {self.sweep.name}: {format_counts(c)}"
+                         + (f" | {steps}" if steps else ""))
+        sys.stdout.flush()
+
+    def _clock(self) -> str:
+        s = int(time.time() - self.start)
+        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def run_local(sweep: Sweep, workers: Optional[int] = None, retry_failed: bool = False, gpus_per_run: int = 1,
+              python: str = sys.executable) -> int:
+    """Run the sweep's runs on this machine, ``workers`` at a time; returns 0 when every run of
+    the sweep has finished (completed or diverged)."""
+    todo, skipped = plan(sweep, retry_failed)
+    write_manifest(sweep)
+    slots = _slots(workers, gpus_per_run)
+    progress = _Progress(sweep, len(sweep.runs))
+    where = ", ".join(f"GPU {s['CUDA_VISIBLE_DEVICES']}" for s in slots) if slots[0]["CUDA_VISIBLE_DEVICES"] \
+        else f"CPU, {slots[0]['OMP_NUM_THREADS']} thread(s) each"
+    progress.event(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(todo)} to run, {len(skipped)} skipped; "
+                   f"{len(slots)} worker(s) ({where}); runs in {sweep.root}")
+    for name, why in skipped.items():
+        if not why.startswith(("completed", "diverged")):
+            progress.event(f"skip {name}: {why}")
+    queue = deque(todo)
+    free = list(range(len(slots)))
+    active: dict[int, tuple[SweepRun, subprocess.Popen, float, Any]] = {}
+    launches = sweep.root / "launches.jsonl"
+
+    def start(slot: int, run: SweepRun) -> None:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(run.run_dir / "train.log", "ab")
+        env = {**os.environ, **slots[slot], "PYTHONUNBUFFERED": "1"}
+        argv = [python, "-m", "experiments.cli", *run.command(sweep.configs)]
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        active[slot] = (run, proc, time.time(), log)
+        resumed = read_status(run.run_dir)["state"] == "interrupted"
+        progress.event(f"{'resume' if resumed else 'start'} {run.name} (worker {slot}, pid {proc.pid})")
+
+    def finish(slot: int, code: int) -> None:
+        run, proc, started, log = active.pop(slot)
+        log.close()
+        free.append(slot)
+        elapsed = time.time() - started
+        status = read_status(run.run_dir)
+        state = status["state"]
+        metrics = status.get("metrics") or {}
+        wall = metrics.get("wall_s")
+        if code == EXIT_LOCKED:
+            text = f"skip {run.name}: running elsewhere"
+        elif state in FINAL_STATES:
+            row = run_state(run)
+            text = (f"{state} {run.name} in {elapsed:.0f} s" + (f": val {row['val']:.4g}" if row["val"] else "")
+                    + (f" — {status.get('message')}" if state == "diverged" else ""))
+        else:
+            how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+            text = f"{state.upper()} {run.name} ({how}); log: {run.run_dir / 'train.log'}"
+        progress.event(text)
+        with open(launches, "a") as f:
+            f.write(json.dumps({"run": run.name, "state": state, "exit": code, "process_s": elapsed,
+                                "wall_s": wall, "end": time.time()}) + "\n")
+
+    interrupted = False
+    try:
+        while queue or active:
+            while queue and free:
+                start(free.pop(0), queue.popleft())
+            time.sleep(0.2)
+            for slot, (run, proc, *_rest) in list(active.items()):
+                code = proc.poll()
+                if code is not None:
+                    finish(slot, code)
+            if progress.tty:
+                rows = [run_state(r) for r in sweep.runs]
+                progress.line(rows, {r.name: run_state(r)["step"] for r, *_x in active.values()})
+    except KeyboardInterrupt:
+        interrupted = True
+        progress.event("interrupted: stopping the running runs (they resume on the next invocation)")
+        for run, proc, *_rest in active.values():
+            _terminate(proc)
+        for slot, (run, proc, *_rest) in list(active.items()):
+            finish(slot, proc.returncode if proc.returncode is not None else -signal.SIGTERM)
+
+    text, rows = status_table(sweep)
+    print("\n" + text)
+    overhead = _overhead(launches)
+    if overhead:
+        print(f"runner overhead: median {overhead:.1f} s per run (process lifetime minus the run's own wall time)")
+    if interrupted:
+        return 130
+    return 0 if all(r["state"] in FINAL_STATES for r in rows) else 1
+
+
+def _terminate(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _overhead(launches: Path) -> Optional[float]:
+    if not launches.is_file():
+        return None
+    gaps = []
+    for line in launches.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("wall_s") is not None and record["state"] in FINAL_STATES:
+            gaps.append(record["process_s"] - record["wall_s"])
+    return statistics.median(gaps) if gaps else None
+
+
+# ----------------------------------------------------------------------------------------- slurm
+
+class _SlurmTask:
+    """One run inside a Slurm array task; on preemption or time-out submitit calls
+    :meth:`checkpoint`, which requeues the same command: the run resumes from its checkpoint."""
+
+    def __call__(self, argv: list[str]) -> int:
+        from experiments.cli import main
+
+        return main(argv)
+
+    def checkpoint(self, argv: list[str]):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, argv)
+
+
+def run_slurm(sweep: Sweep, retry_failed: bool = False, wait: bool = False) -> int:
+    try:
+        import submitit
+    except ImportError:
+        raise SweepError("--launcher slurm needs submitit: pip install 'ablate[slurm]'") from None
+    todo, skipped = plan(sweep, retry_failed)
+    write_manifest(sweep)
+    if not todo:
+        print(f"sweep {sweep.name}: nothing to run ({len(skipped)} runs skipped)")
+        print(status_table(sweep)[0])
+        return 0
+    s = sweep.slurm
+    executor = submitit.AutoExecutor(folder=sweep.root / ".submitit" / "%j", cluster=s.get("cluster"))
+    params = {"name": f"ablate-{sweep.name}", "timeout_min": int(s.get("time_min", 240)),
+              "gpus_per_node": int(s.get("gpus_per_node", 1)), "tasks_per_node": 1, "nodes": 1,
+              "slurm_array_parallelism": int(s.get("array_parallelism", len(todo)))}
+    for key in ("cpus_per_task", "mem_gb"):
+        if s.get(key) is not None:
+            params[key] = s[key]
+    for key in ("partition", "account", "qos", "constraint", "additional_parameters"):
+        if s.get(key) is not None:
+            params[f"slurm_{key}"] = s[key]
+    executor.update_parameters(**params)
+    configs = [c.resolve() for c in sweep.configs]
+    jobs = executor.map_array(_SlurmTask(), [run.command(configs) for run in todo])
+    print(f"sweep {sweep.name}: submitted {len(jobs)} runs as job array {jobs[0].job_id.split('_')[0]} "
+          f"({executor.cluster}); logs in {sweep.root / '.submitit'}")
+    for run, job in zip(todo, jobs):
+        print(f"  {job.job_id}  {run.name}")
+    print(f"follow with: ablate status {sweep.path}")
+    if not wait:
+        return 0
+    codes = []
+    for run, job in zip(todo, jobs):
+        try:
+            codes.append(job.result())
+        except Exception as err:  # noqa: BLE001 - reported per run
+            print(f"FAILED {run.name}: {err}")
+            codes.append(1)
+    text, rows = status_table(sweep)
+    print(text)
+    return 0 if all(r["state"] in FINAL_STATES for r in rows) else 1
+
+
+# ----------------------------------------------------------------------------------------- wandb
+
+def wandb_sweep_config(sweep: Sweep, python: str = "python") -> dict[str, Any]:
+    """The W&B grid sweep equivalent to ``sweep``: W&B agents call ``ablate train`` with the
+    grid values as ``key=value`` arguments."""
+    if any(r.point and set(r.point) - set(sweep.grid) for r in sweep.runs):
+        raise SweepError(f"{sweep.path}: 'include' variants have keys outside the grid, which a W&B grid "
+                         f"cannot express; use --launcher local or slurm")
+    fixed = [o for o in sweep.runs[0].overrides if not o.startswith(("seed=", "run.name=", *(f"{k}=" for k in sweep.grid)))]
+    parameters = {key: {"values": values} for key, values in sweep.grid.items()}
+    parameters["seed"] = {"values": sweep.seeds}
+    return {"name": sweep.name, "method": "grid", "program": "experiments/cli.py",
+            "command": ["${env}", python, "-m", "experiments.cli", "train", *map(str, sweep.configs), *fixed,
+                        "${args_no_hyphens}"],
+            "parameters": parameters}
+
+
+def wandb_reachable(timeout_s: float = 5.0) -> Optional[str]:
+    """None when W&B can be used online; otherwise why not."""
+    from experiments.train import wandb_has_credentials
+
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return f"WANDB_MODE={os.environ['WANDB_MODE']}"
+    if not wandb_has_credentials():
+        return "no W&B credentials (run `wandb login` or set WANDB_API_KEY)"
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    host = base.split("://", 1)[-1].split("/", 1)[0]
+    name, _, port = host.partition(":")
+    try:
+        socket.create_connection((name, int(port or 443)), timeout=timeout_s).close()
+    except OSError as err:
+        return f"{host} is unreachable ({err})"
+    return None
+
+
+def run_wandb(sweep: Sweep, project: Optional[str] = None, entity: Optional[str] = None) -> int:
+    problem = wandb_reachable()
+    if problem:
+        raise SweepError(f"--launcher wandb needs W&B online: {problem}. Use --launcher local (this machine) or "
+                         f"--launcher slurm; both log to W&B offline and keep every metric in the run directories")
+    import wandb
+
+    config = wandb_sweep_config(sweep)
+    project = project or sweep.runs[0].cfg.wandb.project
+    sweep_id = wandb.sweep(config, project=project, entity=entity or sweep.runs[0].cfg.wandb.entity)
+    path = "/".join(p for p in (entity or sweep.runs[0].cfg.wandb.entity, project, sweep_id) if p)
+    gpus = visible_gpus() or [""]
+    print(f"W&B sweep {sweep_id} ({len(sweep.runs)} runs). Start one agent per GPU, from this directory:")
+    for gpu in gpus:
+        prefix = f"CUDA_VISIBLE_DEVICES={gpu} " if gpu else ""
+        print(f"  {prefix}wandb agent {path} &")
+    return 0
+
+
+def launch(sweep: Sweep, launcher: str, workers: Optional[int], retry_failed: bool, gpus_per_run: int = 1,
+           wait: bool = False) -> int:
+    if launcher == "local":
+        return run_local(sweep, workers, retry_failed, gpus_per_run)
+    if launcher == "slurm":
+        return run_slurm(sweep, retry_failed, wait)
+    if launcher == "wandb":
+        return run_wandb(sweep)
+    raise SweepError(f"unknown launcher {launcher!r}; choices: local, slurm, wandb")
+
+
+LAUNCHERS: Sequence[str] = ("local", "slurm", "wandb")

@@ -1,0 +1,120 @@
+"""A run directory's state and its lock.
+
+``status.json`` holds the state a run last wrote: ``running``, ``completed``, ``failed``,
+``diverged`` or ``interrupted``. A run found ``running`` whose lock nobody holds was killed
+(``kill -9``, a crashed node): it reads as ``interrupted`` and is resumed by the next invocation.
+
+The lock is ``run.lock``, held with ``flock`` for as long as the run's process lives: the kernel
+drops it when the process dies, however it dies, so a lock left by a dead process is recognised
+as stale and taken over. The file records the holder's pid and host for ``ablate status``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+FINAL_STATES = ("completed", "diverged")  # a sweep never reruns these by itself
+STATES = ("pending", "running", "interrupted", "failed", *FINAL_STATES)
+LOCK_NAME = "run.lock"
+
+
+class RunLocked(RuntimeError):
+    """The run is being executed by another live process."""
+
+
+def write_status(run_dir: Path, state: str, **extra: Any) -> None:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f"status.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"state": state, "time": time.time(), **extra}, indent=1))
+    tmp.replace(run_dir / "status.json")
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """The run's status; ``pending`` when it never started, ``interrupted`` when it says
+    ``running`` but no live process holds its lock."""
+    path = Path(run_dir) / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"state": "pending"}
+    except json.JSONDecodeError:
+        return {"state": "interrupted", "error": f"{path}: unreadable"}
+    if status.get("state") == "running":
+        holder = lock_holder(run_dir)
+        if holder is None:
+            status["state"] = "interrupted"
+        else:
+            status["holder"] = holder
+    return status
+
+
+class RunLock:
+    """Exclusive, non-blocking lock on a run directory; ``with RunLock(d): ...``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self._file = None
+        self.stale: Optional[dict] = None  # the previous holder's record, when it had died
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(f)
+            f.close()
+            who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
+            raise RunLocked(f"{self.path.parent} is being run by {who} (lock {self.path})") from None
+        self.stale = _read_holder(f)
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.flush()
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(f) -> Optional[dict]:
+    f.seek(0)
+    text = f.read().strip()
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def lock_holder(run_dir: Path) -> Optional[dict]:
+    """The live holder of the run's lock ({pid, host, since}), or None when nobody holds it."""
+    path = Path(run_dir) / LOCK_NAME
+    if not path.is_file():
+        return None
+    with open(path, "r") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(f) or {}
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return None

@@ -1,0 +1,235 @@
+"""Sweep files: a grid of variants x seeds over base experiment configs, expanded into runs.
+
+A sweep file (``configs/sweeps/*.yaml``)::
+
+    name: lm-components            # default: the file's stem; runs go to <run.root>/<name>/
+    description: one line for the report
+    configs: [configs/experiments/lm-bible.yaml]   # base layers, merged left to right
+    overrides: {trainer.max_steps: 400}           # fixed settings for every run
+    grid:                                          # the product of these values ...
+      model.position: [learned, rope]
+      model.ffn: [gelu, swiglu]
+    exclude: [{model.position: learned, model.ffn: swiglu}]   # ... minus these combinations
+    include: [{model.position: alibi}]             # ... plus these extra variants
+    seeds: [0, 1, 2]
+    baseline: {model.position: learned, model.ffn: gelu}
+    slurm: {partition: gpu, time_min: 120, gpus_per_node: 1}
+
+Every run gets a stable name (its components, any other grid keys, and the seed), a directory
+``<run.root>/<sweep name>/<run name>`` and a run id hashed from its resolved config. Expansion
+loads every run's config before anything starts, so an unknown key, an unknown component name
+or an empty grid fails at once, naming the problem.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from experiments.config import ConfigError, RunConfig, load_config, run_id
+
+SWEEP_KEYS = ("name", "description", "configs", "overrides", "grid", "exclude", "include", "seeds", "baseline",
+              "metric", "slurm")
+SLURM_KEYS = ("cluster", "partition", "time_min", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
+              "account", "qos", "constraint", "additional_parameters")
+COMPONENT_KEYS = ("model.norm", "model.norm_position", "model.position", "model.ffn")
+
+
+class SweepError(ValueError):
+    """A problem with a sweep file; the message names the file and the key."""
+
+
+@dataclass
+class SweepRun:
+    name: str  # components [+ other grid values] + seed
+    variant: str  # the name without the seed
+    point: dict[str, Any]  # the grid values of this variant
+    seed: int
+    overrides: list[str]  # dotted key=value on top of the sweep's configs
+    cfg: RunConfig
+    run_id: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+    def command(self, configs: Sequence[Path]) -> list[str]:
+        """The ``ablate train`` arguments that run exactly this run."""
+        return ["train", *map(str, configs), *self.overrides]
+
+
+@dataclass
+class Sweep:
+    path: Path
+    name: str
+    description: str
+    configs: list[Path]
+    grid: dict[str, list]
+    seeds: list[int]
+    baseline: Optional[str]  # variant name
+    metric: Optional[str]
+    slurm: dict[str, Any]
+    runs: list[SweepRun]
+    text: str  # the sweep file as written
+    cli_overrides: list[str] = field(default_factory=list)
+
+    @property
+    def variants(self) -> list[str]:
+        return list(dict.fromkeys(r.variant for r in self.runs))
+
+    @property
+    def root(self) -> Path:
+        return self.runs[0].cfg.run_dir.parent
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return str(value)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys; dotted keys pass through."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(_flatten(value, dotted) if isinstance(value, dict) else {dotted: value})
+    return flat
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", format_value(value))
+
+
+def run_name(cfg: RunConfig, point: dict[str, Any]) -> str:
+    """``norm-placement-position-ffn`` plus ``<key><value>`` for every non-component grid key."""
+    m = cfg.model
+    parts = [m.norm, m.norm_position, m.position, m.ffn]
+    parts += [f"{key.split('.')[-1]}{_slug(value)}" for key, value in point.items() if key not in COMPONENT_KEYS]
+    return "-".join(parts)
+
+
+def _resolve(path: str, sweep_file: Path) -> Path:
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    for base in (sweep_file.parent, *sweep_file.parent.parents):
+        if (base / path).is_file():
+            return base / path
+    raise SweepError(f"{sweep_file}: configs: {path} not found (relative to the working directory or the sweep file)")
+
+
+def _matches(point: dict[str, Any], pattern: dict[str, Any]) -> bool:
+    return all(key in point and point[key] == value for key, value in pattern.items())
+
+
+def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
+    """Read and expand a sweep file; ``cli_overrides`` (dotted key=value) apply to every run."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"{path}: sweep file not found")
+    text = path.read_text()
+    try:
+        spec = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise SweepError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(spec, dict):
+        raise SweepError(f"{path}: a sweep file is a mapping with keys {', '.join(SWEEP_KEYS)}")
+    unknown = sorted(set(spec) - set(SWEEP_KEYS))
+    if unknown:
+        raise SweepError(f"{path}: unknown key(s) {', '.join(unknown)}; a sweep file has: {', '.join(SWEEP_KEYS)}")
+    name = str(spec.get("name") or path.stem)
+    configs = [_resolve(str(c), path) for c in _as_list(spec.get("configs"), path, "configs")]
+    if not configs:
+        raise SweepError(f"{path}: configs: name at least one base experiment config")
+    fixed = _flatten(spec.get("overrides") or {})
+    grid = _flatten(spec.get("grid") or {})
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{path}: grid.{key}: give a non-empty list of values, got {values!r}")
+    exclude = [_flatten(e) for e in _as_list(spec.get("exclude"), path, "exclude")]
+    for pattern in exclude:
+        stray = sorted(set(pattern) - set(grid))
+        if stray:
+            raise SweepError(f"{path}: exclude: {', '.join(stray)} not a grid key; grid keys: {', '.join(grid)}")
+    include = [_flatten(i) for i in _as_list(spec.get("include"), path, "include")]
+    seeds = spec.get("seeds", [0])
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    if not seeds or not all(isinstance(s, int) for s in seeds):
+        raise SweepError(f"{path}: seeds: give a non-empty list of integers, got {spec.get('seeds')!r}")
+    slurm = dict(spec.get("slurm") or {})
+    stray = sorted(set(slurm) - set(SLURM_KEYS))
+    if stray:
+        raise SweepError(f"{path}: slurm: unknown key(s) {', '.join(stray)}; choices: {', '.join(SLURM_KEYS)}")
+
+    points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else [{}]
+    points = [p for p in points if not any(_matches(p, pattern) for pattern in exclude)]
+    points += [{k: v for k, v in extra.items()} for extra in include]
+    if not points or (not grid and not include):
+        raise SweepError(f"{path}: the grid is empty (every combination excluded, or no grid and no include)")
+
+    runs: list[SweepRun] = []
+    base = [f"{k}={format_value(v)}" for k, v in fixed.items()]
+    for point in points:
+        for seed in seeds:
+            overrides = [*base, *(f"{k}={format_value(v)}" for k, v in point.items()), f"seed={seed}",
+                         f"run.experiment={name}", *cli_overrides]
+            try:
+                cfg = load_config(configs, overrides)
+            except ConfigError as err:
+                where = ", ".join(f"{k}={format_value(v)}" for k, v in point.items()) or "base"
+                raise SweepError(f"{path}: variant {where}: {err}") from None
+            variant = run_name(cfg, point)
+            name_ = f"{variant}-s{seed}"
+            overrides.append(f"run.name={name_}")
+            cfg = load_config(configs, overrides)
+            runs.append(SweepRun(name_, variant, point, seed, overrides, cfg, run_id(cfg)))
+    seen: dict[str, SweepRun] = {}
+    for run in runs:
+        if run.name in seen:
+            raise SweepError(f"{path}: two variants get the run name {run.name!r} "
+                             f"({seen[run.name].point} and {run.point}); make the grid values distinct")
+        seen[run.name] = run
+
+    baseline = None
+    if spec.get("baseline") is not None:
+        pattern = _flatten(spec["baseline"])
+        found = list(dict.fromkeys(r.variant for r in runs if _matches_cfg(r.cfg, pattern)))
+        if len(found) > 1:  # e.g. an included variant that differs in a key outside the pattern
+            found = list(dict.fromkeys(r.variant for r in runs if r.name in found or r.variant in found
+                                       if r.point == pattern)) or found
+        if len(found) != 1:
+            raise SweepError(f"{path}: baseline {pattern} matches {len(found)} variants ({', '.join(found) or 'none'}); "
+                             f"it must match exactly one")
+        baseline = found[0]
+    return Sweep(path, name, str(spec.get("description") or ""), configs, grid, seeds, baseline,
+                 spec.get("metric"), slurm, runs, text, list(cli_overrides))
+
+
+def _matches_cfg(cfg: RunConfig, pattern: dict[str, Any]) -> bool:
+    for key, value in pattern.items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
+        if node != value:
+            return False
+    return True
+
+
+def _as_list(value: Any, path: Path, key: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SweepError(f"{path}: {key}: expected a list, got {value!r}")
+    return value

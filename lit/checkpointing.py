@@ -1,0 +1,198 @@
+"""Checkpoints that survive faults, and what exact resume needs beyond Lightning's own state.
+
+- :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file in the same directory,
+  flushes it to disk and renames it into place: a checkpoint file either exists whole or not at
+  all, whatever moment the process is killed.
+- :class:`PeriodicCheckpoint` saves ``step-<global step>.ckpt`` every ``every_n_steps`` optimizer
+  steps and when training ends, keeping the newest ``keep`` periodic ones.
+- :func:`latest_checkpoint` picks the newest complete checkpoint (a truncated or corrupt file,
+  e.g. from a full disk, is skipped with a warning).
+- :class:`ResumeState` carries the random-number generator states, the training time so far and
+  the W&B run id in the checkpoint. Training steps draw from their own stream of the global
+  generator: the state at the end of one training step is put back at the start of the next, so
+  whatever runs in between (validation, a new epoch's loader) never changes the dropout masks,
+  and a resumed run draws exactly those of an uninterrupted one.
+  (The data position is carried by the data module; see ``lit.data.modules``.)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+CHECKPOINT_PATTERN = "step-*.ckpt"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to ``<name>.tmp-<pid>``, fsync, then ``os.replace`` onto the final name."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_complete(path: Path) -> bool:
+    """A torch checkpoint is a zip archive; a truncated one lacks its central directory."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.stem.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint files of a run, newest (highest step) first; temporary files are ignored."""
+    return sorted((p for p in Path(directory).glob(CHECKPOINT_PATTERN) if _step_of(p) >= 0),
+                  key=_step_of, reverse=True)
+
+
+def latest_checkpoint(directory: Path) -> Optional[Path]:
+    """The newest complete checkpoint in ``directory``, or None."""
+    for path in checkpoints(directory):
+        if is_complete(path):
+            return path
+        warnings.warn(f"{path}: incomplete or corrupt checkpoint, skipped; resuming from an older one",
+                      stacklevel=2)
+    return None
+
+
+def checkpoint_step(path: Path) -> int:
+    return _step_of(Path(path))
+
+
+class PeriodicCheckpoint(L.Callback):
+    """Saves every ``every_n_steps`` optimizer steps and at the end of training."""
+
+    def __init__(self, directory: Path, every_n_steps: int, keep: int = 2, guard: Optional[L.Callback] = None) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"checkpoint.every_n_steps must be >= 1, got {every_n_steps}")
+        self.directory = Path(directory)
+        self.every_n_steps = every_n_steps
+        self.keep = max(1, keep)
+        self.guard = guard  # a DivergenceGuard: a diverged state is never saved
+        self.final: Optional[Path] = None
+
+    def _save(self, trainer: L.Trainer) -> Path:
+        path = self.directory / checkpoint_name(trainer.global_step)
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            for old in checkpoints(self.directory)[self.keep:]:
+                old.unlink(missing_ok=True)
+        return path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step > 0 and step % self.every_n_steps == 0 and not trainer.should_stop:
+            self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.guard is not None and self.guard.message is not None:
+            return  # never make a diverged state the newest checkpoint
+        path = self.directory / checkpoint_name(trainer.global_step)
+        self.final = path if path.is_file() else self._save(trainer)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Generator states as tensors and plain Python values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumeState(L.Callback):
+    """RNG states, elapsed training time and the W&B run id, saved in every checkpoint."""
+
+    def __init__(self, wandb_id: Optional[str] = None) -> None:
+        self.wandb_id = wandb_id
+        self.elapsed_before = 0.0  # training seconds of earlier segments of this run
+        self.resumed_from_step: Optional[int] = None
+        self._segment_start = time.time()
+        self._pending_rng: Optional[dict[str, Any]] = None  # from a checkpoint
+        self._step_rng: Optional[torch.Tensor] = None  # torch CPU state at the end of the last step
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self._segment_start
+
+    def on_fit_start(self, trainer, pl_module):
+        self._segment_start = time.time()
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = _rng_state()
+        if self._step_rng is not None:
+            rng["torch"] = self._step_rng
+        return {"rng": rng, "elapsed_s": self.elapsed, "wandb_id": self.wandb_id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending_rng = state.get("rng")
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.wandb_id = self.wandb_id or state.get("wandb_id")
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        self.resumed_from_step = int(checkpoint.get("global_step", 0))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
+        elif self._step_rng is not None:
+            torch.set_rng_state(self._step_rng)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._step_rng = torch.get_rng_state()

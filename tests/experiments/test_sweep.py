@@ -1,0 +1,234 @@
+"""Sweep files: expansion, validation, launch planning; the local launcher end to end (slow)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.launchers import plan, wandb_reachable, wandb_sweep_config
+from experiments.rundir import RunLock, read_status, write_status
+from experiments.sweep import COMPONENT_KEYS, SweepError, load_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
+SMOKE = ROOT / "configs" / "sweeps" / "smoke.yaml"
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_every_shipped_sweep_expands(path):
+    sweep = load_sweep(path, ["run.root=/nonexistent"])
+    names = [r.name for r in sweep.runs]
+    assert len(names) == len(set(names)) == len({r.run_id for r in sweep.runs})
+    assert sweep.baseline in sweep.variants
+    assert all(r.cfg.run.experiment == sweep.name and r.cfg.seed in sweep.seeds for r in sweep.runs)
+    n_variants = len(sweep.variants)
+    assert len(sweep.runs) == n_variants * len(sweep.seeds)
+
+
+def test_smoke_sweep_names_and_ids():
+    sweep = load_sweep(SMOKE, ["run.root=runs-x"])
+    assert [r.name for r in sweep.runs] == ["layernorm-pre-learned-gelu-s0", "layernorm-pre-learned-swiglu-s0",
+                                            "layernorm-pre-rope-gelu-s0", "layernorm-pre-rope-swiglu-s0"]
+    assert sweep.baseline == "layernorm-pre-learned-gelu"
+    assert all(r.run_dir == Path("runs-x") / "smoke" / r.name for r in sweep.runs)
+    again = load_sweep(SMOKE, ["run.root=elsewhere", "logger=wandb"])  # where and how a run logs: same id
+    assert [r.run_id for r in again.runs] == [r.run_id for r in sweep.runs]
+    changed = load_sweep(SMOKE, ["model.d_model=32"])
+    assert not {r.run_id for r in changed.runs} & {r.run_id for r in sweep.runs}
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = "configs: [configs/experiments/lm-bible.yaml, configs/debug/smoke.yaml]\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (BASE + "gird: {model.position: [rope]}\n", "unknown key(s) gird"),
+    (BASE + "grid: {model.position: [rope, rotary]}\n", "unknown position 'rotary'; choices:"),
+    (BASE + "grid: {model.positio: [rope]}\n", "'model.positio'"),
+    (BASE + "grid: {model.position: []}\n", "non-empty list"),
+    (BASE, "the grid is empty"),
+    (BASE + "grid: {model.position: [rope]}\nexclude: [{model.position: rope}]\n", "the grid is empty"),
+    (BASE + "grid: {model.position: [rope]}\nexclude: [{model.ffn: gelu}]\n", "model.ffn not a grid key"),
+    (BASE + "grid: {model.position: [rope, alibi]}\nbaseline: {model.position: learned}\n", "matches 0 variants"),
+    (BASE + "grid: {model.position: [rope]}\nseeds: []\n", "seeds"),
+    (BASE + "grid: {model.position: [rope]}\nslurm: {partition: gpu, gpu: 2}\n", "slurm: unknown key(s) gpu"),
+    ("configs: [configs/nope.yaml]\ngrid: {model.position: [rope]}\n", "configs/nope.yaml not found"),
+    (BASE + "grid: {model.d_model: [30]}\n", "d_model"),
+])
+def test_bad_sweep_files_fail_naming_the_problem(tmp_path, text, message):
+    with pytest.raises(SweepError, match=None) as err:
+        load_sweep(_write(tmp_path, text))
+    assert message in str(err.value)
+
+
+def test_include_and_exclude(tmp_path):
+    sweep = load_sweep(_write(tmp_path, BASE + """
+grid: {model.position: [learned, rope], model.ffn: [gelu, swiglu]}
+exclude: [{model.position: learned, model.ffn: swiglu}]
+include: [{model.position: rope, model.ffn: gelu, task.warmup_steps: 0}]
+seeds: [1, 2]
+baseline: {model.position: rope, model.ffn: gelu}
+"""))
+    assert sweep.variants == ["layernorm-pre-learned-gelu", "layernorm-pre-rope-gelu", "layernorm-pre-rope-swiglu",
+                              "layernorm-pre-rope-gelu-warmup_steps0"]
+    assert sweep.baseline == "layernorm-pre-rope-gelu"
+    extra = [r for r in sweep.runs if r.variant.endswith("warmup_steps0")]
+    assert [r.cfg.task.warmup_steps for r in extra] == [0, 0] and [r.seed for r in extra] == [1, 2]
+
+
+def test_plan_skips_finished_and_refuses_a_foreign_run(tmp_path):
+    sweep = load_sweep(SMOKE, [f"run.root={tmp_path}"])
+    a, b, c, d = sweep.runs
+    write_status(a.run_dir, "completed", run_id=a.run_id)
+    write_status(b.run_dir, "failed", run_id=b.run_id)
+    write_status(c.run_dir, "running", run_id=c.run_id)  # no live holder: interrupted
+    todo, skipped = plan(sweep)
+    assert [r.name for r in todo] == [c.name, d.name]
+    assert skipped[b.name].startswith("failed")
+    assert [r.name for r in plan(sweep, retry_failed=True)[0]] == [b.name, c.name, d.name]
+    with RunLock(d.run_dir):
+        write_status(d.run_dir, "running", run_id=d.run_id)
+        todo, skipped = plan(sweep)
+        assert "running elsewhere" in skipped[d.name]
+    write_status(d.run_dir, "completed", run_id="0123456789")
+    with pytest.raises(SweepError, match="another configuration"):
+        plan(sweep)
+
+
+def test_wandb_launcher_fails_fast_offline(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert "WANDB_MODE=offline" in wandb_reachable()
+    sweep = load_sweep(SMOKE)
+    from experiments.launchers import run_wandb
+
+    with pytest.raises(SweepError, match="--launcher local"):
+        run_wandb(sweep)
+
+
+def test_wandb_sweep_config_is_the_same_grid():
+    sweep = load_sweep(SMOKE)
+    config = wandb_sweep_config(sweep)
+    assert config["method"] == "grid"
+    assert config["parameters"]["model.position"]["values"] == ["learned", "rope"]
+    assert config["parameters"]["seed"]["values"] == [0]
+    assert config["command"][-1] == "${args_no_hyphens}"
+    assert "run.experiment=smoke" in config["command"]
+
+
+def test_component_keys_are_the_registry_slots():
+    from variants.registry import REGISTRIES
+
+    assert {k.split(".")[1] for k in COMPONENT_KEYS} == set(REGISTRIES)
+
+
+# ------------------------------------------------------------------------------ end to end (slow)
+
+def _ablate(*args, timeout=600, **kwargs):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "experiments.cli", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.mark.slow
+def test_smoke_sweep_with_two_workers_then_rerun_skips(tmp_path):
+    result = _ablate("sweep", SMOKE, f"run.root={tmp_path}", f"data.cache_dir={tmp_path}/cache", "--workers", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    sweep = load_sweep(SMOKE, [f"run.root={tmp_path}"])
+    states = [read_status(r.run_dir) for r in sweep.runs]
+    assert [s["state"] for s in states] == ["completed"] * 4
+    assert all(s["step"] == 40 and s["run_id"] == r.run_id for s, r in zip(states, sweep.runs))
+    manifest = json.loads((tmp_path / "smoke" / "sweep.json").read_text())
+    assert [r["name"] for r in manifest["runs"]] == [r.name for r in sweep.runs]
+    assert "4 done" in result.stdout and "runner overhead" in result.stdout
+
+    again = _ablate("sweep", SMOKE, f"run.root={tmp_path}", f"data.cache_dir={tmp_path}/cache", "--workers", "2")
+    assert again.returncode == 0 and "0 to run" in again.stdout
+    assert [read_status(r.run_dir)["time"] for r in sweep.runs] == [s["time"] for s in states]
+    status = _ablate("status", SMOKE, f"run.root={tmp_path}")
+    assert status.returncode == 0 and status.stdout.count("completed") == 4
+
+
+def _diverging_sweep(tmp_path):
+    return _write(tmp_path, BASE + """
+name: faults
+overrides: {logger: none, trainer.max_steps: 300, trainer.val_check_interval: 100}
+grid: {model.position: [learned, rope]}
+include: [{model.position: alibi, task.lr: 1.0e+38}]
+""")
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_and_a_diverged_run_is_marked(tmp_path):
+    """A worker killed with SIGKILL mid-run leaves its run interrupted; the next invocation resumes it
+    from its checkpoint. A run whose loss turns NaN ends `diverged`; the other runs go on."""
+    path = _diverging_sweep(tmp_path)
+    args = ["sweep", path, f"run.root={tmp_path}/runs", f"data.cache_dir={tmp_path}/cache", "--workers", "2"]
+    sweep = load_sweep(path, [f"run.root={tmp_path}/runs"])
+    victim = sweep.runs[0]
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", *map(str, args)], cwd=ROOT,
+                            env={**os.environ, "WANDB_MODE": "disabled"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not list((victim.run_dir / "checkpoints").glob("step-*.ckpt")):
+        assert time.time() < deadline and proc.poll() is None, "the run never checkpointed"
+        time.sleep(0.05)
+    holder = json.loads((victim.run_dir / "run.lock").read_text())
+    os.kill(holder["pid"], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out
+    assert "killed by signal 9" in out
+    assert read_status(victim.run_dir)["state"] == "interrupted"
+    diverged = read_status(sweep.runs[2].run_dir)
+    assert diverged["state"] == "diverged"
+    assert "non-finite at step" in diverged["message"] and "last finite loss" in diverged["message"]
+    assert read_status(sweep.runs[1].run_dir)["state"] == "completed"
+
+    again = _ablate(*args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"resume {victim.name}" in again.stdout
+    assert "resuming" in (victim.run_dir / "train.log").read_text()
+    final = read_status(victim.run_dir)
+    assert final["state"] == "completed" and final["step"] == 300 and final["resumed_from_step"] > 0
+    steps = [json.loads(line)["step"] for line in (victim.run_dir / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in line]
+    assert steps == sorted(set(steps))  # every logged step once, none lost
+
+
+@pytest.mark.slow
+def test_a_run_held_by_another_process_is_not_run_twice(tmp_path):
+    sweep = load_sweep(SMOKE, [f"run.root={tmp_path}", "trainer.max_steps=20"])
+    held = sweep.runs[1]
+    with RunLock(held.run_dir):
+        write_status(held.run_dir, "running", run_id=held.run_id)
+        result = _ablate("sweep", SMOKE, f"run.root={tmp_path}", f"data.cache_dir={tmp_path}/cache",
+                         "trainer.max_steps=20", "--workers", "2")
+    assert result.returncode == 1
+    assert f"skip {held.name}: running elsewhere (pid {os.getpid()}" in result.stdout
+    assert [read_status(r.run_dir)["state"] for r in sweep.runs] == ["completed", "interrupted", "completed",
+                                                                     "completed"]
+
+
+@pytest.mark.slow
+def test_slurm_launcher_through_submitit_local_executor(tmp_path):
+    pytest.importorskip("submitit")
+    path = _write(tmp_path, BASE + """
+name: slurm-smoke
+overrides: {logger: none, trainer.max_steps: 10, trainer.val_check_interval: 10, checkpoint.every_n_steps: 10}
+grid: {model.ffn: [gelu, swiglu]}
+slurm: {cluster: local, time_min: 10, gpus_per_node: 0}
+""")
+    result = _ablate("sweep", path, f"run.root={tmp_path}/runs", f"data.cache_dir={tmp_path}/cache",
+                     "--launcher", "slurm", "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    sweep = load_sweep(path, [f"run.root={tmp_path}/runs"])
+    assert [read_status(r.run_dir)["state"] for r in sweep.runs] == ["completed", "completed"]
