@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 
 from experiments.config import RunConfig, run_id, to_yaml
+from experiments.provenance import environment
 from experiments.rundir import RunLock, write_status
 from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor, cpu_peak_flops
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
@@ -213,8 +214,9 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     metrics.update(throughput.medians())
     state = "diverged" if guard.message else "completed"
     write_status(run_dir, state, step=trainer.global_step, run_id=rid, message=guard.message, metrics=metrics,
-                 signature=getattr(task, "bleu_signature", None),
-                 resumed_from_step=resume_state.resumed_from_step)
+                 signature=getattr(task, "bleu_signature", None), params=params,
+                 resumed_from_step=resume_state.resumed_from_step,
+                 environment=environment("cpu" if _runs_on_cpu(cfg) else "gpu"))
     metrics.update({"state": state, "run_dir": str(run_dir), "params": params["total"], "run_id": rid})
     _summary(cfg, metrics, guard.message, where)
     return metrics
