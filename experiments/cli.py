@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _components(args: argparse.Namespace) -> int:
@@ -16,8 +17,7 @@ def _components(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from experiments.demo import run_demo
 
-    run_demo(root=args.root, logger=args.logger, extra=args.overrides)
-    return 0
+    return run_demo(root=args.root, logger=args.logger, extra=args.overrides)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -63,6 +63,31 @@ def _sweep(args: argparse.Namespace) -> int:
         return 2
 
 
+def _report(args: argparse.Namespace) -> int:
+    from experiments.report import build, default_out
+    from experiments.sweep import SweepError
+
+    try:
+        sweep = _load_sweep(args)
+        path = build(sweep, Path(args.out) if args.out else default_out(sweep))
+    except SweepError as err:
+        print(f"ablate report: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from experiments.report import reproduce
+    from experiments.sweep import SweepError
+
+    try:
+        return reproduce(Path(args.report), args.root, args.workers, args.variant, args.seed)
+    except (SweepError, FileNotFoundError) as err:
+        print(f"ablate reproduce: {err}", file=sys.stderr)
+        return 2
+
+
 def _status(args: argparse.Namespace) -> int:
     from experiments.status import status_table
     from experiments.sweep import SweepError
@@ -76,12 +101,18 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from benchmarks.run import main_from_args
+
+    return main_from_args(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="a small ablation on the bible data (LM and translation), "
-                                             "ending in a table")
+                                             "ending in a report")
     demo.add_argument("--root", default="runs", help="run directory root")
     demo.add_argument("--logger", default="wandb", choices=["wandb", "none"])
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
@@ -118,6 +149,31 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("sweep", metavar="SWEEP.yaml")
     status.add_argument("overrides", nargs="*", metavar="key=value", help="as given to ablate sweep")
     status.set_defaults(func=_status)
+
+    bench = commands.add_parser(
+        "bench", help="training and decoding throughput, MFU and peak memory against peer implementations",
+        description="Times this project's models against x-transformers, Hugging Face transformers and "
+                    "torch.nn.Transformer at identical dimensions (interleaved, warm-up excluded) and writes "
+                    "the table to reports/perf/.")
+    from benchmarks.config import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_bench)
+
+    report = commands.add_parser("report", help="a sweep's runs as a report: seed statistics, deltas with "
+                                                "confidence intervals, plots (reports/<sweep name>/)")
+    report.add_argument("sweep", metavar="SWEEP.yaml")
+    report.add_argument("overrides", nargs="*", metavar="key=value", help="as given to ablate sweep")
+    report.add_argument("--out", default=None, help="output folder (default: reports/<sweep name>)")
+    report.set_defaults(func=_report)
+
+    repro = commands.add_parser("reproduce", help="re-run a report's embedded sweep and compare every metric")
+    repro.add_argument("report", metavar="REPORT_DIR", help="e.g. reports/cpu-lm-ffn")
+    repro.add_argument("--root", default="runs/reproduce", help="where the re-runs go")
+    repro.add_argument("--workers", type=int, default=None)
+    repro.add_argument("--variant", action="append", default=[], help="only this variant (repeatable)")
+    repro.add_argument("--seed", action="append", type=int, default=[], help="only this seed (repeatable)")
+    repro.set_defaults(func=_reproduce)
 
     args = parser.parse_args(argv)
     return args.func(args)

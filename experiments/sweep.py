@@ -14,6 +14,9 @@ A sweep file (``configs/sweeps/*.yaml``)::
     seeds: [0, 1, 2]
     baseline: {model.position: learned, model.ffn: gelu}
     slurm: {partition: gpu, time_min: 120, gpus_per_node: 1}
+    findings:                                      # published claims the report checks
+      - {claim: "RoPE beats learned positions", variant: {model.position: rope}, metric: test/ppl, expect: lower}
+    notes: free text printed under the findings in the report
 
 Every run gets a stable name (its components, any other grid keys, and the seed), a directory
 ``<run.root>/<sweep name>/<run name>`` and a run id hashed from its resolved config. Expansion
@@ -34,7 +37,7 @@ import yaml
 from experiments.config import ConfigError, RunConfig, load_config, run_id
 
 SWEEP_KEYS = ("name", "description", "configs", "overrides", "grid", "exclude", "include", "seeds", "baseline",
-              "metric", "slurm")
+              "metric", "slurm", "findings", "notes")
 SLURM_KEYS = ("cluster", "partition", "time_min", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
               "account", "qos", "constraint", "additional_parameters")
 COMPONENT_KEYS = ("model.norm", "model.norm_position", "model.position", "model.ffn")
