@@ -88,6 +88,23 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 2
 
 
+def _sweep_run(args: argparse.Namespace) -> int:
+    """One run of a sweep, by name (what W&B agents call)."""
+    from experiments.launchers import run_named
+    from experiments.sweep import SweepError, load_sweep
+
+    names = [o.split("=", 1)[1] for o in args.overrides if o.startswith("run=")]
+    overrides = [o for o in args.overrides if not o.startswith("run=")]
+    try:
+        if len(names) != 1:
+            raise SweepError("give the run as run=<name>")
+        argv = run_named(load_sweep(args.sweep, overrides), names[0])
+    except SweepError as err:
+        print(f"ablate sweep-run: {err}", file=sys.stderr)
+        return 2
+    return main(argv)
+
+
 def _status(args: argparse.Namespace) -> int:
     from experiments.status import status_table
     from experiments.sweep import SweepError
@@ -144,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--retry-failed", action="store_true", help="rerun runs that failed")
     sweep.add_argument("--wait", action="store_true", help="slurm: wait for the job array and print the table")
     sweep.set_defaults(func=_sweep)
+
+    sweep_run = commands.add_parser("sweep-run", help="train one run of a sweep by name (used by W&B agents)")
+    sweep_run.add_argument("sweep", metavar="SWEEP.yaml")
+    sweep_run.add_argument("overrides", nargs="*", metavar="run=NAME | key=value")
+    sweep_run.set_defaults(func=_sweep_run)
 
     status = commands.add_parser("status", help="state, step and headline metric of every run of a sweep")
     status.add_argument("sweep", metavar="SWEEP.yaml")

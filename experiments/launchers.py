@@ -175,6 +175,11 @@ def run_local(sweep: Sweep, workers: Optional[int] = None, retry_failed: bool = 
                                 "wall_s": wall, "end": time.time()}) + "\n")
 
     interrupted = False
+
+    def stop(signum, frame):  # SIGTERM/SIGHUP to the launcher: stop like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         while queue or active:
             while queue and free:
@@ -189,11 +194,16 @@ def run_local(sweep: Sweep, workers: Optional[int] = None, retry_failed: bool = 
                 progress.line(rows, {r.name: run_state(r)["step"] for r, *_x in active.values()})
     except KeyboardInterrupt:
         interrupted = True
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # finish shutting down whatever else arrives
         progress.event("interrupted: stopping the running runs (they resume on the next invocation)")
         for run, proc, *_rest in active.values():
             _terminate(proc)
         for slot, (run, proc, *_rest) in list(active.items()):
             finish(slot, proc.returncode if proc.returncode is not None else -signal.SIGTERM)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     text, rows = status_table(sweep)
     print("\n" + text)
@@ -293,18 +303,21 @@ def run_slurm(sweep: Sweep, retry_failed: bool = False, wait: bool = False) -> i
 # ----------------------------------------------------------------------------------------- wandb
 
 def wandb_sweep_config(sweep: Sweep, python: str = "python") -> dict[str, Any]:
-    """The W&B grid sweep equivalent to ``sweep``: W&B agents call ``ablate train`` with the
-    grid values as ``key=value`` arguments."""
-    if any(r.point and set(r.point) - set(sweep.grid) for r in sweep.runs):
-        raise SweepError(f"{sweep.path}: 'include' variants have keys outside the grid, which a W&B grid "
-                         f"cannot express; use --launcher local or slurm")
-    fixed = [o for o in sweep.runs[0].overrides if not o.startswith(("seed=", "run.name=", *(f"{k}=" for k in sweep.grid)))]
-    parameters = {key: {"values": values} for key, values in sweep.grid.items()}
-    parameters["seed"] = {"values": sweep.seeds}
+    """The W&B grid sweep over the sweep's runs: one parameter, ``run``, whose values are the run
+    names; each agent call runs ``ablate sweep-run SWEEP.yaml run=<name>``, which trains exactly
+    that run (same name, directory, overrides and run id as the other launchers)."""
     return {"name": sweep.name, "method": "grid", "program": "experiments/cli.py",
-            "command": ["${env}", python, "-m", "experiments.cli", "train", *map(str, sweep.configs), *fixed,
+            "command": ["${env}", python, "-m", "experiments.cli", "sweep-run", str(sweep.path), *sweep.cli_overrides,
                         "${args_no_hyphens}"],
-            "parameters": parameters}
+            "parameters": {"run": {"values": [r.name for r in sweep.runs]}}}
+
+
+def run_named(sweep: Sweep, name: str) -> list[str]:
+    """The ``ablate train`` arguments of the run called ``name``."""
+    for run in sweep.runs:
+        if run.name == name:
+            return run.command(sweep.configs)
+    raise SweepError(f"{sweep.path}: no run named {name!r}; runs: {', '.join(r.name for r in sweep.runs)}")
 
 
 def wandb_reachable(timeout_s: float = 5.0) -> Optional[str]:

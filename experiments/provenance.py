@@ -37,17 +37,6 @@ def versions() -> dict[str, str]:
     return found
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(accelerator: str = "cpu") -> str:
     import os
 
@@ -55,7 +44,9 @@ def machine(accelerator: str = "cpu") -> str:
 
     if accelerator != "cpu" and torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    from lit.callbacks import _cpu_model
+
+    return f"{_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def environment(accelerator: str = "cpu") -> dict[str, Any]:

@@ -19,11 +19,13 @@ import numpy as np
 import yaml
 
 from experiments.rundir import read_status
-from experiments.sweep import Sweep, SweepError, _flatten, _matches_cfg, load_sweep
+from experiments.status import metric_records
+from experiments.sweep import Sweep, SweepError, load_sweep, variant_matching
 
 COPIED = ("status.json", "metrics.jsonl", "config.yaml")
 BOOTSTRAP_SAMPLES = 10_000
 LOWER_IS_BETTER = ("ppl", "bpb", "loss")
+PAUSE_S = 300.0  # a gap this long between two logged records is a run that was stopped and resumed
 
 
 @dataclass
@@ -74,17 +76,17 @@ def _read(name: str, variant: str, seed: int, directory: Path) -> Record:
     record = Record(name, variant, seed, status["state"], status.get("metrics") or {},
                     (status.get("params") or {}).get("total"), status.get("signature"),
                     status.get("environment") or {}, status.get("message") or status.get("error"))
-    if (directory / "metrics.jsonl").is_file():
-        for line in (directory / "metrics.jsonl").read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if any(k.startswith("val/") for k in row):
-                record.curve.append(row)
-            if "perf/peak_mem_mb" in row:
-                record.metrics["perf/peak_mem_mb_max"] = max(record.metrics.get("perf/peak_mem_mb_max", 0),
-                                                              row["perf/peak_mem_mb"])
+    elapsed, last = 0.0, None
+    for row in metric_records(directory):
+        t = row.get("time")
+        if t is not None:  # training wall-clock, pauses (an interrupted run resumed later) left out
+            elapsed += (t - last) if last is not None and t - last < PAUSE_S else 0.0
+            last = t
+        if any(k.startswith("val/") for k in row):
+            record.curve.append({**row, "minutes": elapsed / 60})
+        if "perf/peak_mem_mb" in row:
+            record.metrics["perf/peak_mem_mb_max"] = max(record.metrics.get("perf/peak_mem_mb_max", 0),
+                                                          row["perf/peak_mem_mb"])
     if (directory / "config.yaml").is_file():
         record.config = yaml.safe_load((directory / "config.yaml").read_text()) or {}
     return record
@@ -237,25 +239,30 @@ def findings_table(rep: Report, findings: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {f['claim']} | {variant} vs {against}: no finished runs | - | cannot say |")
             continue
         digits = _digits(metric)
-        agrees = (d["mean"] < 0) == (expect == "lower")
-        if d["n"] < 2:
-            verdict = f"{'same' if agrees else 'opposite'} direction, one seed: noise unknown"
-        elif d["within_noise"]:
-            verdict = f"within seed noise (the mean points the {'same' if agrees else 'opposite'} way)"
+        direction = "better" if better(metric, d["mean"]) else "worse"
+        if expect == "none":
+            if d["n"] < 2:
+                verdict = "one seed: noise unknown"
+            elif d["within_noise"]:
+                verdict = "agrees (no difference beyond seed noise)"
+            else:
+                verdict = f"disagrees ({direction}, beyond seed noise)"
         else:
-            verdict = "agrees" if agrees else "disagrees"
+            agrees = (d["mean"] < 0) == (expect == "lower")
+            if d["n"] < 2:
+                verdict = f"{'same' if agrees else 'opposite'} direction, one seed: noise unknown"
+            elif d["within_noise"]:
+                verdict = f"within seed noise (the mean points the {'same' if agrees else 'opposite'} way)"
+            else:
+                verdict = "agrees" if agrees else "disagrees"
         lines.append(f"| {f['claim']} | {metric} {variant} − {against}: {d['mean']:+.{digits}f} "
                      f"({100 * d['relative']:+.1f}%) | [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}] | {verdict} |")
     return lines
 
 
 def _variant_of(sweep: Sweep, pattern: dict[str, Any]) -> str:
-    flat = _flatten(pattern)
-    found = list(dict.fromkeys(r.variant for r in sweep.runs if _matches_cfg(r.cfg, flat) and
-                               (r.point == flat or not any(r.point == flat for r in sweep.runs))))
-    if len(found) != 1:
-        raise SweepError(f"{sweep.path}: findings: {flat} matches {len(found)} variants ({', '.join(found)})")
-    return found[0]
+    (found,) = variant_matching(sweep, pattern)  # checked when the sweep file was loaded
+    return found
 
 
 def not_averaged(rep: Report) -> list[str]:
@@ -287,14 +294,9 @@ def _save(fig, path: Path) -> None:
 
 
 def _curve_stats(runs: list[Record], key: str, x: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    series = []
-    for r in runs:
-        points = [(row["step"], row["time"], row[key]) for row in r.curve if key in row]
-        if not points:
-            continue
-        start = r.curve[0]["time"]
-        xs = [p[0] for p in points] if x == "step" else _active_minutes([p[1] for p in points], start)
-        series.append(dict(zip([p[0] for p in points], zip(xs, [p[2] for p in points]))))
+    series = [{row["step"]: (row["step"] if x == "step" else row["minutes"], row[key]) for row in r.curve if key in row}
+              for r in runs]
+    series = [s for s in series if s]
     steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
     if not steps:
         return (np.array([]),) * 4
@@ -303,25 +305,13 @@ def _curve_stats(runs: list[Record], key: str, x: str) -> tuple[np.ndarray, np.n
     return xs, ys.mean(axis=1), ys.min(axis=1), ys.max(axis=1)
 
 
-def _active_minutes(times: list[float], start: float, gap_s: float = 120.0) -> list[float]:
-    """Minutes since the first record, with pauses longer than ``gap_s`` (a run that was
-    interrupted and resumed later) left out."""
-    out, elapsed, last = [], 0.0, start
-    for t in times:
-        step = t - last
-        elapsed += step if step < gap_s else 0.0
-        last = t
-        out.append(elapsed / 60)
-    return out
-
-
 def plot_curves(rep: Report, x: str, path: Path) -> Optional[str]:
     plt = _plt()
     key = "val/ppl"
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     drawn = False
     for variant, runs in rep.by_variant().items():
-        xs, mean, low, high = _curve_stats([r for r in runs if r.curve], key, x)
+        xs, mean, low, high = _curve_stats([r for r in runs if r.curve and r.finished], key, x)
         if len(xs) == 0:
             continue
         line, = ax.plot(xs, mean, marker="o", markersize=3, label=variant, lw=2 if variant == rep.sweep.baseline else 1.3)
@@ -491,10 +481,14 @@ def build(sweep: Sweep, out: Path) -> Path:
     return out / "README.md"
 
 
+PROJECT = Path(__file__).resolve().parents[1]
+
+
 def _rel(path: Path) -> str:
+    """A path as written in a report: relative to the project root when inside it."""
     path = Path(path)
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(path.resolve().relative_to(PROJECT))
     except ValueError:
         return str(path)
 

@@ -66,13 +66,18 @@ class RunLock:
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.path, "a+")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for attempt in range(10):  # a status reader holds the lock for microseconds: try again briefly
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt < 9:
+                    time.sleep(0.05)
+        else:
             holder = _read_holder(f)
             f.close()
             who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
-            raise RunLocked(f"{self.path.parent} is being run by {who} (lock {self.path})") from None
+            raise RunLocked(f"{self.path.parent} is being run by {who} (lock {self.path})")
         self.stale = _read_holder(f)
         f.seek(0)
         f.truncate()

@@ -16,19 +16,23 @@ def headline_metrics(task: str) -> tuple[str, str]:
     return ("val/ppl", "test/ppl") if task == "lm" else ("val/bleu", "test/bleu")
 
 
-def last_logged(run_dir: Path, key: str) -> Optional[float]:
-    """The last value of ``key`` in ``metrics.jsonl`` (for runs that have not finished)."""
+def metric_records(run_dir: Path):
+    """The JSON records of a run's ``metrics.jsonl`` (a line cut short by a kill is skipped)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        return None
-    value = None
+        return
     for line in path.read_text().splitlines():
         try:
-            record = json.loads(line)
+            yield json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if key in record:
-            value = record[key]
+            continue
+
+
+def last_logged(run_dir: Path, key: str) -> Optional[float]:
+    """The last value of ``key`` in ``metrics.jsonl`` (for runs that have not finished)."""
+    value = None
+    for record in metric_records(run_dir):
+        value = record.get(key, value)
     return value
 
 
@@ -44,22 +48,9 @@ def run_state(run: SweepRun) -> dict[str, Any]:
            "run_id": status.get("run_id"), "expected_run_id": run.run_id}
     if status["state"] in ("running", "interrupted", "failed"):
         row["val"] = last_logged(run.run_dir, val_key)
-        step = _last_step(run.run_dir)
+        step = last_logged(run.run_dir, "step")
         row["step"] = max(row["step"] or 0, step or 0)
     return row
-
-
-def _last_step(run_dir: Path) -> Optional[int]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    step = None
-    for line in path.read_text().splitlines():
-        try:
-            step = json.loads(line).get("step", step)
-        except json.JSONDecodeError:
-            continue
-    return step
 
 
 def counts(rows: list[dict[str, Any]]) -> Counter:

@@ -208,16 +208,50 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
     baseline = None
     if spec.get("baseline") is not None:
         pattern = _flatten(spec["baseline"])
-        found = list(dict.fromkeys(r.variant for r in runs if _matches_cfg(r.cfg, pattern)))
-        if len(found) > 1:  # e.g. an included variant that differs in a key outside the pattern
-            found = list(dict.fromkeys(r.variant for r in runs if r.name in found or r.variant in found
-                                       if r.point == pattern)) or found
+        found = variant_matching(Sweep(path, name, "", configs, grid, seeds, None, None, {}, runs, text), pattern)
         if len(found) != 1:
             raise SweepError(f"{path}: baseline {pattern} matches {len(found)} variants ({', '.join(found) or 'none'}); "
                              f"it must match exactly one")
         baseline = found[0]
-    return Sweep(path, name, str(spec.get("description") or ""), configs, grid, seeds, baseline,
-                 spec.get("metric"), slurm, runs, text, list(cli_overrides))
+    sweep = Sweep(path, name, str(spec.get("description") or ""), configs, grid, seeds, baseline,
+                  spec.get("metric"), slurm, runs, text, list(cli_overrides))
+    for i, finding in enumerate(_as_list(spec.get("findings"), path, "findings")):
+        _check_finding(sweep, finding, i)
+    return sweep
+
+
+FINDING_KEYS = ("claim", "variant", "against", "metric", "expect")
+
+
+def variant_matching(sweep: Sweep, pattern: dict[str, Any]) -> list[str]:
+    """The variants whose config has the values of ``pattern`` (dotted keys); among several,
+    the one whose own grid values are exactly ``pattern`` when there is one."""
+    flat = _flatten(pattern)
+    found = list(dict.fromkeys(r.variant for r in sweep.runs if _matches_cfg(r.cfg, flat)))
+    exact = list(dict.fromkeys(r.variant for r in sweep.runs if r.variant in found and r.point == flat))
+    return exact if len(found) > 1 and exact else found
+
+
+def _check_finding(sweep: Sweep, finding: Any, i: int) -> None:
+    where = f"{sweep.path}: findings[{i}]"
+    if not isinstance(finding, dict):
+        raise SweepError(f"{where}: a mapping with keys {', '.join(FINDING_KEYS)}")
+    stray = sorted(set(finding) - set(FINDING_KEYS))
+    missing = [k for k in ("claim", "variant", "metric") if k not in finding]
+    if stray or missing:
+        raise SweepError(f"{where}: " + "; ".join(
+            ([f"unknown key(s) {', '.join(stray)}"] if stray else []) + ([f"missing {', '.join(missing)}"] if missing else []))
+            + f" (keys: {', '.join(FINDING_KEYS)})")
+    if finding.get("expect", "lower") not in ("lower", "higher", "none"):
+        raise SweepError(f"{where}: expect must be lower, higher or none, got {finding['expect']!r}")
+    for key in ("variant", "against"):
+        if key in finding:
+            found = variant_matching(sweep, finding[key])
+            if len(found) != 1:
+                raise SweepError(f"{where}: {key} {finding[key]} matches {len(found)} variants "
+                                 f"({', '.join(found) or 'none'}); it must match exactly one")
+    if "against" not in finding and sweep.baseline is None:
+        raise SweepError(f"{where}: no 'against' and no baseline to compare with")
 
 
 def _matches_cfg(cfg: RunConfig, pattern: dict[str, Any]) -> bool:

@@ -24,10 +24,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 
 from experiments.config import RunConfig, run_id, to_yaml
 from experiments.provenance import environment
-from experiments.rundir import RunLock, write_status
+from experiments.rundir import RunLock, read_status, write_status
 from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor, cpu_peak_flops
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
-                               latest_checkpoint)
+                               latest_checkpoint, remove_partial_writes)
 from lit.data.modules import build_datamodule
 from lit.tasks import LanguageModelTask, TranslationTask
 
@@ -86,15 +86,13 @@ def _runs_on_cpu(cfg: RunConfig) -> bool:
 
 
 def _is_rank_zero() -> bool:
-    """True in the launching process; False in the extra processes of a multi-device run."""
-    return all(int(os.environ.get(var, 0)) == 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    """True in the launching process; False in the extra processes of a multi-device run
+    (started by Lightning, torchrun or ``srun``)."""
+    return all(int(os.environ.get(var) or 0) == 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def _check_same_run(cfg: RunConfig, rid: str) -> None:
-    status_file = cfg.run_dir / "status.json"
-    if not status_file.is_file():
-        return
-    previous = json.loads(status_file.read_text()).get("run_id")
+    previous = read_status(cfg.run_dir).get("run_id")
     if previous and previous != rid:
         raise RunMismatch(
             f"{cfg.run_dir} holds a run of another configuration (run id {previous}, this one is {rid}); "
@@ -111,8 +109,13 @@ def _keep_metrics_up_to(run_dir: Path, step: int) -> None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
     tmp = path.with_name("metrics.jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)
@@ -148,8 +151,10 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
         print(f"note: {dropped} training pairs longer than model.max_seq_len={cfg.model.max_seq_len} "
               f"were left out")
     cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=tok.vocab_size, pad_id=tok.pad_id))
+    lead = _is_rank_zero()  # the one process that writes the run directory's files
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if lead:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
     if cfg.task.name == "lm":
         task = LanguageModelTask(cfg.model, cfg.task, tok.pad_id, data.n_bytes, data.streams, data.block_size)
@@ -159,11 +164,13 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     extra = {"params": params, "fingerprint": task.model.fingerprint(), "run_id": rid}
 
     ckpt_dir = run_dir / "checkpoints"
+    if lead:
+        remove_partial_writes(ckpt_dir)
     resume_from = latest_checkpoint(ckpt_dir)
     if resume_from is not None:
         step = checkpoint_step(resume_from)
         print(f"resuming {cfg.run.experiment}/{cfg.run_name} from {resume_from} (step {step})")
-        if _is_rank_zero():
+        if lead:
             _keep_metrics_up_to(run_dir, step)
 
     peak = cfg.perf.peak_flops
@@ -186,13 +193,15 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
                         use_distributed_sampler=False)  # the data modules shard themselves
 
     where = None
-    write_status(run_dir, "running", step=checkpoint_step(resume_from) if resume_from else 0, run_id=rid)
+    status = write_status if lead else (lambda *args, **kwargs: None)
+    status(run_dir, "running", step=checkpoint_step(resume_from) if resume_from else 0, run_id=rid)
     test_start = None
     try:
         trainer.fit(task, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
                     weights_only=True)
         train_s = resume_state.elapsed
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        # a run resumed from its final checkpoint trains and validates nothing: the metrics saved with it
+        metrics = {**resume_state.saved_metrics, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
         if guard.message is None:
             test_start = time.time()
             trainer.test(task, datamodule=data, verbose=False)
@@ -201,7 +210,7 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         state = "interrupted" if isinstance(err, (*INTERRUPTIONS, SIGTERMException)) else "failed"
-        write_status(run_dir, state, step=trainer.global_step, run_id=rid, error=repr(err))
+        status(run_dir, state, step=trainer.global_step, run_id=rid, error=repr(err))
         raise
     finally:
         if cfg.logger == "wandb":
@@ -213,7 +222,7 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     metrics["wall_s"] = train_s + (time.time() - test_start if test_start else 0.0)
     metrics.update(throughput.medians())
     state = "diverged" if guard.message else "completed"
-    write_status(run_dir, state, step=trainer.global_step, run_id=rid, message=guard.message, metrics=metrics,
+    status(run_dir, state, step=trainer.global_step, run_id=rid, message=guard.message, metrics=metrics,
                  signature=getattr(task, "bleu_signature", None), params=params,
                  resumed_from_step=resume_state.resumed_from_step,
                  environment=environment("cpu" if _runs_on_cpu(cfg) else "gpu"))

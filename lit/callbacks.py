@@ -121,9 +121,9 @@ class ThroughputMonitor(L.Callback):
         if not self.window:
             return
         seconds = sum(w[0] for w in self.window)
-        rate = sum(w[1] for w in self.window) / seconds
+        rate = sum(w[1] for w in self.window) / seconds * trainer.world_size
         self.all_rates.append(rate)
-        metrics = {"perf/tokens_per_s": rate * trainer.world_size, "perf/peak_mem_mb": peak_memory_mb(pl_module.device)}
+        metrics = {"perf/tokens_per_s": rate, "perf/peak_mem_mb": peak_memory_mb(pl_module.device)}
         if self.peak_flops:
             metrics["perf/mfu"] = sum(w[2] for w in self.window) / seconds / self.peak_flops
             metrics["perf/peak_flops"] = self.peak_flops
@@ -132,6 +132,13 @@ class ThroughputMonitor(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+
+    def state_dict(self) -> dict[str, Any]:  # the windows of earlier segments of a resumed run
+        return {"all_rates": list(self.all_rates), "all_mfu": list(self.all_mfu)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.all_rates = list(state.get("all_rates", []))
+        self.all_mfu = list(state.get("all_mfu", []))
 
     def medians(self) -> dict[str, float]:
         """Medians over the logging windows of the run (steady state)."""

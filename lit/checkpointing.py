@@ -91,13 +91,21 @@ def checkpoints(directory: Path) -> list[Path]:
 
 
 def latest_checkpoint(directory: Path) -> Optional[Path]:
-    """The newest complete checkpoint in ``directory``, or None."""
+    """The newest complete checkpoint in ``directory``, or None. Incomplete or corrupt files are
+    renamed ``*.corrupt`` (kept for inspection, never resumed from or counted again)."""
     for path in checkpoints(directory):
         if is_complete(path):
             return path
-        warnings.warn(f"{path}: incomplete or corrupt checkpoint, skipped; resuming from an older one",
-                      stacklevel=2)
+        warnings.warn(f"{path}: incomplete or corrupt checkpoint, set aside as {path.name}.corrupt; "
+                      f"resuming from an older one", stacklevel=2)
+        path.replace(path.with_name(path.name + ".corrupt"))
     return None
+
+
+def remove_partial_writes(directory: Path) -> None:
+    """Temporary files of writes cut short by a kill (call while holding the run's lock)."""
+    for path in Path(directory).glob("*.ckpt.tmp-*"):
+        path.unlink(missing_ok=True)
 
 
 def checkpoint_step(path: Path) -> int:
@@ -119,21 +127,28 @@ class PeriodicCheckpoint(L.Callback):
     def _save(self, trainer: L.Trainer) -> Path:
         path = self.directory / checkpoint_name(trainer.global_step)
         trainer.save_checkpoint(path)
+        self._last_saved = trainer.global_step
         if trainer.is_global_zero:
             for old in checkpoints(self.directory)[self.keep:]:
-                old.unlink(missing_ok=True)
+                if old != path:
+                    old.unlink(missing_ok=True)
         return path
+
+    _last_saved = -1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if step > 0 and step % self.every_n_steps == 0 and not trainer.should_stop:
+        if trainer.fit_loop._should_accumulate():  # mid gradient accumulation: the step is not done
+            return
+        if step > 0 and step % self.every_n_steps == 0 and step != self._last_saved and not trainer.should_stop:
             self._save(trainer)
 
     def on_train_end(self, trainer, pl_module):
+        """The final checkpoint, written after the last validation so that it carries the final
+        metrics (a run resumed from it has nothing left to train and still reports them)."""
         if self.guard is not None and self.guard.message is not None:
             return  # never make a diverged state the newest checkpoint
-        path = self.directory / checkpoint_name(trainer.global_step)
-        self.final = path if path.is_file() else self._save(trainer)
+        self.final = self._save(trainer)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -160,6 +175,8 @@ class ResumeState(L.Callback):
 
     def __init__(self, wandb_id: Optional[str] = None) -> None:
         self.wandb_id = wandb_id
+        self.saved_metrics: dict[str, float] = {}  # the logged metrics at the checkpoint resumed from
+        self._trainer: Optional[L.Trainer] = None
         self.elapsed_before = 0.0  # training seconds of earlier segments of this run
         self.resumed_from_step: Optional[int] = None
         self._segment_start = time.time()
@@ -170,6 +187,9 @@ class ResumeState(L.Callback):
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self._segment_start
 
+    def setup(self, trainer, pl_module, stage):
+        self._trainer = trainer
+
     def on_fit_start(self, trainer, pl_module):
         self._segment_start = time.time()
 
@@ -177,12 +197,16 @@ class ResumeState(L.Callback):
         rng = _rng_state()
         if self._step_rng is not None:
             rng["torch"] = self._step_rng
-        return {"rng": rng, "elapsed_s": self.elapsed, "wandb_id": self.wandb_id}
+        metrics = {}
+        if self._trainer is not None:
+            metrics = {k: float(v) for k, v in self._trainer.callback_metrics.items() if v.numel() == 1}
+        return {"rng": rng, "elapsed_s": self.elapsed, "wandb_id": self.wandb_id, "metrics": metrics}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._pending_rng = state.get("rng")
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.wandb_id = self.wandb_id or state.get("wandb_id")
+        self.saved_metrics = dict(state.get("metrics", {}))
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         self.resumed_from_step = int(checkpoint.get("global_step", 0))

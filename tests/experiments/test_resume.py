@@ -22,7 +22,11 @@ from experiments.train import train
 
 class KillAfter(L.Callback):
     def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step == int(sys.argv[1]):
+        if sys.argv[1] != "test" and trainer.global_step == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_test_start(self, trainer, *args):
+        if sys.argv[1] == "test":
             os.kill(os.getpid(), signal.SIGKILL)
 
 paths = [a for a in sys.argv[2:] if "=" not in a]
@@ -79,7 +83,8 @@ def reference(tmp_path_factory):
     ("lm-bible", 9, 50, False),  # an epoch is 9 batches: resumes from the checkpoint after an epoch's last batch
     ("lm-bible", 20, 50, True),  # the newest checkpoint is cut short: falls back to step 20
     ("mt-bible-de-en", 20, 35, False),  # token-budget batches, resumes from step 20
-], ids=["lm-mid-epoch", "lm-epoch-end", "lm-truncated-checkpoint", "mt-mid-epoch"])
+    ("lm-bible", 20, "test", False),  # killed while testing: resumes from the final checkpoint, tests only
+], ids=["lm-mid-epoch", "lm-epoch-end", "lm-truncated-checkpoint", "mt-mid-epoch", "lm-killed-in-test"])
 def test_kill9_then_rerun_equals_uninterrupted(reference, tmp_path, experiment, every, kill_after, corrupt_newest):
     root = tmp_path / "runs"
     killed = _run(experiment, root, f"checkpoint.every_n_steps={every}", kill_after=kill_after)
@@ -98,6 +103,7 @@ def test_kill9_then_rerun_equals_uninterrupted(reference, tmp_path, experiment, 
 
     ref, got = _status(reference[experiment]), _status(root)
     assert got["state"] == "completed" and got["step"] == ref["step"] == 60
+    assert {"val/loss", "val/ppl", "perf/tokens_per_s_median", "perf/mfu_median"} <= set(got["metrics"])
     assert got["resumed_from_step"] == expected_from
     assert got["metrics"]["val/loss"] == pytest.approx(ref["metrics"]["val/loss"], abs=1e-5)
     test_key = "test/ppl" if experiment == "lm-bible" else "test/bleu"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,11 @@ BASE = "configs: [configs/experiments/lm-bible.yaml, configs/debug/smoke.yaml]\n
     (BASE + "grid: {model.position: [rope]}\nslurm: {partition: gpu, gpu: 2}\n", "slurm: unknown key(s) gpu"),
     ("configs: [configs/nope.yaml]\ngrid: {model.position: [rope]}\n", "configs/nope.yaml not found"),
     (BASE + "grid: {model.d_model: [30]}\n", "d_model"),
+    (BASE + "grid: {model.ffn: [gelu]}\nfindings: [{claim: x, variant: {model.ffn: relu}, metric: test/ppl, against: "
+            "{model.ffn: gelu}}]\n", "findings[0]: variant {'model.ffn': 'relu'} matches 0 variants"),
+    (BASE + "grid: {model.ffn: [gelu, relu]}\nbaseline: {model.ffn: gelu}\nfindings: [{claim: x, variant: "
+            "{model.ffn: relu}, metric: test/ppl, expect: smaller}]\n", "expect must be lower, higher or none"),
+    (BASE + "grid: {model.ffn: [gelu]}\nfindings: [{claim: x, metric: test/ppl}]\n", "missing variant"),
 ])
 def test_bad_sweep_files_fail_naming_the_problem(tmp_path, text, message):
     with pytest.raises(SweepError, match=None) as err:
@@ -115,14 +121,18 @@ def test_wandb_launcher_fails_fast_offline(monkeypatch):
         run_wandb(sweep)
 
 
-def test_wandb_sweep_config_is_the_same_grid():
-    sweep = load_sweep(SMOKE)
+def test_wandb_agents_run_exactly_the_sweeps_runs():
+    from experiments.launchers import run_named
+
+    sweep = load_sweep(SMOKE, ["run.root=elsewhere"])
     config = wandb_sweep_config(sweep)
     assert config["method"] == "grid"
-    assert config["parameters"]["model.position"]["values"] == ["learned", "rope"]
-    assert config["parameters"]["seed"]["values"] == [0]
-    assert config["command"][-1] == "${args_no_hyphens}"
-    assert "run.experiment=smoke" in config["command"]
+    assert config["parameters"]["run"]["values"] == [r.name for r in sweep.runs]
+    assert config["command"][-3:] == [str(SMOKE), "run.root=elsewhere", "${args_no_hyphens}"]
+    argv = run_named(sweep, sweep.runs[2].name)  # what `ablate sweep-run SMOKE run=<name>` trains
+    assert argv == sweep.runs[2].command(sweep.configs) and f"run.name={sweep.runs[2].name}" in argv
+    with pytest.raises(SweepError, match="no run named"):
+        run_named(sweep, "nope")
 
 
 def test_component_keys_are_the_registry_slots():
@@ -156,6 +166,16 @@ def test_smoke_sweep_with_two_workers_then_rerun_skips(tmp_path):
     assert [read_status(r.run_dir)["time"] for r in sweep.runs] == [s["time"] for s in states]
     status = _ablate("status", SMOKE, f"run.root={tmp_path}")
     assert status.returncode == 0 and status.stdout.count("completed") == 4
+
+    # the report regenerates byte for byte from its own copies of the run files
+    out = tmp_path / "report"
+    assert _ablate("report", SMOKE, f"run.root={tmp_path}", "--out", out).returncode == 0
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {"README.md", "report.json", "val_curves_steps.png", "extrapolation.png"} <= {str(p) for p in first}
+    assert "4 of 4 runs finished" in first[Path("README.md")].decode()
+    shutil.rmtree(tmp_path / "smoke")
+    assert _ablate("report", SMOKE, f"run.root={tmp_path}", "--out", out).returncode == 0
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
 
 
 def _diverging_sweep(tmp_path):
