@@ -196,6 +196,9 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     status = write_status if lead else (lambda *args, **kwargs: None)
     status(run_dir, "running", step=checkpoint_step(resume_from) if resume_from else 0, run_id=rid)
     test_start = None
+    # the training RNG stream starts from the seed, whatever ran since the model was built
+    # (a CPU peak measured or read from the cache, a W&B start): runs of one config are identical
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         trainer.fit(task, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
                     weights_only=True)
