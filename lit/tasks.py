@@ -17,7 +17,6 @@ from typing import Optional
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from lit.config import TaskConfig
 from lit.extrapolation import extrapolation
@@ -38,19 +37,16 @@ class TaskModule(L.LightningModule):
 
     # --------------------------------------------------------------------------- shared step
     def forward_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (B, T, V), targets (B, T)) of a batch."""
+        """(final states (B, T, D) before the output head, targets (B, T)) of a batch."""
         raise NotImplementedError
 
     def model_step(self, batch):
-        logits, targets = self.forward_batch(batch)
-        flat_logits, flat_targets = logits.flatten(0, 1).float(), targets.flatten()
-        nll = F.cross_entropy(flat_logits, flat_targets, ignore_index=self.pad_id, reduction="sum")
+        # head and cross-entropy fused (``model.loss``): the (B, T, V) logits are never built
+        hidden, targets = self.forward_batch(batch)
+        smoothing = self.cfg.label_smoothing if self.training else 0.0
+        objective, nll = self.model.loss(hidden, targets, self.pad_id, smoothing)
         tokens = (targets != self.pad_id).sum()
-        objective = nll / tokens.clamp(min=1)
-        if self.training and self.cfg.label_smoothing > 0:
-            objective = F.cross_entropy(flat_logits, flat_targets, ignore_index=self.pad_id,
-                                        label_smoothing=self.cfg.label_smoothing)
-        return objective, nll.detach(), tokens
+        return objective / tokens.clamp(min=1), nll.detach(), tokens
 
     def training_step(self, batch, batch_idx):
         objective, nll, tokens = self.model_step(batch)
@@ -152,7 +148,7 @@ class LanguageModelTask(TaskModule):
         self.block_size = block_size or model.max_seq_len
 
     def forward_batch(self, batch):
-        return self.model(batch["inputs"]), batch["targets"]
+        return self.model.hidden(batch["inputs"]), batch["targets"]
 
     def extra_metrics(self, stage, nll):
         metrics = {}
@@ -184,7 +180,7 @@ class TranslationTask(TaskModule):
         self.val_runs = 0  # completed validation runs, sanity check excluded
 
     def forward_batch(self, batch):
-        return self.model(batch["src"], batch["tgt_in"]), batch["tgt_out"]
+        return self.model.hidden(batch["src"], batch["tgt_in"]), batch["tgt_out"]
 
     def _decode_now(self, stage: str) -> bool:
         """Test always decodes; validation every ``bleu_every_n_val``-th run (not the sanity check)."""

@@ -142,9 +142,10 @@ class SelfAttention(_Attention):
     def forward(self, x, mask=None, is_causal=False, rotary=None,
                 cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+        q, k, v = qkv
         if rotary is not None:  # rotate before caching: cached keys keep their own positions
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+            q, k = apply_rotary(qkv[:2], *rotary)  # queries and keys in one pass
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, H, Tk, hd)
         return self.attend(q, k, v, mask, is_causal)

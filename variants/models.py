@@ -18,6 +18,7 @@ from torch import nn
 
 from variants.attention import CrossAttention, KVCache, SelfAttention, attention_mask
 from variants.config import ModelConfig
+from variants.loss import linear_cross_entropy
 from variants.registry import FFNS, NORM_POSITIONS, NORMS, POSITIONS, REGISTRIES
 
 
@@ -139,8 +140,19 @@ class TransformerBase(nn.Module):
         x = self.embed(tokens)
         return x * self.embed_scale if self.embed_scale != 1.0 else x
 
+    def head_weight(self) -> torch.Tensor:
+        """The output head's (V, D) matrix: the token embedding when tied."""
+        return self.embed.weight if self.head is None else self.head.weight
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
+        return F.linear(x, self.head_weight())
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head and cross-entropy of ``hidden`` (B, T, D) against ``targets`` (B, T), without
+        materialising the (B, T, V) logits: ``(objective, nll)`` summed over the targets that
+        are not ``ignore_index`` (see :func:`variants.loss.linear_cross_entropy`)."""
+        return linear_cross_entropy(hidden, self.head_weight(), targets, ignore_index, label_smoothing)
 
     def fingerprint(self) -> dict[str, str]:
         """Which registry entry fills each slot, read from the modules actually built."""
@@ -179,12 +191,15 @@ class DecoderLM(TransformerBase):
         self.init_weights()
 
     def forward(self, tokens: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        return self.logits(self.hidden(tokens, cache))
+
+    def hidden(self, tokens: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        """(B, T) tokens -> the final states (B, T, D) the output head reads."""
         self.decoder.check_length(tokens.size(1), cache)
         valid = self.padding(tokens)
         if valid is not None and cache is None and bool(valid.all()):
             valid = None  # no padding: keep the fast causal path
-        x = self.decoder(self.embed_tokens(tokens), valid, cache)
-        return self.logits(x)
+        return self.decoder(self.embed_tokens(tokens), valid, cache)
 
 
 class EncoderDecoder(TransformerBase):
@@ -206,18 +221,31 @@ class EncoderDecoder(TransformerBase):
         """(B, S) -> encoder states (B, S, D) and the source validity mask (B, S) or None."""
         self.encoder.check_length(src.size(1), None)
         valid = self.padding(src)
-        return self.encoder(self.embed_tokens(src), valid), valid
+        return self.encoder(self.embed_tokens(src), _unless_all(valid)), valid
 
     def decode(self, tgt: torch.Tensor, memory: torch.Tensor, memory_valid: Optional[torch.Tensor],
                cache: Optional[KVCache] = None) -> torch.Tensor:
         """(B, T) decoder inputs over encoder states -> logits (B, T, V)."""
+        return self.logits(self.decode_hidden(tgt, memory, memory_valid, cache))
+
+    def decode_hidden(self, tgt: torch.Tensor, memory: torch.Tensor, memory_valid: Optional[torch.Tensor],
+                      cache: Optional[KVCache] = None) -> torch.Tensor:
+        """(B, T) decoder inputs over encoder states -> the final states (B, T, D)."""
         self.decoder.check_length(tgt.size(1), cache)
-        x = self.decoder(self.embed_tokens(tgt), None, cache, memory, memory_valid)
-        return self.logits(x)
+        return self.decoder(self.embed_tokens(tgt), None, cache, memory, _unless_all(memory_valid))
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.hidden(src, tgt))
+
+    def hidden(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """(B, S) sources, (B, T) decoder inputs -> the final decoder states (B, T, D)."""
         memory, memory_valid = self.encode(src)
-        return self.decode(tgt, memory, memory_valid)
+        return self.decode_hidden(tgt, memory, memory_valid)
+
+
+def _unless_all(valid: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The padding mask, or None when nothing is padding (attention then needs no mask)."""
+    return None if valid is None or bool(valid.all()) else valid
 
 
 def build_model(cfg: ModelConfig) -> TransformerBase:

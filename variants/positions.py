@@ -96,15 +96,15 @@ class Learned(PositionScheme):
         return x + self.table(positions)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, hd) queries or keys by the angles in ``cos``/``sin`` (B|1, 1, T, hd)."""
-    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+    """Rotate (..., T, hd) queries or keys by the angles in ``cos``/``sin`` (B|1, 1, T, hd).
+
+    ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = [-x2, x1]`` on the halves of the
+    last dimension; ``sin`` comes from :meth:`Rotary.rotary` with the first half negated, so the
+    rotation is a roll of ``x`` and one fused multiply-add (three kernels, not six).
+    """
+    half = x.size(-1) // 2
+    return torch.addcmul(x * cos, x.roll(half, dims=-1), sin).to(x.dtype)
 
 
 @POSITIONS.register("rope")
@@ -118,9 +118,11 @@ class Rotary(PositionScheme):
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
     def rotary(self, positions):
+        """``(cos, sin)`` (B|1, 1, T, hd) for :func:`apply_rotary`, the first half of ``sin``
+        negated."""
         angles = positions.unsqueeze(-1).float() * self.inv_freq  # (B, T, hd/2)
-        angles = torch.cat([angles, angles], dim=-1).unsqueeze(1)  # (B, 1, T, hd)
-        return angles.cos(), angles.sin()
+        sin = angles.sin()
+        return torch.cat([angles, angles], dim=-1).cos().unsqueeze(1), torch.cat([-sin, sin], dim=-1).unsqueeze(1)
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:

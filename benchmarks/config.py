@@ -1,0 +1,114 @@
+"""What a bench run measures: one dataclass, overridable from the command line (``--set k=v``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+SECTIONS = ("train-lm", "train-seq2seq", "decode", "breakdown")
+
+
+@dataclass
+class BenchConfig:
+    device: str = "auto"  # auto = cuda when available, else cpu
+    threads: Optional[int] = None  # CPU threads; default: physical cores
+    compile: bool = False  # add "ablate + torch.compile" rows
+    sections: tuple[str, ...] = SECTIONS
+    presets: tuple[str, ...] = ("gpt2", "llama", "alibi", "vaswani")
+    warmup: int = 2  # untimed units per implementation before the timed rounds
+    repeats: int = 7  # timed rounds (one unit of every implementation each)
+    decode_repeats: int = 5
+    seed: int = 0
+    dropout: float = 0.0
+    # decoder-only LM training
+    vocab_size: int = 8192
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 4
+    d_ff: int = 1024
+    lm_seq_len: int = 256
+    lm_batch: int = 8
+    # encoder-decoder training (the "vaswani" composition)
+    s2s_layers: int = 3
+    s2s_src_len: int = 64
+    s2s_tgt_len: int = 64
+    s2s_batch: int = 32
+    # decoding with the KV cache
+    decode_batch: int = 8
+    decode_prompt: int = 32
+    decode_new: int = 128
+    beam: int = 4
+    out: str = "reports/perf"
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.sections if s not in SECTIONS]
+        if unknown:
+            raise ValueError(f"unknown bench section(s) {unknown}; choices: {', '.join(SECTIONS)}")
+        from benchmarks.models import PRESETS
+
+        bad = [p for p in self.presets if p not in PRESETS]
+        if bad:
+            raise ValueError(f"unknown preset(s) {bad}; choices: {', '.join(PRESETS)}")
+        if self.repeats < 1 or self.decode_repeats < 1 or self.warmup < 0:
+            raise ValueError("repeats must be >= 1 and warmup >= 0")
+
+    def dims(self) -> dict:
+        """The model fields every LM row shares."""
+        return dict(vocab_size=self.vocab_size, d_model=self.d_model, n_heads=self.n_heads,
+                    n_layers=self.n_layers, d_ff=self.d_ff, dropout=self.dropout,
+                    max_seq_len=max(self.lm_seq_len, self.s2s_src_len, self.s2s_tgt_len,
+                                    self.decode_prompt + self.decode_new))
+
+    def override(self, items: list[str]) -> "BenchConfig":
+        """A copy with ``key=value`` items applied (types follow the defaults)."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changes = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or key not in fields:
+                raise ValueError(f"bad setting {item!r}; keys: {', '.join(sorted(fields))}")
+            current = getattr(self, key)
+            if isinstance(current, bool):
+                changes[key] = value.lower() in ("1", "true", "yes", "on")
+            elif isinstance(current, tuple):
+                changes[key] = tuple(v for v in value.split(",") if v)
+            elif isinstance(current, int) or (current is None and key == "threads"):
+                changes[key] = int(value)
+            elif isinstance(current, float):
+                changes[key] = float(value)
+            else:
+                changes[key] = value
+        return dataclasses.replace(self, **changes)
+
+
+def gpu_config(cfg: BenchConfig) -> BenchConfig:
+    """GPU shapes: GPT-2 small (d 768, 12 layers, 12 heads, context 1024, batch 16), a
+    6+6-layer encoder-decoder of the same width, decoding at batch 32."""
+    return dataclasses.replace(cfg, d_model=768, n_heads=12, n_layers=12, d_ff=3072, lm_seq_len=1024,
+                               lm_batch=16, s2s_layers=6, s2s_src_len=128, s2s_tgt_len=128,
+                               s2s_batch=64, decode_batch=32, repeats=max(cfg.repeats, 10), warmup=5)
+
+
+def tiny_config(**changes) -> BenchConfig:
+    """Toy sizes that run in seconds (tests, smoke runs)."""
+    base = dict(vocab_size=128, d_model=32, n_heads=4, n_layers=1, d_ff=64, lm_seq_len=16, lm_batch=2,
+                s2s_layers=1, s2s_src_len=8, s2s_tgt_len=8, s2s_batch=2, decode_batch=2,
+                decode_prompt=4, decode_new=4, beam=2, warmup=1, repeats=2, decode_repeats=2)
+    return BenchConfig(**{**base, **changes})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of: {', '.join(SECTIONS)}")
+    parser.add_argument("--presets", default="gpt2,llama,alibi,vaswani", help="LM presets to train")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per comparison")
+    parser.add_argument("--compile", action="store_true", help="add rows with our model under torch.compile")
+    parser.add_argument("--quick", action="store_true", help="toy sizes (seconds; checks the pipeline only)")
+    parser.add_argument("--out", default="reports/perf", help="report folder ('' = do not write)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="key=value",
+                        help="any BenchConfig field, e.g. lm_batch=16 d_model=512")

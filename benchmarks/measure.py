@@ -1,0 +1,197 @@
+"""Timing, memory and peak measurements shared by every bench section.
+
+Implementations of one comparison are timed *interleaved* in one process: after each has run
+its warm-up units (not timed), every round times one unit of each implementation, starting
+from a different implementation each round, so slow drift of the machine (other processes,
+frequency changes) falls on all of them alike. A unit is one training step or one decoding
+call; the result of each implementation is the list of its per-unit times.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclass
+class Contender:
+    """One implementation in a comparison.
+
+    ``unit`` runs one unit of work; ``tokens`` and ``flops`` are counted per unit; ``memory``
+    (optional) returns the peak bytes of one unit, measured separately from the timing.
+    """
+
+    impl: str
+    unit: Callable[[], object]
+    tokens: int
+    flops: float
+    ours: bool = False
+    memory: Optional[Callable[[], Optional[float]]] = None
+    note: str = ""
+    warmup: int = 0  # extra warm-up units (compiled models)
+    times: list[float] = field(default_factory=list)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(contenders: list[Contender], device: torch.device, warmup: int, repeats: int,
+                     log: Callable[[str], None] = lambda s: None) -> None:
+    """Fill ``c.times`` (seconds per unit) for every contender: warm-up excluded, rounds
+    interleaved with a rotating start."""
+    for c in contenders:
+        start = time.perf_counter()
+        for _ in range(warmup + c.warmup):
+            c.unit()
+        synchronize(device)
+        log(f"  warm-up {c.impl}: {time.perf_counter() - start:.1f} s")
+    for r in range(repeats):
+        k = r % len(contenders)
+        for c in contenders[k:] + contenders[:k]:
+            synchronize(device)
+            start = time.perf_counter()
+            c.unit()
+            synchronize(device)
+            c.times.append(time.perf_counter() - start)
+
+
+def summary(times: list[float], per_unit: float) -> dict[str, float]:
+    """Median rate and its spread (min, max, quartiles) of ``per_unit`` / time."""
+    rates = sorted(per_unit / t for t in times)
+    q = statistics.quantiles(rates, n=4, method="inclusive") if len(rates) > 1 else [rates[0]] * 3
+    return {"median": statistics.median(rates), "min": rates[0], "max": rates[-1],
+            "q1": q[0], "q3": q[2]}
+
+
+# ------------------------------------------------------------------------------------- memory
+def persistent_bytes(*objects) -> int:
+    """Bytes of the parameters, buffers and optimizer state of modules/optimizers (each
+    storage once)."""
+    seen: dict[int, int] = {}
+
+    def add(t):
+        if isinstance(t, torch.Tensor):
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = s.nbytes()
+
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            for t in list(obj.parameters()) + list(obj.buffers()):
+                add(t)
+        elif isinstance(obj, torch.optim.Optimizer):
+            for state in obj.state.values():
+                for t in state.values():
+                    add(t)
+    return sum(seen.values())
+
+
+def peak_bytes(unit: Callable[[], object], device: torch.device, persistent: int) -> Optional[float]:
+    """Peak bytes of tensors alive while ``unit`` runs: ``persistent`` (what exists between
+    units: weights, optimizer state) plus the highest point of the unit's own allocations.
+
+    CUDA: the allocator's peak counter. CPU: the profiler's allocation events, replayed in
+    time order (None when this torch's profiler does not expose them)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        unit()
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - base + persistent)
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # keep the profiler's start/stop lines quiet
+    try:
+        from torch._C._profiler import _EventType
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            unit()
+        allocations = []
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            node = stack.pop()
+            if node.tag == _EventType.Allocation:
+                allocations.append((node.start_time_ns, node.extra_fields.alloc_size))
+            stack.extend(node.children)
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    live = peak = 0
+    for _, size in sorted(allocations):
+        live += size
+        peak = max(peak, live)
+    return float(persistent + peak)
+
+
+# ------------------------------------------------------------------------------- peak, machine
+def physical_cores() -> int:
+    """Physical cores of this machine (hyper-threads not counted), from /proc/cpuinfo."""
+    try:
+        cores, current = set(), {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines() + [""]:
+            if not line.strip():
+                if current:
+                    cores.add((current.get("physical id"), current.get("core id", current.get("processor"))))
+                current = {}
+            elif ":" in line:
+                key, value = line.split(":", 1)
+                current[key.strip()] = value.strip()
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> str:
+    """The widest vector extensions the CPU reports (what fp32 matmul speed depends on)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                found = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+                return ", ".join(found) or "no AVX2"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
+    """FLOP/s of square matmuls on ``device``: the best of repeated runs over ``seconds``."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    synchronize(device)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(8 if device.type == "cuda" else 1):
+            a @ b
+        synchronize(device)
+        n = 8 if device.type == "cuda" else 1
+        best = max(best, n * 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def load_average() -> Optional[tuple[float, float, float]]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None

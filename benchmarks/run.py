@@ -1,0 +1,202 @@
+"""Run a bench: environment, matmul peak, the sections, the breakdown, the report."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from benchmarks import models as M
+from benchmarks import report, suites
+from benchmarks.breakdown import sublayer_breakdown
+from benchmarks.config import BenchConfig, gpu_config, tiny_config
+from benchmarks.measure import cpu_flags, cpu_model, load_average, matmul_peak, physical_cores
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def environment(cfg: BenchConfig, device: torch.device, peak: float, load=None) -> dict:
+    facts = {
+        "CPU": f"{cpu_model()} ({physical_cores()} physical cores; {cpu_flags()})",
+        "torch threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "x-transformers": _version("x-transformers"),
+        "transformers": _version("transformers"),
+        "precision": "bf16-mixed (autocast), fp32 weights" if device.type == "cuda" else "fp32",
+        "matmul peak": f"{peak / 1e9:,.1f} GFLOP/s ("
+                       + ("measured: 2048² fp32 matmuls, best of 2 s" if device.type == "cpu"
+                          else "dense bf16 peak of the device") + ")",
+        "1-min load average at start": "unknown" if load is None else f"{load[0]:.2f}",
+    }
+    name = cpu_model()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        facts = {"GPU": name, **facts}
+    return {"device": device.type, "device_name": name, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "facts": facts,
+            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
+
+
+def device_peak(device: torch.device) -> float:
+    """CPU: measured fp32 matmul peak. CUDA: the dense bf16 datasheet peak when the device is
+    known (``lit.callbacks.GPU_PEAK_FLOPS``), otherwise a measured bf16 matmul peak."""
+    if device.type == "cuda":
+        try:
+            from lit.callbacks import device_peak_flops
+
+            known = device_peak_flops(device, "bf16-mixed")
+        except ImportError:
+            known = None
+        return known or matmul_peak(device, torch.bfloat16, size=8192)
+    return matmul_peak(device, torch.float32)
+
+
+METHOD = [
+    "Throughput: target tokens per second of a training step (forward, token-level "
+    "cross-entropy in fp32, backward, fused AdamW, zeroed gradients); decoding: new tokens per "
+    "second of a whole `generate`/`translate` call (prompt or source encoding included).",
+    "All implementations of one model live in one process and are timed interleaved: warm-up "
+    "units are not timed, then each round times one unit of every implementation, starting "
+    "from a different one each round.",
+    "MFU = analytic FLOPs / peak. Training: 6·(matmul parameters a token passes through, output "
+    "head included) + 12·L·d·T per token, attention without causal halving "
+    "(`variants.flops.FlopCounter`), the same count for every implementation of a model. "
+    "Decoding: 2·N + 4·L·d·context per processed position (beam rows counted).",
+    "Peak memory: bytes of live tensors at the highest point of one unit — weights, buffers "
+    "and optimizer state plus the unit's own allocations (CPU: the profiler's allocation "
+    "events; CUDA: the allocator's peak counter). Python and library overheads are not counted.",
+    "Our rows run the training path of `ablate train`: `model.hidden` then `model.loss`, the "
+    "output head and cross-entropy fused in row chunks (`variants.loss`), so the (tokens × "
+    "vocabulary) logits are never materialised. Peers compute full logits and "
+    "`F.cross_entropy` (what their own training losses do), with the same fused AdamW.",
+    "Peers run eagerly, as shipped; `ablate + torch.compile` rows (opt-in: `--compile`) compile "
+    "our model up to the head.",
+    "Dropout is 0 in every row (`--set dropout=0.1` to change it): the implementations place "
+    "dropout differently, so with it they would not compute the same thing.",
+]
+
+
+def run_bench(cfg: BenchConfig, command: str = "ablate bench", log=print) -> dict:
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or physical_cores())
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    start_load = load_average()
+    log(f"measuring the matmul peak on {device} ...")
+    peak = device_peak(device)
+    env = environment(cfg, device, peak, start_load)
+    log(f"peak {peak / 1e9:,.1f} GFLOP/s")
+    rows: list[dict] = []
+    if "train-lm" in cfg.sections:
+        rows += suites.train_lm(cfg, device, peak, log)
+    if "train-seq2seq" in cfg.sections:
+        rows += suites.train_seq2seq(cfg, device, peak, log)
+    if "decode" in cfg.sections:
+        rows += suites.decode(cfg, device, peak, log)
+    breakdown = breakdowns(cfg, device, log) if "breakdown" in cfg.sections else {}
+    load = load_average()
+    env["facts"]["1-min load average at end"] = "unknown" if load is None else f"{load[0]:.2f}"
+    env["command"] = command
+    env["wall_s"] = time.perf_counter() - start
+    notes = sorted(set(cfg.notes)) + [f"{k}: {v}" for k, v in M.PEER_NOTES.items()]
+    busy = [x for x in (start_load, load) if x is not None and x[0] > 0.75 * physical_cores()]
+    if device.type == "cpu" and busy:
+        notes.insert(0, f"The machine was busy with other work during this run (1-min load average "
+                        f"{start_load[0] if start_load else float('nan'):.2f} at the start, "
+                        f"{load[0] if load else float('nan'):.2f} at the end, {physical_cores()} cores): "
+                        f"absolute tokens/s, the matmul peak and MFU are depressed and noisier than on an "
+                        f"idle machine; the ratios come from interleaved rounds, so every implementation "
+                        f"shared the same conditions.")
+    return {"env": env, "config": {k: v for k, v in vars(cfg).items() if k != "notes"}, "rows": rows,
+            "targets": report.check_targets(rows) if device.type == "cpu" else [],
+            "breakdown": breakdown, "method": METHOD, "notes": notes}
+
+
+def breakdowns(cfg: BenchConfig, device: torch.device, log=print) -> dict[str, dict[str, float]]:
+    """Per-sublayer times of our training step for each LM preset and the encoder-decoder."""
+    out = {}
+    gen = torch.Generator().manual_seed(cfg.seed)
+    B, T = cfg.lm_batch, cfg.lm_seq_len
+    data = torch.randint(1, cfg.vocab_size, (B, T + 1), generator=gen).to(device)
+    jobs = [(suites.PRESET_TITLES[p], M.preset_config(p, kind="lm", **cfg.dims()), (data[:, :-1],), data[:, 1:])
+            for p in cfg.presets]
+    S, Tt, Bs = cfg.s2s_src_len, cfg.s2s_tgt_len, cfg.s2s_batch
+    src = torch.randint(1, cfg.vocab_size, (Bs, S), generator=gen).to(device)
+    tgt = torch.randint(1, cfg.vocab_size, (Bs, Tt + 1), generator=gen).to(device)
+    jobs.append(("vaswani enc-dec", M.preset_config("vaswani", kind="seq2seq",
+                                                    **{**cfg.dims(), "n_layers": cfg.s2s_layers}),
+                 (src, tgt[:, :-1]), tgt[:, 1:]))
+    for name, mcfg, inputs, targets in jobs:
+        log(f"breakdown {name}")
+        torch.manual_seed(cfg.seed)
+        model = M.ours(mcfg).to(device).train()
+        unit, optimizer = suites.training_unit(
+            model, lambda: suites.ours_loss(model, model.hidden(*inputs), targets), device)
+        for _ in range(cfg.warmup + 1):
+            unit()
+        with suites.autocast(device):
+            out[name] = sublayer_breakdown(model, inputs, lambda h: suites.ours_loss(model, h, targets),
+                                           unit, optimizer, device)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    base = tiny_config() if args.quick else BenchConfig()
+    changes = [f"device={args.device}", f"sections={args.sections}", f"presets={args.presets}",
+               f"compile={args.compile}", f"out={args.out}"]
+    if args.threads:
+        changes.append(f"threads={args.threads}")
+    cfg = base.override(changes)
+    if resolve_device(cfg.device).type == "cuda" and not args.quick:
+        cfg = gpu_config(cfg)
+    if args.repeats:
+        cfg = cfg.override([f"repeats={args.repeats}"])
+    return cfg.override(args.set)
+
+
+def main_from_args(args: argparse.Namespace, command: Optional[str] = None) -> int:
+    try:
+        cfg = config_from_args(args)
+    except ValueError as err:
+        print(f"ablate bench: {err}", file=sys.stderr)
+        return 2
+    command = command or "ablate bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    result = run_bench(cfg, command=command.strip())
+    print()
+    print("\n".join(report.table_lines(result["rows"], markdown=False)))
+    if result["targets"]:
+        print()
+        for c in result["targets"]:
+            print(f"{'met   ' if c['met'] else 'MISSED'}  {c['target']}: {c['measured']}")
+    if result["breakdown"]:
+        print()
+        print("\n".join(report.breakdown_lines(result["breakdown"], markdown=False)))
+    for note in result["notes"]:
+        print(f"note: {note}")
+    if cfg.out:
+        path = report.write_report(result, Path(cfg.out))
+        print(f"\nreport written to {path}")
+    return 0

@@ -1,0 +1,324 @@
+"""The bench sections: LM training, encoder-decoder training, decoding with the KV cache.
+
+Each section builds its implementations at identical dimensions, times them interleaved
+(:func:`benchmarks.measure.time_interleaved`) and returns one row per implementation:
+tokens/s (median and spread over the timed rounds), MFU, peak memory and the ratio to the
+section's reference (the fastest peer for LM training, ``torch.nn.Transformer`` for
+encoder-decoder training, Hugging Face ``generate`` for decoding).
+
+Training units are what ``ablate train`` computes per step: forward, the token-level
+cross-entropy (sum over non-pad targets / their count, in fp32), backward, fused AdamW, and
+zeroing the gradients; under CUDA the forward runs in bf16 autocast (``bf16-mixed``). Ours
+computes the head and the loss fused (``model.loss``, as the training task does); the peers
+compute full logits and ``F.cross_entropy``, which is what their own training losses do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks import models as M
+from benchmarks.config import BenchConfig
+from benchmarks.measure import Contender, peak_bytes, persistent_bytes, summary, time_interleaved
+from variants.decoding import beam_translate, greedy_generate, greedy_translate
+from variants.flops import FlopCounter
+
+PAD = 0
+
+PRESET_TITLES = {"gpt2": "gpt2-style", "llama": "llama-style", "alibi": "alibi (bloom-style)",
+                 "vaswani": "vaswani"}
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean NLL over non-pad targets from full logits, in fp32: the peers' training objective."""
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD,
+                          reduction="sum")
+    return nll / (targets != PAD).sum().clamp(min=1)
+
+
+def ours_loss(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Our training objective as ``ablate train`` computes it: head and loss fused."""
+    objective, _ = model.loss(hidden, targets, PAD)
+    return objective / (targets != PAD).sum().clamp(min=1)
+
+
+def training_unit(model: nn.Module, objective: Callable[[], torch.Tensor],
+                  device: torch.device) -> tuple[Callable[[], None], torch.optim.Optimizer]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
+
+    def unit():
+        with autocast(device):
+            loss = objective()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return unit, optimizer
+
+
+def train_contender(impl: str, model: nn.Module, inputs: tuple, targets: torch.Tensor, tokens: int,
+                    flops: float, device: torch.device, ours: bool = False, compile: bool = False,
+                    note: str = "") -> Contender:
+    """A training step of ``model``; ours through ``model.hidden`` + ``model.loss`` (optionally
+    compiled: the part up to the head), peers through their logits and ``token_loss``."""
+    model = model.to(device).train()
+    if ours:
+        hidden = torch.compile(model.hidden) if compile else model.hidden
+
+        def objective():
+            return ours_loss(model, hidden(*inputs), targets)
+    else:
+        def objective():
+            return token_loss(model(*inputs), targets)
+    unit, optimizer = training_unit(model, objective, device)
+    unit()  # creates the optimizer state: memory is measured with it in place
+    return Contender(impl, unit, tokens, flops, ours=ours, note=note, warmup=3 if compile else 0,
+                     memory=lambda: peak_bytes(unit, device, persistent_bytes(model, optimizer)))
+
+
+def _rows(section: str, title: str, contenders: list[Contender], reference: Optional[str],
+          peak: float, settings: str, measure_memory: bool = True) -> list[dict]:
+    """One row per contender; ``reference`` None = the fastest non-ours contender."""
+    stats = {c.impl: summary(c.times, c.tokens) for c in contenders}
+    peers = [c for c in contenders if not c.ours]
+    if reference is None and peers:
+        reference = max(peers, key=lambda c: stats[c.impl]["median"]).impl
+    ref_rate = stats[reference]["median"] if reference in stats else None
+    rows = []
+    for c in contenders:
+        s = stats[c.impl]
+        mem = c.memory() if (measure_memory and c.memory is not None) else None
+        rows.append({
+            "section": section, "model": title, "impl": c.impl, "ours": c.ours,
+            "tokens_per_s": s["median"], "min": s["min"], "max": s["max"], "q1": s["q1"], "q3": s["q3"],
+            "repeats": len(c.times), "mfu": c.flops * s["median"] / c.tokens / peak if peak else None,
+            "peak_mem_mb": mem / 2**20 if mem is not None else None,
+            "ratio": s["median"] / ref_rate if ref_rate else None, "reference": reference,
+            "settings": settings, "note": c.note,
+        })
+    return rows
+
+
+def _seeded(seed: int):
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------- LM training
+def train_lm(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
+    rows = []
+    B, T = cfg.lm_batch, cfg.lm_seq_len
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = torch.randint(1, cfg.vocab_size, (B, T + 1), generator=gen).to(device)
+    inputs, targets = data[:, :-1], data[:, 1:]
+    settings = (f"vocab {cfg.vocab_size}, d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
+                f"d_ff {cfg.d_ff}, context {T}, batch {B}, dropout {cfg.dropout}")
+    for preset in cfg.presets:
+        title = PRESET_TITLES[preset]
+        log(f"train-lm {title}")
+        mcfg = M.preset_config(preset, kind="lm", **cfg.dims())
+        _seeded(cfg.seed)
+        model = M.ours(mcfg)
+        flops = FlopCounter(model)(B * T, T)
+        contenders = [train_contender("ablate", model, (inputs,), targets, B * T, flops, device, ours=True)]
+        if cfg.compile:
+            _seeded(cfg.seed)
+            contenders.append(train_contender("ablate + torch.compile", M.ours(mcfg), (inputs,), targets,
+                                              B * T, flops, device, ours=True, compile=True))
+        contenders += _lm_peers(preset, mcfg, inputs, targets, B * T, flops, device, cfg, log)
+        time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
+        rows += _rows("train-lm", title, contenders, None, peak, settings)
+    return rows
+
+
+def _lm_peers(preset, mcfg, inputs, targets, tokens, flops, device, cfg, log) -> list[Contender]:
+    peers = []
+    if M.available("x-transformers"):
+        _seeded(cfg.seed)
+        peers.append(train_contender("x-transformers", M.XTransformersLM(mcfg), (inputs,), targets,
+                                     tokens, flops, device))
+    else:
+        cfg.notes.append("x-transformers is not installed: its rows are skipped "
+                         "(pip install 'ablate[bench]')")
+    if M.available("transformers"):
+        _seeded(cfg.seed)
+        hf = M.hf_lm(preset, mcfg)
+        if hf is not None:
+            name = type(hf).__name__.replace("ForCausalLM", "").replace("LMHeadModel", "")
+            peers.append(train_contender(f"transformers ({name})", M.HFCausalLM(hf), (inputs,), targets,
+                                         tokens, flops, device))
+    else:
+        cfg.notes.append("transformers is not installed: its rows are skipped")
+    return peers
+
+
+# --------------------------------------------------------------------------- seq2seq training
+def train_seq2seq(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
+    B, S, T = cfg.s2s_batch, cfg.s2s_src_len, cfg.s2s_tgt_len
+    title = "vaswani enc-dec"
+    log(f"train-seq2seq {title}")
+    mcfg = M.preset_config("vaswani", kind="seq2seq", **{**cfg.dims(), "n_layers": cfg.s2s_layers})
+    gen = torch.Generator().manual_seed(cfg.seed)
+    src = torch.randint(1, cfg.vocab_size, (B, S), generator=gen).to(device)
+    tgt = torch.randint(1, cfg.vocab_size, (B, T + 1), generator=gen).to(device)
+    inputs, targets = (src, tgt[:, :-1]), tgt[:, 1:]
+    _seeded(cfg.seed)
+    model = M.ours(mcfg)
+    flops = FlopCounter(model)(B * T, T, B * S, S)
+    contenders = [train_contender("ablate", model, inputs, targets, B * T, flops, device, ours=True)]
+    if cfg.compile:
+        _seeded(cfg.seed)
+        contenders.append(train_contender("ablate + torch.compile", M.ours(mcfg), inputs, targets, B * T,
+                                          flops, device, ours=True, compile=True))
+    _seeded(cfg.seed)
+    contenders.append(train_contender("torch.nn.Transformer", M.TorchTransformerSeq2Seq(mcfg), inputs,
+                                      targets, B * T, flops, device))
+    if M.available("x-transformers"):
+        _seeded(cfg.seed)
+        contenders.append(train_contender("x-transformers", M.XTransformersSeq2Seq(mcfg), inputs, targets,
+                                          B * T, flops, device))
+    time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
+    settings = (f"vocab {cfg.vocab_size}, d_model {cfg.d_model}, {cfg.s2s_layers}+{cfg.s2s_layers} layers, "
+                f"{cfg.n_heads} heads, d_ff {cfg.d_ff}, source/target {S}/{T}, batch {B}, "
+                f"dropout {cfg.dropout}; tokens/s counts target tokens")
+    return _rows("train-seq2seq", title, contenders, "torch.nn.Transformer", peak, settings)
+
+
+# ------------------------------------------------------------------------------------ decoding
+def _forward_flops(matmul_params: int, layers: int, d: int, context: float) -> float:
+    """Forward FLOPs of one token position: 2 N + the attention products 4 L d context."""
+    return 2 * matmul_params + 4 * layers * d * context
+
+
+def lm_decode_flops(model, rows: int, prompt: int, new: int) -> float:
+    counter = FlopCounter(model)
+    n, L, d = counter.decoder, counter.decoder_layers, counter.d_model
+    total = rows * prompt * _forward_flops(n, L, d, (prompt + 1) / 2)
+    total += sum(rows * _forward_flops(n, L, d, prompt + t + 1) for t in range(new - 1))
+    return float(total)
+
+
+def s2s_decode_flops(model, batch: int, beam: int, src_len: int, new: int) -> float:
+    counter = FlopCounter(model)
+    d, Le, Ld = counter.d_model, counter.encoder_layers, counter.decoder_layers
+    total = batch * src_len * _forward_flops(counter.encoder, Le, d, src_len)
+    total += sum(batch * beam * (_forward_flops(counter.decoder, Ld, d, t + 1) + 4 * Ld * d * src_len)
+                 for t in range(new))
+    return float(total)
+
+
+def decode(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
+    rows = []
+    if not M.available("transformers"):
+        cfg.notes.append("transformers is not installed: decoding is compared with nothing")
+    B, P, N = cfg.decode_batch, cfg.decode_prompt, cfg.decode_new
+    gen = torch.Generator().manual_seed(cfg.seed)
+    prompt = torch.randint(3, cfg.vocab_size, (B, P), generator=gen).to(device)
+
+    # greedy LM continuation: the same GPT-2 weights in HF and imported into ours
+    title = "gpt2-style LM, greedy"
+    log(f"decode {title}")
+    mcfg = M.preset_config("gpt2", kind="lm", **{**cfg.dims(), "dropout": 0.0})
+    contenders = []
+    flops = None
+    if M.available("transformers"):
+        from variants.interop import from_hf
+
+        _seeded(cfg.seed)
+        hf = M.hf_lm("gpt2", mcfg).to(device).eval()
+        ours = from_hf(hf).to(device).eval()
+        flops = lm_decode_flops(ours, B, P, N)
+        mask = torch.ones_like(prompt)
+        contenders.append(Contender("ablate (same weights)", lambda: greedy_generate(ours, prompt, N), B * N,
+                                    flops, ours=True, memory=_no_grad_peak(lambda: greedy_generate(ours, prompt, N),
+                                                                            device, ours)))
+        hf_unit = _hf_generate(hf, dict(input_ids=prompt, attention_mask=mask), N, beams=1)
+        contenders.append(Contender("transformers generate", hf_unit, B * N, flops,
+                                    memory=_no_grad_peak(hf_unit, device, hf)))
+    else:
+        _seeded(cfg.seed)
+        ours = M.ours(mcfg).to(device).eval()
+        flops = lm_decode_flops(ours, B, P, N)
+        contenders.append(Contender("ablate", lambda: greedy_generate(ours, prompt, N), B * N, flops, ours=True))
+    if M.available("x-transformers"):
+        from x_transformers import AutoregressiveWrapper
+
+        _seeded(cfg.seed)
+        xt = AutoregressiveWrapper(M.XTransformersLM(mcfg).net).to(device).eval()
+
+        @torch.no_grad()
+        def xt_unit():
+            return xt.generate(prompt, N, temperature=0.0, cache_kv=True)
+
+        contenders.append(Contender("x-transformers generate", xt_unit, B * N, flops,
+                                    note="own random weights, same dimensions",
+                                    memory=_no_grad_peak(xt_unit, device, xt)))
+    time_interleaved(contenders, device, 1, cfg.decode_repeats, log)
+    settings = f"batch {B}, prompt {P}, {N} new tokens; tokens/s counts new tokens"
+    ref = "transformers generate" if any(c.impl == "transformers generate" for c in contenders) else None
+    rows += _rows("decode", title, contenders, ref, peak, settings)
+
+    # translation: greedy and beam search, the same Marian weights in HF and imported into ours
+    if not M.available("transformers"):
+        return rows
+    from variants.interop import from_hf
+
+    scfg = M.preset_config("vaswani", kind="seq2seq", **{**cfg.dims(), "dropout": 0.0,
+                                                          "n_layers": cfg.s2s_layers})
+    _seeded(cfg.seed)
+    marian = M.hf_marian(scfg).to(device).eval()
+    ours = from_hf(marian).to(device).eval()
+    src = prompt
+    mask = torch.ones_like(src)
+    start = marian.config.decoder_start_token_id
+    for beams in (1, cfg.beam):
+        title = "vaswani enc-dec (Marian), " + ("greedy" if beams == 1 else f"beam {beams}")
+        log(f"decode {title}")
+        if beams == 1:
+            def ours_unit():  # eos -1: no row stops early, as min_new_tokens does in HF
+                return greedy_translate(ours, src, start, -1, N)
+        else:
+            def ours_unit(beams=beams):
+                return beam_translate(ours, src, start, -1, N, beam=beams, length_penalty=1.0)
+        hf_unit = _hf_generate(marian, dict(input_ids=src, attention_mask=mask), N, beams=beams)
+        flops = s2s_decode_flops(ours, B, beams, src.size(1), N)
+        contenders = [
+            Contender("ablate (same weights)", ours_unit, B * N, flops, ours=True,
+                      memory=_no_grad_peak(ours_unit, device, ours)),
+            Contender("transformers generate", hf_unit, B * N, flops, memory=_no_grad_peak(hf_unit, device, marian)),
+        ]
+        time_interleaved(contenders, device, 1, cfg.decode_repeats, log)
+        settings = (f"batch {B}, source {src.size(1)}, {N} new tokens, "
+                    f"{'greedy' if beams == 1 else f'beam {beams}, length penalty 1.0'}; "
+                    f"tokens/s counts output tokens (best hypothesis)")
+        rows += _rows("decode", title, contenders, "transformers generate", peak, settings)
+    return rows
+
+
+def _hf_generate(hf, inputs: dict, new: int, beams: int) -> Callable:
+    # min_new_tokens keeps EOS out, so every implementation decodes exactly ``new`` steps
+    fixed = {"min_new_tokens": new} if hf.generation_config.eos_token_id is not None else {}
+
+    @torch.no_grad()
+    def unit():
+        return hf.generate(**inputs, max_new_tokens=new, do_sample=False, num_beams=beams,
+                           use_cache=True, length_penalty=1.0, pad_token_id=hf.config.pad_token_id or 0,
+                           **fixed)
+    return unit
+
+
+def _no_grad_peak(unit, device, model) -> Callable[[], Optional[float]]:
+    def measure():
+        with torch.no_grad():
+            return peak_bytes(unit, device, persistent_bytes(model))
+    return measure

@@ -1,0 +1,108 @@
+"""The bench runs end to end at toy sizes and produces well-formed rows and reports.
+
+Correctness only: no test here asserts anything about speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import models as M
+from benchmarks.breakdown import KINDS, sublayer_breakdown
+from benchmarks.config import BenchConfig, tiny_config
+from benchmarks.measure import Contender, peak_bytes, summary, time_interleaved
+from benchmarks.report import check_targets, write_report
+from benchmarks.run import run_bench
+from benchmarks.suites import ours_loss, training_unit
+
+ROW_KEYS = {"section", "model", "impl", "ours", "tokens_per_s", "min", "max", "q1", "q3", "repeats",
+            "mfu", "peak_mem_mb", "ratio", "reference", "settings", "note"}
+
+
+def test_interleaving_times_every_contender_each_round():
+    calls = []
+    contenders = [Contender(name, lambda name=name: calls.append(name), tokens=10, flops=1.0) for name in "abc"]
+    time_interleaved(contenders, torch.device("cpu"), warmup=1, repeats=3)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up
+    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # rotating start
+    assert all(len(c.times) == 3 for c in contenders)
+
+
+def test_summary_median_and_spread():
+    s = summary([1.0, 2.0, 4.0], per_unit=8)
+    assert s["median"] == 4 and s["min"] == 2 and s["max"] == 8 and s["q1"] <= s["median"] <= s["q3"]
+
+
+def test_peak_bytes_counts_live_tensors():
+    def unit():
+        a = torch.ones(1 << 20)  # 4 MiB
+        b = a * 2  # 8 MiB live at once
+        del a, b
+
+    peak = peak_bytes(unit, torch.device("cpu"), persistent=100)
+    assert peak is None or 8 * 2**20 + 100 <= peak < 9 * 2**20
+
+
+def test_config_overrides_and_errors():
+    cfg = BenchConfig().override(["lm_batch=3", "compile=true", "presets=gpt2,llama", "dropout=0.1"])
+    assert (cfg.lm_batch, cfg.compile, cfg.presets, cfg.dropout) == (3, True, ("gpt2", "llama"), 0.1)
+    with pytest.raises(ValueError, match="keys"):
+        BenchConfig().override(["no_such_key=1"])
+    with pytest.raises(ValueError, match="preset"):
+        BenchConfig(presets=("gpt5",))
+    with pytest.raises(ValueError, match="section"):
+        BenchConfig(sections=("everything",))
+
+
+@pytest.mark.parametrize("preset", list(M.PRESETS))
+def test_presets_build_with_the_bench_dimensions(preset):
+    cfg = M.preset_config(preset, kind="lm", **tiny_config().dims())
+    assert cfg.d_model == 32 and M.ffn_width(cfg) > 0
+
+
+def test_breakdown_parts_and_step_are_positive():
+    cfg = M.preset_config("llama", kind="lm", **tiny_config().dims())
+    model = M.ours(cfg).train()
+    data = torch.randint(1, cfg.vocab_size, (2, 9))
+    inputs, targets = (data[:, :-1],), data[:, 1:]
+    unit, optimizer = training_unit(model, lambda: ours_loss(model, model.hidden(*inputs), targets),
+                                    torch.device("cpu"))
+    unit()
+    parts = sublayer_breakdown(model, inputs, lambda h: ours_loss(model, h, targets), unit, optimizer,
+                               torch.device("cpu"), repeats=1)
+    assert set(parts) == set(KINDS) | {"step", "other"}
+    assert parts["step"] > 0 and all(parts[k] > 0 for k in ("embedding", "attention", "ffn", "norms",
+                                                              "head + loss", "optimizer"))
+    assert parts["cross-attention"] == 0
+
+
+@pytest.mark.slow
+def test_tiny_bench_end_to_end(tmp_path):
+    cfg = tiny_config(device="cpu", threads=1, presets=("gpt2", "alibi"), out=str(tmp_path))
+    result = run_bench(cfg, command="test", log=lambda s: None)
+    rows = result["rows"]
+    sections = {r["section"] for r in rows}
+    assert sections == {"train-lm", "train-seq2seq", "decode"}
+    for r in rows:
+        assert set(r) == ROW_KEYS
+        for key in ("tokens_per_s", "min", "max", "q1", "q3", "mfu"):
+            assert r[key] is not None and math.isfinite(r[key]) and r[key] > 0, (r["impl"], key)
+        assert r["min"] <= r["tokens_per_s"] <= r["max"]
+        assert r["repeats"] >= 2
+    ours = [r for r in rows if r["ours"]]
+    assert {r["model"] for r in ours if r["section"] == "train-lm"} == {"gpt2-style", "alibi (bloom-style)"}
+    if M.available("x-transformers") and M.available("transformers"):
+        impls = {r["impl"] for r in rows}
+        assert {"x-transformers", "transformers (GPT2)", "torch.nn.Transformer", "transformers generate"} <= impls
+        assert all(r["ratio"] > 0 for r in rows)
+    assert set(result["breakdown"]) == {"gpt2-style", "alibi (bloom-style)", "vaswani enc-dec"}
+    assert result["targets"] == check_targets(rows) and result["targets"]
+    path = write_report(result, tmp_path)
+    text = path.read_text()
+    assert "No GPU table was measured" in text and "| section | model |" in text
+    assert json.loads(path.with_suffix(".json").read_text())["rows"] == json.loads(json.dumps(rows))
+    assert (tmp_path / "README.md").read_text().count(f"]({path.name})") == 1

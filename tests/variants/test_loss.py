@@ -1,0 +1,97 @@
+"""The fused head + cross-entropy equals the plain one: values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.variants.helpers import PAD, assert_close, build, tiny_config, tokens
+from variants.loss import linear_cross_entropy
+
+N, D, V = 37, 16, 29
+
+
+def inputs(seed=0, ignored=(3, 4, 20)):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, D, generator=gen, dtype=torch.float64).requires_grad_()
+    weight = torch.randn(V, D, generator=gen, dtype=torch.float64).requires_grad_()
+    targets = torch.randint(1, V, (N,), generator=gen)
+    targets[list(ignored)] = PAD
+    return hidden, weight, targets
+
+
+def reference(hidden, weight, targets, smoothing):
+    logits = F.linear(hidden, weight)
+    nll = F.cross_entropy(logits, targets, ignore_index=PAD, reduction="sum")
+    objective = F.cross_entropy(logits, targets, ignore_index=PAD, reduction="sum", label_smoothing=smoothing)
+    return objective, nll
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 5, N, None], ids=lambda c: f"chunk{c}")
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_equals_cross_entropy_of_the_logits(chunk_rows, smoothing):
+    h1, w1, t = inputs()
+    h2, w2, _ = inputs()
+    objective, nll = linear_cross_entropy(h1, w1, t, PAD, smoothing, chunk_rows=chunk_rows)
+    ref_objective, ref_nll = reference(h2, w2, t, smoothing)
+    assert_close(nll, ref_nll.float())
+    assert_close(objective, ref_objective.float())
+    (2.5 * objective).backward()
+    (2.5 * ref_objective).backward()
+    assert_close(h1.grad, h2.grad)
+    assert_close(w1.grad, w2.grad)
+
+
+def test_no_gradient_work_without_grad():
+    h, w, t = inputs()
+    with torch.no_grad():
+        objective, nll = linear_cross_entropy(h, w, t, PAD)
+    assert not objective.requires_grad and not nll.requires_grad
+    assert_close(nll, reference(h, w, t, 0.0)[1].float().detach())
+
+
+def test_every_target_ignored_gives_zero():
+    h, w, t = inputs(ignored=range(N))
+    objective, nll = linear_cross_entropy(h, w, t, PAD)
+    objective.backward()
+    assert nll.item() == 0.0 and h.grad.abs().max().item() == 0.0
+
+
+def test_bad_arguments():
+    h, w, t = inputs()
+    with pytest.raises(ValueError, match="label_smoothing"):
+        linear_cross_entropy(h, w, t, PAD, 1.0)
+    with pytest.raises(ValueError, match="targets"):
+        linear_cross_entropy(h, w, t[:-1], PAD)
+
+
+def test_autocast_bf16_close_to_fp32():
+    h, w, t = inputs()
+    h, w = h.float().detach().requires_grad_(), w.float().detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        objective, nll = linear_cross_entropy(h, w, t, PAD, chunk_rows=8)
+    objective.backward()
+    assert objective.dtype == torch.float32 and w.grad.dtype == torch.float32
+    ref = reference(h.detach().double(), w.detach().double(), t, 0.0)[1]
+    assert abs(nll.item() - ref.item()) / ref.item() < 2e-2
+
+
+@pytest.mark.parametrize("kind", ["lm", "seq2seq"])
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_model_loss_matches_logits(kind, tie):
+    cfg = tiny_config(kind, tie_embeddings=tie)
+    a, b = build(cfg), build(cfg)
+    b.load_state_dict(a.state_dict())
+    src, tgt = tokens(3, 9, 0), tokens(3, 7, 1)
+    tgt[0, -2:] = PAD
+    args = (tgt,) if kind == "lm" else (src, tgt)
+    objective, nll = a.loss(a.hidden(*args), tgt, PAD)
+    logits = b(*args)
+    assert_close(a.logits(a.hidden(*args)), logits)
+    ref = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=PAD, reduction="sum")
+    assert_close(nll, ref.detach())
+    objective.backward()
+    ref.backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert_close(p.grad, q.grad, msg=name)
