@@ -308,7 +308,7 @@ def _curve_stats(runs: list[Record], key: str, x: str) -> tuple[np.ndarray, np.n
 def plot_curves(rep: Report, x: str, path: Path) -> Optional[str]:
     plt = _plt()
     key = "val/ppl"
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(9.0, 4.2))
     drawn = False
     for variant, runs in rep.by_variant().items():
         xs, mean, low, high = _curve_stats([r for r in runs if r.curve and r.finished], key, x)
@@ -325,7 +325,7 @@ def plot_curves(rep: Report, x: str, path: Path) -> Optional[str]:
     ax.set_ylabel("validation perplexity (log scale)")
     ax.set_title(f"{rep.sweep.name}: validation perplexity (mean over seeds, band = min-max)")
     ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, path)
     return path.name
 
@@ -338,7 +338,7 @@ def plot_extrapolation(rep: Report, path: Path) -> Optional[str]:
     if len(factors) < 2:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(9.0, 4.2))
     block = next((r.config.get("data", {}).get("block_size") or r.config.get("model", {}).get("max_seq_len")
                   for r in rep.records if r.config), 1)
     for variant, runs in rep.by_variant().items():
@@ -362,7 +362,7 @@ def plot_extrapolation(rep: Report, path: Path) -> Optional[str]:
     ax.set_ylabel("test perplexity (log scale)")
     ax.set_title(f"{rep.sweep.name}: length extrapolation (mean over seeds)")
     ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, path)
     return path.name
 
