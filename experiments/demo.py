@@ -26,6 +26,8 @@ def run_demo(root: str = "runs", logger: str = "wandb", extra: list[str] | None 
     for path in SWEEPS:
         sweep = load_sweep(path, overrides)
         code = max(code, run_local(sweep, workers=1))
+        if code == 130:  # interrupted: stop here; running `ablate demo` again resumes
+            return code
         pages.append(build(sweep, Path(root) / "reports" / sweep.name))
     print("\n" + "\n\n".join(status_table(load_sweep(p, overrides))[0] for p in SWEEPS))
     print("\nreports: " + ", ".join(str(p) for p in pages))
