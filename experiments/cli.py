@@ -197,7 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     repro.add_argument("--seed", action="append", type=int, default=[], help="only this seed (repeatable)")
     repro.set_defaults(func=_reproduce)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may also come after the options (`ablate sweep S.yaml --workers 2 a=b`)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     return args.func(args)
 
 

@@ -252,3 +252,14 @@ slurm: {cluster: local, time_min: 10, gpus_per_node: 0}
     assert result.returncode == 0, result.stdout + result.stderr
     sweep = load_sweep(path, [f"run.root={tmp_path}/runs"])
     assert [read_status(r.run_dir)["state"] for r in sweep.runs] == ["completed", "completed"]
+
+
+def test_overrides_may_follow_the_options(tmp_path):
+    from experiments.cli import main
+
+    out = tmp_path / "report"
+    assert main(["report", str(SMOKE), "--out", str(out), f"run.root={tmp_path}/runs", "logger=none"]) == 0
+    text = (out / "README.md").read_text()
+    assert f"run.root={tmp_path}/runs logger=none" in text and "0 of 4 runs finished" in text
+    with pytest.raises(SystemExit):
+        main(["report", str(SMOKE), "--bogus"])
