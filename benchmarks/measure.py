@@ -10,7 +10,6 @@ call; the result of each implementation is the list of its per-unit times.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -148,16 +147,6 @@ def physical_cores() -> int:
     except OSError:
         pass
     return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cpu_flags() -> str:

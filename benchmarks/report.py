@@ -131,7 +131,7 @@ def _write_index(out_dir: Path) -> None:
 
 
 def markdown_report(result: dict) -> list[str]:
-    env, cfg, rows = result["env"], result["config"], result["rows"]
+    env, rows = result["env"], result["rows"]
     lines = [f"# Performance: {env['device_name']} ({env['device']})", "",
              f"Measured {env['date']} by `{env['command']}` in {env['wall_s']:.0f} s.", ""]
     lines += ["## Machine and software", ""]

@@ -18,7 +18,8 @@ from benchmarks import models as M
 from benchmarks import report, suites
 from benchmarks.breakdown import sublayer_breakdown
 from benchmarks.config import BenchConfig, gpu_config, tiny_config
-from benchmarks.measure import cpu_flags, cpu_model, load_average, matmul_peak, physical_cores
+from benchmarks.measure import cpu_flags, load_average, matmul_peak, physical_cores
+from lit.callbacks import cpu_model
 
 
 def _version(dist: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from experiments.rundir import FINAL_STATES, read_status
-from experiments.status import format_counts, run_state, status_table
+from experiments.status import counts, format_counts, run_state, status_table
 from experiments.sweep import Sweep, SweepError, SweepRun
 
 EXIT_LOCKED = 3  # `ablate train` exit status when another process holds the run
@@ -108,9 +108,7 @@ class _Progress:
     def line(self, rows: list[dict[str, Any]], running: dict[str, int]) -> None:
         if not self.tty:
             return
-        from collections import Counter
-
-        c = Counter(r["state"] for r in rows)
+        c = counts(rows)
         steps = ", ".join(f"{name} {step}" for name, step in list(running.items())[:3])
         sys.stdout.write(f"\r\x1b[K[{self._clock()}] {self.sweep.name}: {format_counts(c)}"
                          + (f" | {steps}" if steps else ""))
@@ -142,13 +140,13 @@ def run_local(sweep: Sweep, workers: Optional[int] = None, retry_failed: bool = 
     launches = sweep.root / "launches.jsonl"
 
     def start(slot: int, run: SweepRun) -> None:
+        resumed = read_status(run.run_dir)["state"] == "interrupted"  # before the child holds the lock
         run.run_dir.mkdir(parents=True, exist_ok=True)
         log = open(run.run_dir / "train.log", "ab")
         env = {**os.environ, **slots[slot], "PYTHONUNBUFFERED": "1"}
         argv = [python, "-m", "experiments.cli", *run.command(sweep.configs)]
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         active[slot] = (run, proc, time.time(), log)
-        resumed = read_status(run.run_dir)["state"] == "interrupted"
         progress.event(f"{'resume' if resumed else 'start'} {run.name} (worker {slot}, pid {proc.pid})")
 
     def finish(slot: int, code: int) -> None:
@@ -190,8 +188,8 @@ def run_local(sweep: Sweep, workers: Optional[int] = None, retry_failed: bool = 
                 if code is not None:
                     finish(slot, code)
             if progress.tty:
-                rows = [run_state(r) for r in sweep.runs]
-                progress.line(rows, {r.name: run_state(r)["step"] for r, *_x in active.values()})
+                rows = {r.name: run_state(r) for r in sweep.runs}
+                progress.line(list(rows.values()), {r.name: rows[r.name]["step"] for r, *_x in active.values()})
     except KeyboardInterrupt:
         interrupted = True
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

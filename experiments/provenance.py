@@ -44,9 +44,9 @@ def machine(accelerator: str = "cpu") -> str:
 
     if accelerator != "cpu" and torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    from lit.callbacks import _cpu_model
+    from lit.callbacks import cpu_model
 
-    return f"{_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def environment(accelerator: str = "cpu") -> dict[str, Any]:

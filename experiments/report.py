@@ -261,7 +261,7 @@ def findings_table(rep: Report, findings: list[dict[str, Any]]) -> list[str]:
 
 
 def _variant_of(sweep: Sweep, pattern: dict[str, Any]) -> str:
-    (found,) = variant_matching(sweep, pattern)  # checked when the sweep file was loaded
+    (found,) = variant_matching(sweep.runs, pattern)  # checked when the sweep file was loaded
     return found
 
 
@@ -293,6 +293,17 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _finish_log_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_size: int) -> None:
+    """Log-scale y axis, labels, grid, the legend beside the axes; written to ``path``."""
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=legend_size, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(fig, path)
+
+
 def _curve_stats(runs: list[Record], key: str, x: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     series = [{row["step"]: (row["step"] if x == "step" else row["minutes"], row[key]) for row in r.curve if key in row}
               for r in runs]
@@ -320,13 +331,9 @@ def plot_curves(rep: Report, x: str, path: Path) -> Optional[str]:
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_yscale("log")
-    ax.set_xlabel("training step" if x == "step" else "training wall-clock (minutes)")
-    ax.set_ylabel("validation perplexity (log scale)")
-    ax.set_title(f"{rep.sweep.name}: validation perplexity (mean over seeds, band = min-max)")
-    ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    _save(fig, path)
+    _finish_log_plot(fig, ax, path, "training step" if x == "step" else "training wall-clock (minutes)",
+                     "validation perplexity (log scale)",
+                     f"{rep.sweep.name}: validation perplexity (mean over seeds, band = min-max)", 7)
     return path.name
 
 
@@ -356,14 +363,9 @@ def plot_extrapolation(rep: Report, path: Path) -> Optional[str]:
                                 label=variant + (" (sliding window)" if suffix else ""))
                 color = line.get_color()
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
     ax.set_xticks([f * block for f in factors], [str(f * block) for f in factors])
-    ax.set_xlabel(f"evaluation length (tokens; trained at {block})")
-    ax.set_ylabel("test perplexity (log scale)")
-    ax.set_title(f"{rep.sweep.name}: length extrapolation (mean over seeds)")
-    ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    _save(fig, path)
+    _finish_log_plot(fig, ax, path, f"evaluation length (tokens; trained at {block})", "test perplexity (log scale)",
+                     f"{rep.sweep.name}: length extrapolation (mean over seeds)", 6)
     return path.name
 
 

@@ -45,7 +45,7 @@ def run_state(run: SweepRun) -> dict[str, Any]:
            "step": status.get("step", 0), "max_steps": run.cfg.trainer.get("max_steps"),
            "val": metrics.get(val_key), "test": metrics.get(test_key), "wall_s": metrics.get("wall_s"),
            "message": status.get("message") or status.get("error"), "holder": status.get("holder"),
-           "run_id": status.get("run_id"), "expected_run_id": run.run_id}
+           "run_id": status.get("run_id")}
     if status["state"] in ("running", "interrupted", "failed"):
         row["val"] = last_logged(run.run_dir, val_key)
         step = last_logged(run.run_dir, "step")

@@ -26,6 +26,7 @@ or an empty grid fails at once, naming the problem.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import yaml
 from experiments.config import ConfigError, RunConfig, load_config, run_id
 
 SWEEP_KEYS = ("name", "description", "configs", "overrides", "grid", "exclude", "include", "seeds", "baseline",
-              "metric", "slurm", "findings", "notes")
+              "slurm", "findings", "notes")
 SLURM_KEYS = ("cluster", "partition", "time_min", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
               "account", "qos", "constraint", "additional_parameters")
 COMPONENT_KEYS = ("model.norm", "model.norm_position", "model.position", "model.ffn")
@@ -75,7 +76,6 @@ class Sweep:
     grid: dict[str, list]
     seeds: list[int]
     baseline: Optional[str]  # variant name
-    metric: Optional[str]
     slurm: dict[str, Any]
     runs: list[SweepRun]
     text: str  # the sweep file as written
@@ -196,7 +196,7 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
             variant = run_name(cfg, point)
             name_ = f"{variant}-s{seed}"
             overrides.append(f"run.name={name_}")
-            cfg = load_config(configs, overrides)
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name_))
             runs.append(SweepRun(name_, variant, point, seed, overrides, cfg, run_id(cfg)))
     seen: dict[str, SweepRun] = {}
     for run in runs:
@@ -208,13 +208,13 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
     baseline = None
     if spec.get("baseline") is not None:
         pattern = _flatten(spec["baseline"])
-        found = variant_matching(Sweep(path, name, "", configs, grid, seeds, None, None, {}, runs, text), pattern)
+        found = variant_matching(runs, pattern)
         if len(found) != 1:
             raise SweepError(f"{path}: baseline {pattern} matches {len(found)} variants ({', '.join(found) or 'none'}); "
                              f"it must match exactly one")
         baseline = found[0]
     sweep = Sweep(path, name, str(spec.get("description") or ""), configs, grid, seeds, baseline,
-                  spec.get("metric"), slurm, runs, text, list(cli_overrides))
+                  slurm, runs, text, list(cli_overrides))
     for i, finding in enumerate(_as_list(spec.get("findings"), path, "findings")):
         _check_finding(sweep, finding, i)
     return sweep
@@ -223,12 +223,12 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
 FINDING_KEYS = ("claim", "variant", "against", "metric", "expect")
 
 
-def variant_matching(sweep: Sweep, pattern: dict[str, Any]) -> list[str]:
+def variant_matching(runs: Sequence[SweepRun], pattern: dict[str, Any]) -> list[str]:
     """The variants whose config has the values of ``pattern`` (dotted keys); among several,
     the one whose own grid values are exactly ``pattern`` when there is one."""
     flat = _flatten(pattern)
-    found = list(dict.fromkeys(r.variant for r in sweep.runs if _matches_cfg(r.cfg, flat)))
-    exact = list(dict.fromkeys(r.variant for r in sweep.runs if r.variant in found and r.point == flat))
+    found = list(dict.fromkeys(r.variant for r in runs if _matches_cfg(r.cfg, flat)))
+    exact = list(dict.fromkeys(r.variant for r in runs if r.variant in found and r.point == flat))
     return exact if len(found) > 1 and exact else found
 
 
@@ -246,7 +246,7 @@ def _check_finding(sweep: Sweep, finding: Any, i: int) -> None:
         raise SweepError(f"{where}: expect must be lower, higher or none, got {finding['expect']!r}")
     for key in ("variant", "against"):
         if key in finding:
-            found = variant_matching(sweep, finding[key])
+            found = variant_matching(sweep.runs, finding[key])
             if len(found) != 1:
                 raise SweepError(f"{where}: {key} {finding[key]} matches {len(found)} variants "
                                  f"({', '.join(found) or 'none'}); it must match exactly one")

@@ -48,7 +48,7 @@ def cpu_peak_flops(cache_dir: Path) -> float:
     """The measured CPU matmul peak, cached in ``cache_dir/cpu_peak.json`` per processor, thread
     count and torch version: every run on a machine divides by the same peak, measured once
     while nothing else runs (a peak measured beside a starting W&B service came out far too low)."""
-    key = f"{platform.machine()}|{_cpu_model()}|{torch.get_num_threads()} threads|torch {torch.__version__}"
+    key = f"{platform.machine()}|{cpu_model()}|{torch.get_num_threads()} threads|torch {torch.__version__}"
     path = Path(cache_dir) / "cpu_peak.json"
     known = json.loads(path.read_text()) if path.is_file() else {}
     if key not in known:
@@ -58,7 +58,8 @@ def cpu_peak_flops(cache_dir: Path) -> float:
     return known[key]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -123,6 +123,7 @@ class PeriodicCheckpoint(L.Callback):
         self.keep = max(1, keep)
         self.guard = guard  # a DivergenceGuard: a diverged state is never saved
         self.final: Optional[Path] = None
+        self._last_saved = -1  # global step of the last checkpoint written
 
     def _save(self, trainer: L.Trainer) -> Path:
         path = self.directory / checkpoint_name(trainer.global_step)
@@ -133,8 +134,6 @@ class PeriodicCheckpoint(L.Callback):
                 if old != path:
                     old.unlink(missing_ok=True)
         return path
-
-    _last_saved = -1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
