@@ -56,6 +56,54 @@ def attention_mask(
     return bias.masked_fill(~allowed, float("-inf")), False
 
 
+_FLEX: dict = {}  # the compiled flex_attention kernel and causal block masks, built on first use
+
+
+def flex_available(device: torch.device, head_dim: int) -> bool:
+    """Whether :func:`alibi_attention` can run on ``device``: FlexAttention exists in this torch,
+    the device is a GPU (on a CPU the biased SDPA is as fast and needs no compiler) and the head
+    dimension is a power of two of at least 16 (what its kernels take)."""
+    if device.type != "cuda" or head_dim < 16 or head_dim & (head_dim - 1):
+        return False
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
+                    causal: bool) -> torch.Tensor:
+    """Attention of (B, H, T, hd) ``q, k, v`` with ALiBi's ``-slope_h * |i - j|`` added to the
+    scores inside the kernel (FlexAttention), and, when ``causal``, the blocks above the
+    diagonal skipped. The same function as SDPA with :meth:`ALiBi.score_bias` as a float mask,
+    without the (H, T, T) bias tensor or the masked-out half of the work."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    T = q.size(-2)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score - slopes[h] * (q_idx - kv_idx).abs()
+
+    def causal_mod(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx
+
+    compiling = torch.compiler.is_compiling()
+    block_mask = None
+    if causal:
+        key = ("mask", T, q.device)
+        block_mask = None if compiling else _FLEX.get(key)
+        if block_mask is None:
+            block_mask = create_block_mask(causal_mod, None, None, T, T, device=q.device)
+            if not compiling:
+                _FLEX[key] = block_mask
+    if compiling:  # inside a compiled model the compiler builds the kernel itself
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
+    if "kernel" not in _FLEX:
+        _FLEX["kernel"] = torch.compile(flex_attention, dynamic=False)
+    return _FLEX["kernel"](q, k, v, score_mod=score_mod, block_mask=block_mask)
+
+
 class KVCache:
     """Keys and values of past tokens, for incremental decoding.
 
@@ -123,11 +171,16 @@ class _Attention(nn.Module):
         self.dropout = cfg.dropout
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
 
-    def attend(self, q, k, v, mask, is_causal) -> torch.Tensor:
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, H, T, hd)
+    def attend(self, q, k, v, mask, is_causal, alibi: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if alibi is not None:  # ALiBi slopes: the bias is added inside a FlexAttention kernel
+            y = alibi_attention(q, k, v, alibi, is_causal)
+        else:
+            if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
+                mask = mask.to(q.dtype)  # a float bias under autocast: SDPA wants the query's dtype
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal,
+                dropout_p=self.dropout if self.training else 0.0,
+            )  # (B, H, T, hd)
         B, _, T, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -140,7 +193,8 @@ class SelfAttention(_Attention):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
 
     def forward(self, x, mask=None, is_causal=False, rotary=None,
-                cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
+                cache: Optional[KVCache] = None, layer: int = 0,
+                alibi: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
         q, k, v = qkv
@@ -148,7 +202,7 @@ class SelfAttention(_Attention):
             q, k = apply_rotary(qkv[:2], *rotary)  # queries and keys in one pass
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, H, Tk, hd)
-        return self.attend(q, k, v, mask, is_causal)
+        return self.attend(q, k, v, mask, is_causal, alibi)
 
 
 class CrossAttention(_Attention):

@@ -7,6 +7,10 @@ way position information enters the model ("learned + ALiBi by accident" cannot 
 - ``rotary(positions)``: ``(cos, sin)`` that rotate queries and keys of self-attention;
 - ``score_bias(q_pos, k_pos)``: an additive bias on self-attention scores.
 
+A scheme whose bias is ``-slope_h * |q_pos - k_pos|`` also returns its per-head slopes from
+``distance_slopes()``, so that on a GPU the bias can be added inside the attention kernel
+(:func:`variants.attention.alibi_attention`) instead of being built as an (H, T, T) tensor.
+
 Cross-attention (decoder queries over encoder keys) gets no position signal from any scheme:
 queries and keys come from different sequences, so "relative distance" has no meaning there.
 The encoder's and the decoder's own embeddings/self-attention carry the positions.
@@ -51,6 +55,10 @@ class PositionScheme(nn.Module):
         return None
 
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
+        return None
+
+    def distance_slopes(self):
+        """(H,) slopes when ``score_bias`` is ``-slope_h * |q_pos - k_pos|``, else None."""
         return None
 
 
@@ -155,3 +163,6 @@ class ALiBi(PositionScheme):
     def score_bias(self, q_pos, k_pos):
         distance = (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)).abs().unsqueeze(1)  # (B, 1, Tq, Tk)
         return -self.slopes.view(1, -1, 1, 1) * distance  # (B, H, Tq, Tk)
+
+    def distance_slopes(self):
+        return self.slopes

@@ -47,3 +47,38 @@ def test_cuda_cached_decoding_matches_full(position):
         cache = gpu.new_cache(2, 24)
         steps = [gpu(tokens[:, :8], cache)] + [gpu(tokens[:, i:i + 1], cache) for i in range(8, 24)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["lm", "seq2seq"])
+def test_alibi_in_kernel_matches_biased_sdpa(kind, monkeypatch):
+    """On a GPU, ALiBi without padding or cache adds its bias inside a FlexAttention kernel:
+    the same outputs and gradients as SDPA with the bias tensor."""
+    import variants.attention as attention
+    import variants.models as models
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind=kind, vocab_size=97, d_model=64, n_heads=4, n_layers=2, max_seq_len=256,
+                      dropout=0.0, position="alibi")  # head_dim 16: the smallest the kernel takes
+    model = build_model(cfg).cuda()
+    tokens = torch.randint(1, 97, (2, 200), device="cuda")
+    args = (tokens,) if kind == "lm" else (tokens, tokens[:, :150])
+    calls = []
+    kernel = attention.alibi_attention
+    monkeypatch.setattr(attention, "alibi_attention", lambda *a: calls.append(1) or kernel(*a))
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        out = model(*args)
+        out.float().square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    fused, fused_grads = run()
+    assert calls, "the in-kernel path was not taken"
+    monkeypatch.setattr(models, "flex_available", lambda device, head_dim: False)
+    calls.clear()
+    plain, plain_grads = run()
+    assert not calls
+    torch.testing.assert_close(fused, plain, atol=2e-4, rtol=2e-4)
+    for a, b in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-3)

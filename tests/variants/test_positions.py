@@ -77,6 +77,25 @@ def test_alibi_bias_is_minus_slope_times_distance(n_heads):
                     assert bias[b, h, i, j].item() == pytest.approx(expected, rel=1e-6, abs=1e-7)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("causal", [True, False])
+def test_alibi_in_kernel_equals_the_bias_tensor(causal):
+    """The FlexAttention path (used on GPUs) computes SDPA with ``score_bias`` as the mask
+    (forward on the CPU; the GPU test compares gradients too)."""
+    import torch.nn.functional as F
+
+    from variants.attention import alibi_attention, attention_mask
+
+    torch.manual_seed(0)
+    scheme = ALiBi(tiny_config(d_model=48, n_heads=6, position="alibi"))
+    q, k, v = (torch.randn(2, 6, 40, 8) for _ in range(3))
+    pos = torch.arange(40)[None]
+    mask, _ = attention_mask(40, 40, causal=causal, bias=scheme.score_bias(pos, pos))
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(alibi_attention(q, k, v, scheme.distance_slopes(), causal), expected,
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_alibi_has_no_other_hooks():
     scheme = ALiBi(tiny_config(position="alibi"))
     x = torch.randn(1, 4, 32)
