@@ -107,7 +107,22 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     t = targets.reshape(-1)
     if t.numel() != h.size(0):
         raise ValueError(f"{h.size(0)} hidden rows but {t.numel()} targets")
+    if torch.compiler.is_compiling():
+        # under torch.compile the plain formula is traced instead: the compiler fuses the
+        # softmax, the gather and their backward into few kernels (the chunk loop above would
+        # break the graph)
+        return _plain_cross_entropy(h, weight, t, ignore_index, label_smoothing)
     if chunk_rows is None:
         budget = _CHUNK_ELEMENTS.get(h.device.type, _CHUNK_ELEMENTS["cuda"])
         chunk_rows = max(1, budget // weight.size(0))
     return _LinearCrossEntropy.apply(h, weight, t, ignore_index, float(label_smoothing), int(chunk_rows))
+
+
+def _plain_cross_entropy(h, weight, t, ignore_index: int, smoothing: float):
+    logits = torch.nn.functional.linear(h, weight).float()
+    objective = torch.nn.functional.cross_entropy(logits, t, ignore_index=ignore_index, reduction="sum",
+                                                  label_smoothing=smoothing)
+    if smoothing == 0:
+        return objective, objective.detach()
+    nll = torch.nn.functional.cross_entropy(logits.detach(), t, ignore_index=ignore_index, reduction="sum")
+    return objective, nll

@@ -95,3 +95,22 @@ def test_model_loss_matches_logits(kind, tie):
     ref.backward()
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert_close(p.grad, q.grad, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_loss_matches_chunked():
+    """Under torch.compile ``model.loss`` traces the plain formula: same objective and gradients."""
+    torch.manual_seed(0)
+    h = torch.randn(24, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    t = torch.randint(0, 50, (24,))
+    t[:3] = -100
+    for smoothing in (0.0, 0.1):
+        eager = linear_cross_entropy(h, w, t, label_smoothing=smoothing, chunk_rows=5)
+        compiled = torch.compile(lambda h, w: linear_cross_entropy(h, w, t, label_smoothing=smoothing))(h, w)
+        torch.testing.assert_close(compiled[0], eager[0])
+        torch.testing.assert_close(compiled[1], eager[1])
+        ge = torch.autograd.grad(eager[0], (h, w))
+        gc = torch.autograd.grad(compiled[0], (h, w))
+        for a, b in zip(ge, gc):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
