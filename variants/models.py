@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from variants.attention import CrossAttention, KVCache, SelfAttention, attention_mask
+from variants.attention import CrossAttention, KVCache, SelfAttention, attention_mask, flex_available
 from variants.config import ModelConfig
 from variants.loss import linear_cross_entropy
 from variants.registry import FFNS, NORM_POSITIONS, NORMS, POSITIONS, REGISTRIES
@@ -32,6 +32,7 @@ class LayerInputs:
     cache: Optional[KVCache] = None
     memory: Optional[torch.Tensor] = None  # encoder states (B, S, D)
     memory_mask: Optional[torch.Tensor] = None
+    alibi: Optional[torch.Tensor] = None  # (H,) slopes: the score bias is added in the kernel
 
 
 class Block(nn.Module):
@@ -47,7 +48,7 @@ class Block(nn.Module):
         self.ffn_res, self.ffn = residual(cfg), FFNS.build(cfg.ffn, cfg)
 
     def forward(self, x: torch.Tensor, inp: LayerInputs, layer: int) -> torch.Tensor:
-        x = self.attn_res(x, self.attn, inp.mask, inp.is_causal, inp.rotary, inp.cache, layer)
+        x = self.attn_res(x, self.attn, inp.mask, inp.is_causal, inp.rotary, inp.cache, layer, inp.alibi)
         if self.cross_attn is not None:
             x = self.cross_res(x, self.cross_attn, inp.memory, inp.memory_mask, inp.cache, layer)
         return self.ffn_res(x, self.ffn)
@@ -59,6 +60,7 @@ class Stack(nn.Module):
     def __init__(self, cfg: ModelConfig, n_layers: int, causal: bool, cross: bool) -> None:
         super().__init__()
         self.causal = causal
+        self.head_dim = cfg.head_dim
         self.position = POSITIONS.build(cfg.position, cfg)
         self.embed_norm = NORMS.build(cfg.norm, cfg) if cfg.embed_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
@@ -88,14 +90,21 @@ class Stack(nn.Module):
                 valid = torch.ones(B, T, dtype=torch.bool, device=x.device)
             k_valid = torch.cat([cache.valid[:, : cache.length], valid], dim=1)  # (B, Tk)
             k_pos = torch.cat([cache.positions[:, : cache.length], positions.expand(B, T)], dim=1)
-        mask, is_causal = attention_mask(
-            T, k_pos.size(-1), causal=self.causal, key_valid=k_valid,
-            bias=self.position.score_bias(positions, k_pos),
-        )
+        slopes = self.position.distance_slopes()
+        in_kernel = (slopes is not None and cache is None and valid is None and flex_available(x.device, self.head_dim)
+                     and not (self.training and self.dropout.p > 0))  # the kernel has no dropout
+        if in_kernel:  # no padding, no cache: the whole score bias is the slopes' distance penalty
+            mask, is_causal = None, self.causal
+        else:
+            slopes = None
+            mask, is_causal = attention_mask(
+                T, k_pos.size(-1), causal=self.causal, key_valid=k_valid,
+                bias=self.position.score_bias(positions, k_pos),
+            )
         memory_mask = None
         if memory is not None and memory_valid is not None:
             memory_mask, _ = attention_mask(T, memory.size(1), causal=False, key_valid=memory_valid)
-        inp = LayerInputs(mask, is_causal, self.position.rotary(positions), cache, memory, memory_mask)
+        inp = LayerInputs(mask, is_causal, self.position.rotary(positions), cache, memory, memory_mask, slopes)
 
         x = self.position.add_to_embeddings(x, positions)
         if self.embed_norm is not None:
@@ -193,12 +202,16 @@ class DecoderLM(TransformerBase):
     def forward(self, tokens: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         return self.logits(self.hidden(tokens, cache))
 
-    def hidden(self, tokens: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        """(B, T) tokens -> the final states (B, T, D) the output head reads."""
+    def hidden(self, tokens: torch.Tensor, cache: Optional[KVCache] = None,
+               padded: Optional[bool] = None) -> torch.Tensor:
+        """(B, T) tokens -> the final states (B, T, D) the output head reads.
+
+        ``padded``: whether ``tokens`` hold padding, when the caller knows (a batch collated on
+        the CPU); None = look, which on a GPU waits for the device (a host-device sync)."""
         self.decoder.check_length(tokens.size(1), cache)
-        valid = self.padding(tokens)
-        if valid is not None and cache is None and bool(valid.all()):
-            valid = None  # no padding: keep the fast causal path
+        valid = None if padded is False else self.padding(tokens)
+        if cache is None and padded is None:
+            valid = _unless_all(valid)  # no padding: keep the fast causal path
         return self.decoder(self.embed_tokens(tokens), valid, cache)
 
 
@@ -217,11 +230,14 @@ class EncoderDecoder(TransformerBase):
         self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross=True)
         self.init_weights()
 
-    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(B, S) -> encoder states (B, S, D) and the source validity mask (B, S) or None."""
+    def encode(self, src: torch.Tensor, padded: Optional[bool] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(B, S) -> encoder states (B, S, D) and the source validity mask (B, S), None when
+        nothing is padding. ``padded`` as in :meth:`DecoderLM.hidden`."""
         self.encoder.check_length(src.size(1), None)
-        valid = self.padding(src)
-        return self.encoder(self.embed_tokens(src), _unless_all(valid)), valid
+        valid = None if padded is False else self.padding(src)
+        if padded is None:
+            valid = _unless_all(valid)
+        return self.encoder(self.embed_tokens(src), valid), valid
 
     def decode(self, tgt: torch.Tensor, memory: torch.Tensor, memory_valid: Optional[torch.Tensor],
                cache: Optional[KVCache] = None) -> torch.Tensor:
@@ -230,16 +246,18 @@ class EncoderDecoder(TransformerBase):
 
     def decode_hidden(self, tgt: torch.Tensor, memory: torch.Tensor, memory_valid: Optional[torch.Tensor],
                       cache: Optional[KVCache] = None) -> torch.Tensor:
-        """(B, T) decoder inputs over encoder states -> the final states (B, T, D)."""
+        """(B, T) decoder inputs over encoder states -> the final states (B, T, D).
+        ``memory_valid``: from :meth:`encode` (None = no source padding)."""
         self.decoder.check_length(tgt.size(1), cache)
-        return self.decoder(self.embed_tokens(tgt), None, cache, memory, _unless_all(memory_valid))
+        return self.decoder(self.embed_tokens(tgt), None, cache, memory, memory_valid)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         return self.logits(self.hidden(src, tgt))
 
-    def hidden(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        """(B, S) sources, (B, T) decoder inputs -> the final decoder states (B, T, D)."""
-        memory, memory_valid = self.encode(src)
+    def hidden(self, src: torch.Tensor, tgt: torch.Tensor, padded: Optional[bool] = None) -> torch.Tensor:
+        """(B, S) sources, (B, T) decoder inputs -> the final decoder states (B, T, D).
+        ``padded``: whether the sources hold padding, as in :meth:`DecoderLM.hidden`."""
+        memory, memory_valid = self.encode(src, padded)
         return self.decode_hidden(tgt, memory, memory_valid)
 
 

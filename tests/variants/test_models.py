@@ -82,8 +82,14 @@ def test_output_shapes(point):
         src, tgt = tokens(B, S, 0), tokens(B, T, 1)
         memory, valid = model.encode(src)
         assert memory.shape == (B, S, D)
-        assert valid.shape == (B, S) and valid.dtype == torch.bool and bool(valid.all())
+        assert valid is None  # no padding in the sources: no mask
         logits = model.decode(tgt, memory, valid)
+        padded = src.clone()
+        padded[0, :3] = PAD
+        _, valid = model.encode(padded)
+        assert valid.shape == (B, S) and valid.dtype == torch.bool and not bool(valid[0, :3].any())
+        assert torch.equal(model.encode(padded, padded=True)[1], valid)
+        assert model.encode(src, padded=False)[1] is None
         assert_close(model(src, tgt), logits)
     assert logits.shape == (B, T, V)
     assert logits.isfinite().all()
