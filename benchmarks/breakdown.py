@@ -80,7 +80,7 @@ def sublayer_breakdown(model: nn.Module, inputs: tuple, loss_fn, unit, optimizer
     handles = [m.register_forward_hook(record, with_kwargs=True) for m in model.modules() if kind_of(m)]
     handles.append(model.decoder.register_forward_hook(keep_hidden))
     try:
-        model.hidden(*inputs)
+        model.hidden(*inputs, padded=False)
     finally:
         for h in handles:
             h.remove()
@@ -108,7 +108,7 @@ def sublayer_breakdown(model: nn.Module, inputs: tuple, loss_fn, unit, optimizer
 
     spent["head + loss"] = _timed(head, device, repeats)
     model.zero_grad(set_to_none=True)
-    loss_fn(model.hidden(*inputs)).backward()  # gradients for the optimizer to apply
+    loss_fn(model.hidden(*inputs, padded=False)).backward()  # gradients for the optimizer to apply
     spent["optimizer"] = _timed(optimizer.step, device, repeats)
     optimizer.zero_grad(set_to_none=True)
     step = _timed(unit, device, repeats)

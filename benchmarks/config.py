@@ -7,7 +7,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-SECTIONS = ("train-lm", "train-seq2seq", "decode", "breakdown")
+SECTIONS = ("train-lm", "train-seq2seq", "decode", "positions", "breakdown")
+# the positions section (our gpt2-style model with each position scheme) runs by default on a GPU
+CPU_SECTIONS = ("train-lm", "train-seq2seq", "decode", "breakdown")
 
 
 @dataclass
@@ -15,7 +17,7 @@ class BenchConfig:
     device: str = "auto"  # auto = cuda when available, else cpu
     threads: Optional[int] = None  # CPU threads; default: physical cores
     compile: bool = False  # add "ablate + torch.compile" rows
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] = CPU_SECTIONS
     presets: tuple[str, ...] = ("gpt2", "llama", "alibi", "vaswani")
     warmup: int = 2  # untimed units per implementation before the timed rounds
     repeats: int = 7  # timed rounds (one unit of every implementation each)
@@ -30,7 +32,11 @@ class BenchConfig:
     d_ff: int = 1024
     lm_seq_len: int = 256
     lm_batch: int = 8
-    # encoder-decoder training (the "vaswani" composition)
+    # encoder-decoder training (the "vaswani" composition); 0 = the LM's value
+    s2s_vocab_size: int = 0
+    s2s_d_model: int = 0
+    s2s_n_heads: int = 0
+    s2s_d_ff: int = 0
     s2s_layers: int = 3
     s2s_src_len: int = 64
     s2s_tgt_len: int = 64
@@ -62,6 +68,12 @@ class BenchConfig:
                     max_seq_len=max(self.lm_seq_len, self.s2s_src_len, self.s2s_tgt_len,
                                     self.decode_prompt + self.decode_new))
 
+    def s2s_dims(self) -> dict:
+        """The model fields of the encoder-decoder rows (training and translation decoding)."""
+        return {**self.dims(), "n_layers": self.s2s_layers, "vocab_size": self.s2s_vocab_size or self.vocab_size,
+                "d_model": self.s2s_d_model or self.d_model, "n_heads": self.s2s_n_heads or self.n_heads,
+                "d_ff": self.s2s_d_ff or self.d_ff}
+
     def override(self, items: list[str]) -> "BenchConfig":
         """A copy with ``key=value`` items applied (types follow the defaults)."""
         fields = {f.name: f for f in dataclasses.fields(self)}
@@ -85,11 +97,16 @@ class BenchConfig:
 
 
 def gpu_config(cfg: BenchConfig) -> BenchConfig:
-    """GPU shapes: GPT-2 small (d 768, 12 layers, 12 heads, context 1024, batch 16), a
-    6+6-layer encoder-decoder of the same width, decoding at batch 32."""
-    return dataclasses.replace(cfg, d_model=768, n_heads=12, n_layers=12, d_ff=3072, lm_seq_len=1024,
-                               lm_batch=16, s2s_layers=6, s2s_src_len=128, s2s_tgt_len=128,
-                               s2s_batch=64, decode_batch=32, repeats=max(cfg.repeats, 10), warmup=5)
+    """GPU shapes: GPT-2 small (124M parameters: vocabulary 50304 = GPT-2's 50257 padded to a
+    multiple of 64, d 768, 12 layers, 12 heads, context 1024, batch 32); Transformer "base"
+    (Vaswani et al.: d 512, 8 heads, d_ff 2048, 6+6 layers, a 32768-token joint vocabulary;
+    source and target 128, batch 128); decoding at batch 32."""
+    return dataclasses.replace(cfg, vocab_size=50304, d_model=768, n_heads=12, n_layers=12, d_ff=3072,
+                               lm_seq_len=1024, lm_batch=32, s2s_vocab_size=32768, s2s_d_model=512,
+                               s2s_n_heads=8, s2s_d_ff=2048, s2s_layers=6, s2s_src_len=128,
+                               s2s_tgt_len=128, s2s_batch=128, decode_batch=32,
+                               repeats=max(cfg.repeats, 10), warmup=5,
+                               sections=cfg.sections if cfg.sections != CPU_SECTIONS else SECTIONS)
 
 
 def tiny_config(**changes) -> BenchConfig:
@@ -103,8 +120,9 @@ def tiny_config(**changes) -> BenchConfig:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of: {', '.join(SECTIONS)}")
+    parser.add_argument("--sections", default=None,
+                        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all; "
+                             f"'positions' only on a GPU)")
     parser.add_argument("--presets", default="gpt2,llama,alibi,vaswani", help="LM presets to train")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per comparison")
     parser.add_argument("--compile", action="store_true", help="add rows with our model under torch.compile")

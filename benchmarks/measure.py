@@ -36,6 +36,14 @@ class Contender:
     note: str = ""
     warmup: int = 0  # extra warm-up units (compiled models)
     times: list[float] = field(default_factory=list)
+    failed: str = ""  # why it could not be timed (out of memory): reported, not fatal
+
+
+def out_of_memory(device: torch.device) -> str:
+    """Free what a failed unit left behind; the note its row gets."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return "out of memory at these dimensions"
 
 
 def synchronize(device: torch.device) -> None:
@@ -48,14 +56,20 @@ def time_interleaved(contenders: list[Contender], device: torch.device, warmup: 
     """Fill ``c.times`` (seconds per unit) for every contender: warm-up excluded, rounds
     interleaved with a rotating start."""
     for c in contenders:
+        if c.failed:
+            continue
         start = time.perf_counter()
-        for _ in range(warmup + c.warmup):
-            c.unit()
-        synchronize(device)
-        log(f"  warm-up {c.impl}: {time.perf_counter() - start:.1f} s")
+        try:
+            for _ in range(warmup + c.warmup):
+                c.unit()
+            synchronize(device)
+        except torch.OutOfMemoryError:
+            c.failed = out_of_memory(device)
+        log(f"  warm-up {c.impl}: {c.failed or f'{time.perf_counter() - start:.1f} s'}")
+    timed = [c for c in contenders if not c.failed]
     for r in range(repeats):
-        k = r % len(contenders)
-        for c in contenders[k:] + contenders[:k]:
+        k = r % max(len(timed), 1)
+        for c in timed[k:] + timed[:k]:
             synchronize(device)
             start = time.perf_counter()
             c.unit()

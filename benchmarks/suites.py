@@ -24,7 +24,8 @@ from torch import nn
 
 from benchmarks import models as M
 from benchmarks.config import BenchConfig
-from benchmarks.measure import Contender, peak_bytes, persistent_bytes, summary, time_interleaved
+from benchmarks.measure import (Contender, out_of_memory, peak_bytes, persistent_bytes, summary,
+                                time_interleaved)
 from variants.decoding import beam_translate, greedy_generate, greedy_translate
 from variants.flops import FlopCounter
 
@@ -74,15 +75,23 @@ def train_contender(impl: str, model: nn.Module, inputs: tuple, targets: torch.T
     compiled: the part up to the head), peers through their logits and ``token_loss``."""
     model = model.to(device).train()
     if ours:
-        hidden = torch.compile(model.hidden) if compile else model.hidden
+        def loss(*inputs):  # the bench's batches hold no padding, and ours is told so
+            return ours_loss(model, model.hidden(*inputs, padded=False), targets)
+
+        # compiled: the whole objective, head and loss included (``model.loss`` switches to the
+        # plain formula under the compiler, which fuses it)
+        compiled = torch.compile(loss) if compile else loss
 
         def objective():
-            return ours_loss(model, hidden(*inputs), targets)
+            return compiled(*inputs)
     else:
         def objective():
             return token_loss(model(*inputs), targets)
     unit, optimizer = training_unit(model, objective, device)
-    unit()  # creates the optimizer state: memory is measured with it in place
+    try:
+        unit()  # creates the optimizer state: memory is measured with it in place
+    except torch.OutOfMemoryError:
+        return Contender(impl, unit, tokens, flops, ours=ours, note=note, failed=out_of_memory(device))
     return Contender(impl, unit, tokens, flops, ours=ours, note=note, warmup=3 if compile else 0,
                      memory=lambda: peak_bytes(unit, device, persistent_bytes(model, optimizer)))
 
@@ -90,6 +99,8 @@ def train_contender(impl: str, model: nn.Module, inputs: tuple, targets: torch.T
 def _rows(section: str, title: str, contenders: list[Contender], reference: Optional[str],
           peak: float, settings: str, measure_memory: bool = True) -> list[dict]:
     """One row per contender; ``reference`` None = the fastest non-ours contender."""
+    failed = [c for c in contenders if c.failed]
+    contenders = [c for c in contenders if not c.failed]
     stats = {c.impl: summary(c.times, c.tokens) for c in contenders}
     peers = [c for c in contenders if not c.ours]
     if reference is None and peers:
@@ -98,7 +109,11 @@ def _rows(section: str, title: str, contenders: list[Contender], reference: Opti
     rows = []
     for c in contenders:
         s = stats[c.impl]
-        mem = c.memory() if (measure_memory and c.memory is not None) else None
+        try:
+            mem = c.memory() if (measure_memory and c.memory is not None) else None
+        except torch.OutOfMemoryError:  # timed, but the memory measurement did not fit
+            mem = None
+            torch.cuda.empty_cache()
         rows.append({
             "section": section, "model": title, "impl": c.impl, "ours": c.ours,
             "tokens_per_s": s["median"], "min": s["min"], "max": s["max"], "q1": s["q1"], "q3": s["q3"],
@@ -107,6 +122,11 @@ def _rows(section: str, title: str, contenders: list[Contender], reference: Opti
             "ratio": s["median"] / ref_rate if ref_rate else None, "reference": reference,
             "settings": settings, "note": c.note,
         })
+    for c in failed:
+        rows.append({"section": section, "model": title, "impl": c.impl, "ours": c.ours, "tokens_per_s": None,
+                     "min": None, "max": None, "q1": None, "q3": None, "repeats": 0, "mfu": None,
+                     "peak_mem_mb": None, "ratio": None, "reference": reference, "settings": settings,
+                     "note": c.failed})
     return rows
 
 
@@ -162,15 +182,47 @@ def _lm_peers(preset, mcfg, inputs, targets, tokens, flops, device, cfg, log) ->
     return peers
 
 
+# ----------------------------------------------------------------------- position schemes
+POSITION_SCHEMES = ("rope", "learned", "alibi")
+
+
+def positions(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
+    """Our gpt2-style LM with each position scheme, all else equal; ratios against RoPE
+    (on a GPU, ALiBi's bias is added inside a FlexAttention kernel)."""
+    B, T = cfg.lm_batch, cfg.lm_seq_len
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = torch.randint(1, cfg.vocab_size, (B, T + 1), generator=gen).to(device)
+    inputs, targets = data[:, :-1], data[:, 1:]
+    settings = (f"gpt2-style (LayerNorm, Pre-LN, GELU) with each position scheme: vocab {cfg.vocab_size}, "
+                f"d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, d_ff {cfg.d_ff}, "
+                f"context {T}, batch {B}")
+    rows = []
+    for compiled in ([False, True] if cfg.compile else [False]):
+        title = "gpt2-style positions" + (", torch.compile" if compiled else "")
+        log(f"positions {title}")
+        contenders = []
+        for scheme in POSITION_SCHEMES:
+            mcfg = M.preset_config("gpt2", kind="lm", **{**cfg.dims(), "position": scheme})
+            _seeded(cfg.seed)
+            model = M.ours(mcfg)
+            flops = FlopCounter(model)(B * T, T)
+            contenders.append(train_contender(f"ablate, {scheme}", model, (inputs,), targets, B * T, flops,
+                                              device, ours=True, compile=compiled))
+        time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
+        rows += _rows("positions", title, contenders, "ablate, rope", peak, settings)
+    return rows
+
+
 # --------------------------------------------------------------------------- seq2seq training
 def train_seq2seq(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
     B, S, T = cfg.s2s_batch, cfg.s2s_src_len, cfg.s2s_tgt_len
     title = "vaswani enc-dec"
     log(f"train-seq2seq {title}")
-    mcfg = M.preset_config("vaswani", kind="seq2seq", **{**cfg.dims(), "n_layers": cfg.s2s_layers})
+    mcfg = M.preset_config("vaswani", kind="seq2seq", **cfg.s2s_dims())
     gen = torch.Generator().manual_seed(cfg.seed)
-    src = torch.randint(1, cfg.vocab_size, (B, S), generator=gen).to(device)
-    tgt = torch.randint(1, cfg.vocab_size, (B, T + 1), generator=gen).to(device)
+    V = cfg.s2s_dims()["vocab_size"]
+    src = torch.randint(1, V, (B, S), generator=gen).to(device)
+    tgt = torch.randint(1, V, (B, T + 1), generator=gen).to(device)
     inputs, targets = (src, tgt[:, :-1]), tgt[:, 1:]
     _seeded(cfg.seed)
     model = M.ours(mcfg)
@@ -188,8 +240,8 @@ def train_seq2seq(cfg: BenchConfig, device: torch.device, peak: float, log=print
         contenders.append(train_contender("x-transformers", M.XTransformersSeq2Seq(mcfg), inputs, targets,
                                           B * T, flops, device))
     time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
-    settings = (f"vocab {cfg.vocab_size}, d_model {cfg.d_model}, {cfg.s2s_layers}+{cfg.s2s_layers} layers, "
-                f"{cfg.n_heads} heads, d_ff {cfg.d_ff}, source/target {S}/{T}, batch {B}, "
+    settings = (f"vocab {mcfg.vocab_size}, d_model {mcfg.d_model}, {cfg.s2s_layers}+{cfg.s2s_layers} layers, "
+                f"{mcfg.n_heads} heads, d_ff {mcfg.d_ff}, source/target {S}/{T}, batch {B}, "
                 f"dropout {cfg.dropout}; tokens/s counts target tokens")
     return _rows("train-seq2seq", title, contenders, "torch.nn.Transformer", peak, settings)
 
@@ -273,12 +325,11 @@ def decode(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> li
         return rows
     from variants.interop import from_hf
 
-    scfg = M.preset_config("vaswani", kind="seq2seq", **{**cfg.dims(), "dropout": 0.0,
-                                                          "n_layers": cfg.s2s_layers})
+    scfg = M.preset_config("vaswani", kind="seq2seq", **{**cfg.s2s_dims(), "dropout": 0.0})
     _seeded(cfg.seed)
     marian = M.hf_marian(scfg).to(device).eval()
     ours = from_hf(marian).to(device).eval()
-    src = prompt
+    src = (prompt - 3).remainder(scfg.vocab_size - 3) + 3  # the prompts, inside this vocabulary
     mask = torch.ones_like(src)
     start = marian.config.decoder_start_token_id
     for beams in (1, cfg.beam):
