@@ -128,5 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="add rows with our model under torch.compile")
     parser.add_argument("--quick", action="store_true", help="toy sizes (seconds; checks the pipeline only)")
     parser.add_argument("--out", default="reports/perf", help="report folder ('' = do not write)")
+    parser.add_argument("--note", action="append", default=[], help="a note for the report (repeatable)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="measure nothing: combine the JSON results of bench runs made in parts "
+                             "(e.g. one section per process) into one report")
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value",
                         help="any BenchConfig field, e.g. lm_batch=16 d_model=512")

@@ -155,15 +155,24 @@ def _write_index(out_dir: Path) -> None:
         except (ValueError, KeyError):
             continue
         threads = f"{env['threads']} thread" + ("s" if env["threads"] != 1 else "")
-        lines.append(f"| {env['device_name']} | {env['device']} ({threads}) | {env['torch']} | "
+        device = f"{env['device']} ({threads})" if env["device"] == "cpu" else env["device"]
+        lines.append(f"| {env['device_name']} | {device} | {env['torch']} | "
                      f"{env['date']} | [{js.stem}.md]({js.stem}.md) |")
     (out_dir / "README.md").write_text("\n".join(lines) + "\n")
 
 
 def markdown_report(result: dict) -> list[str]:
     env, rows = result["env"], result["rows"]
-    lines = [f"# Performance: {env['device_name']} ({env['device']})", "",
-             f"Measured {env['date']} by `{env['command']}` in {env['wall_s']:.0f} s.", ""]
+    lines = [f"# Performance: {env['device_name']} ({env['device']})", ""]
+    if env.get("parts"):
+        lines += [f"Measured in {len(env['parts'])} parts on one machine (one process each; "
+                  f"{env['wall_s']:.0f} s in all), combined by `ablate bench --merge`:", ""]
+        lines += [f"- {p['date']}, `{p['command']}` ({p['wall_s']:.0f} s): {'; '.join(p['rows'])}"
+                  for p in env["parts"]]
+        lines += ["", "One process measures all of it: `ablate bench" + (" --compile" if any(
+            "--compile" in p["command"] for p in env["parts"]) else "") + "`.", ""]
+    else:
+        lines += [f"Measured {env['date']} by `{env['command']}` in {env['wall_s']:.0f} s.", ""]
     lines += ["## Machine and software", ""]
     lines += [f"- {k}: {v}" for k, v in env["facts"].items()]
     lines += [""]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import json
 import platform
 import shlex
 import sys
@@ -17,7 +18,7 @@ import torch
 from benchmarks import models as M
 from benchmarks import report, suites
 from benchmarks.breakdown import sublayer_breakdown
-from benchmarks.config import BenchConfig, gpu_config, tiny_config
+from benchmarks.config import SECTIONS, BenchConfig, gpu_config, tiny_config
 from benchmarks.measure import cpu_flags, load_average, matmul_peak, physical_cores
 from lit.callbacks import cpu_model
 
@@ -44,9 +45,10 @@ def environment(cfg: BenchConfig, device: torch.device, peak: float, load=None) 
         "x-transformers": _version("x-transformers"),
         "transformers": _version("transformers"),
         "precision": "bf16-mixed (autocast), fp32 weights" if device.type == "cuda" else "fp32",
-        "matmul peak": f"{peak / 1e9:,.1f} GFLOP/s ("
-                       + ("measured: 2048² fp32 matmuls, best of 2 s" if device.type == "cpu"
-                          else "dense bf16 peak of the device") + ")",
+        "matmul peak": (f"{peak / 1e9:,.1f} GFLOP/s (measured: 2048² fp32 matmuls, best of 2 s)"
+                        if device.type == "cpu" else
+                        f"{peak / 1e12:,.0f} TFLOP/s (the device's dense bf16 datasheet peak; MFU is "
+                        f"measured against it)"),
         "1-min load average at start": "unknown" if load is None else f"{load[0]:.2f}",
     }
     name = cpu_model()
@@ -89,9 +91,11 @@ METHOD = [
     "Our rows run the training path of `ablate train`: `model.hidden` then `model.loss`, the "
     "output head and cross-entropy fused in row chunks (`variants.loss`), so the (tokens × "
     "vocabulary) logits are never materialised. Peers compute full logits and "
-    "`F.cross_entropy` (what their own training losses do), with the same fused AdamW.",
+    "`F.cross_entropy` (what their own training losses do), with the same fused AdamW. The "
+    "batches hold no padding and our model is told so (`padded=False`), sparing the check.",
     "Peers run eagerly, as shipped; `ablate + torch.compile` rows (opt-in: `--compile`) compile "
-    "our model up to the head.",
+    "our whole objective, model, head and loss (under the compiler `model.loss` is the plain "
+    "formula, which the compiler fuses).",
     "Dropout is 0 in every row (`--set dropout=0.1` to change it): the implementations place "
     "dropout differently, so with it they would not compute the same thing.",
 ]
@@ -187,14 +191,56 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return cfg.override(args.set)
 
 
+def merge_results(parts: list[dict], notes: tuple[str, ...] = ()) -> dict:
+    """One result from bench runs made in parts (one process each, same machine): a later part's
+    rows of a (section, model) replace an earlier part's, as do its breakdowns; the machine facts
+    are the last part's, and every part's command, date and duration is kept."""
+    groups: dict[tuple, list[dict]] = {}
+    for part in parts:
+        found: dict[tuple, list[dict]] = {}
+        for row in part["rows"]:
+            found.setdefault((row["section"], row["model"]), []).append(row)
+        groups.update(found)
+    order = {s: i for i, s in enumerate(SECTIONS)}
+    rows = [r for key in sorted(groups, key=lambda k: order.get(k[0], len(order))) for r in groups[key]]
+    env = {**parts[-1]["env"], "facts": dict(parts[-1]["env"]["facts"])}
+    env["parts"] = [{"command": p["env"]["command"], "date": p["env"]["date"], "wall_s": p["env"]["wall_s"],
+                     "rows": sorted({f"{r['section']} / {r['model']}" for r in p["rows"]}
+                                    | ({"breakdown"} if p["breakdown"] else set()))} for p in parts]
+    env["wall_s"] = sum(p["env"]["wall_s"] for p in parts)
+    env["date"] = max(p["env"]["date"] for p in parts)
+    breakdown: dict = {}
+    for part in parts:
+        breakdown.update(part["breakdown"])
+    all_notes = list(dict.fromkeys([n for p in parts for n in p["notes"]] + list(notes)))
+    return {"env": env, "config": parts[-1]["config"], "rows": rows,
+            "targets": report.check_targets(rows, env["device"]), "breakdown": breakdown,
+            "method": METHOD, "notes": all_notes}
+
+
 def main_from_args(args: argparse.Namespace, command: Optional[str] = None) -> int:
-    try:
-        cfg = config_from_args(args)
-    except ValueError as err:
-        print(f"ablate bench: {err}", file=sys.stderr)
-        return 2
-    command = command or "ablate bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    result = run_bench(cfg, command=command.strip())
+    if args.merge:
+        try:
+            parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        except (OSError, ValueError) as err:
+            print(f"ablate bench --merge: {err}", file=sys.stderr)
+            return 2
+        devices = {p["env"]["device_name"] for p in parts}
+        if len(devices) > 1:
+            print(f"ablate bench --merge: the parts come from different machines: {sorted(devices)}",
+                  file=sys.stderr)
+            return 2
+        result = merge_results(parts, tuple(args.note))
+        cfg = None
+    else:
+        try:
+            cfg = config_from_args(args)
+        except ValueError as err:
+            print(f"ablate bench: {err}", file=sys.stderr)
+            return 2
+        command = command or "ablate bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        cfg.notes.extend(args.note)
+        result = run_bench(cfg, command=command.strip())
     print()
     print("\n".join(report.table_lines(result["rows"], markdown=False)))
     if result["targets"]:
@@ -206,7 +252,8 @@ def main_from_args(args: argparse.Namespace, command: Optional[str] = None) -> i
         print("\n".join(report.breakdown_lines(result["breakdown"], markdown=False)))
     for note in result["notes"]:
         print(f"note: {note}")
-    if cfg.out:
-        path = report.write_report(result, Path(cfg.out))
+    out = cfg.out if cfg is not None else args.out
+    if out:
+        path = report.write_report(result, Path(out))
         print(f"\nreport written to {path}")
     return 0

@@ -106,3 +106,49 @@ def test_tiny_bench_end_to_end(tmp_path):
     assert "No GPU table was measured" in text and "| section | model |" in text
     assert json.loads(path.with_suffix(".json").read_text())["rows"] == json.loads(json.dumps(rows))
     assert (tmp_path / "README.md").read_text().count(f"]({path.name})") == 1
+
+
+def test_parts_merge_into_one_report(tmp_path):
+    """A bench made in parts (one section per process) combines into one report; a later part's
+    rows of a model replace an earlier part's."""
+    from benchmarks.run import merge_results
+
+    base = dict(device="cpu", threads=1, out="")
+    first = run_bench(tiny_config(**base, sections=("positions", "train-seq2seq")), command="one", log=lambda s: None)
+    second = run_bench(tiny_config(**base, sections=("train-seq2seq",)), command="two", log=lambda s: None)
+    merged = merge_results([first, second], notes=("measured in two parts",))
+    assert [p["command"] for p in merged["env"]["parts"]] == ["one", "two"]
+    seq2seq = [r for r in merged["rows"] if r["section"] == "train-seq2seq"]
+    assert seq2seq == [r for r in second["rows"]]  # replaced, not doubled
+    assert [r for r in merged["rows"] if r["section"] == "positions"] == \
+        [r for r in first["rows"] if r["section"] == "positions"]
+    assert merged["rows"][0]["section"] == "train-seq2seq"  # sections in the bench's order
+    assert merged["targets"] == check_targets(merged["rows"])
+    assert "measured in two parts" in merged["notes"]
+    text = write_report(merged, tmp_path).read_text()
+    assert "Measured in 2 parts" in text and "`one`" in text and "`two`" in text
+
+
+def test_positions_rows_compare_with_rope_and_gpu_targets():
+    cfg = tiny_config(device="cpu", threads=1, out="", sections=("positions",))
+    rows = run_bench(cfg, command="t", log=lambda s: None)["rows"]
+    assert [r["impl"] for r in rows] == ["ablate, rope", "ablate, learned", "ablate, alibi"]
+    assert rows[0]["ratio"] == 1.0 and all(r["reference"] == "ablate, rope" for r in rows)
+    checks = check_targets(rows, "cuda")
+    assert [c["met"] for c in checks] == [rows[2]["ratio"] >= 0.85]
+
+
+def test_a_contender_out_of_memory_is_reported_not_fatal():
+    from benchmarks.suites import _rows
+
+    def boom():
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    contenders = [Contender("fits", lambda: None, tokens=10, flops=1.0, ours=True),
+                  Contender("too big", boom, tokens=10, flops=1.0)]
+    time_interleaved(contenders, torch.device("cpu"), warmup=1, repeats=2)
+    assert contenders[1].failed and not contenders[1].times and len(contenders[0].times) == 2
+    rows = _rows("train-lm", "m", contenders, None, peak=1.0, settings="")
+    assert rows[1]["impl"] == "too big" and rows[1]["tokens_per_s"] is None and "memory" in rows[1]["note"]
+    assert rows[0]["ratio"] is None  # no peer left to compare with
+    check_targets(rows)  # rows without numbers are skipped
