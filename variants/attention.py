@@ -124,6 +124,7 @@ class KVCache:
         self.positions = torch.zeros(batch, max_len, dtype=torch.long, device=device)
         self.next_position = torch.zeros(batch, dtype=torch.long, device=device)
         self.cross: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * n_layers
+        self.padded = False  # whether any stored token is padding (until then, no key mask)
         self.length = 0
         self.max_len = max_len
 
@@ -141,14 +142,20 @@ class KVCache:
         self.values[layer][:, :, self.length:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
-    def advance(self, valid: torch.Tensor, positions: torch.Tensor) -> None:
-        """Record the new tokens' padding (B, T) and positions (B|1, T); move past them."""
-        end = self.length + valid.size(1)
-        self.valid[:, self.length:end] = valid
+    def advance(self, valid: Optional[torch.Tensor], positions: torch.Tensor) -> None:
+        """Record the new tokens' padding (B, T; None = none is padding) and positions (B|1, T);
+        move past them."""
+        T = positions.size(1)
+        end = self.length + T
         self.positions[:, self.length:end] = positions
-        # each real token moves the position on by one; padding does not (a row whose new
-        # tokens are all padding, e.g. an empty left-padded prompt, stays where it was)
-        self.next_position = self.next_position + valid.long().sum(dim=1)
+        if valid is None:
+            self.next_position = self.next_position + T
+        else:
+            self.valid[:, self.length:end] = valid
+            self.padded = True
+            # each real token moves the position on by one; padding does not (a row whose new
+            # tokens are all padding, e.g. an empty left-padded prompt, stays where it was)
+            self.next_position = self.next_position + valid.long().sum(dim=1)
         self.length = end
 
     def reorder(self, index: torch.Tensor) -> None:

@@ -80,12 +80,15 @@ def beam_translate(model, src: torch.Tensor, bos_id: int, eos_id: int, max_len: 
 
 @torch.no_grad()
 def greedy_generate(model, prompt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-    """Continue (B, T) prompts of a decoder-only LM by ``max_new_tokens`` greedy tokens."""
+    """Continue (B, T) prompts of a decoder-only LM by ``max_new_tokens`` greedy tokens.
+    Prompts may be left-padded; generated tokens are never taken for padding."""
     cache = model.new_cache(prompt.size(0), prompt.size(1) + max_new_tokens)
-    step, out = prompt, []
+    step, out, padded = prompt, [], None  # the prompt may hold padding; generated tokens never do
     for _ in range(max_new_tokens):
-        step = model(step, cache)[:, -1].argmax(-1, keepdim=True)
+        hidden = model.hidden(step, cache, padded)[:, -1:]  # the head reads the last position only
+        step = model.logits(hidden)[:, -1].argmax(-1, keepdim=True)
         out.append(step)
+        padded = False
     return torch.cat(out, dim=1)
 
 

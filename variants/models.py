@@ -86,9 +86,9 @@ class Stack(nn.Module):
             positions = (valid.long().cumsum(-1) - 1).clamp(min=0) + start  # (B, T)
         k_pos, k_valid = positions, valid
         if cache is not None:
-            if valid is None:
-                valid = torch.ones(B, T, dtype=torch.bool, device=x.device)
-            k_valid = torch.cat([cache.valid[:, : cache.length], valid], dim=1)  # (B, Tk)
+            if valid is not None or cache.padded:  # else no key is padding: no mask
+                new_valid = valid if valid is not None else torch.ones(B, T, dtype=torch.bool, device=x.device)
+                k_valid = torch.cat([cache.valid[:, : cache.length], new_valid], dim=1)  # (B, Tk)
             k_pos = torch.cat([cache.positions[:, : cache.length], positions.expand(B, T)], dim=1)
         slopes = self.position.distance_slopes()
         in_kernel = (slopes is not None and cache is None and valid is None and flex_available(x.device, self.head_dim)
@@ -199,8 +199,9 @@ class DecoderLM(TransformerBase):
         self.decoder = Stack(cfg, cfg.n_layers, causal=True, cross=False)
         self.init_weights()
 
-    def forward(self, tokens: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        return self.logits(self.hidden(tokens, cache))
+    def forward(self, tokens: torch.Tensor, cache: Optional[KVCache] = None,
+                padded: Optional[bool] = None) -> torch.Tensor:
+        return self.logits(self.hidden(tokens, cache, padded))
 
     def hidden(self, tokens: torch.Tensor, cache: Optional[KVCache] = None,
                padded: Optional[bool] = None) -> torch.Tensor:
@@ -210,7 +211,7 @@ class DecoderLM(TransformerBase):
         the CPU); None = look, which on a GPU waits for the device (a host-device sync)."""
         self.decoder.check_length(tokens.size(1), cache)
         valid = None if padded is False else self.padding(tokens)
-        if cache is None and padded is None:
+        if padded is None:
             valid = _unless_all(valid)  # no padding: keep the fast causal path
         return self.decoder(self.embed_tokens(tokens), valid, cache)
 

@@ -272,6 +272,22 @@ def test_lm_cache_with_left_padded_prompt(lm_point):
         assert_close(cached[i][real[i]], alone, msg=f"row {i}")
 
 
+def test_greedy_generate_matches_argmax_of_full_forward(lm_point):
+    """Cached greedy decoding (left-padded prompt included) picks, at every step, the argmax of
+    the full forward pass over the prompt and the tokens generated so far."""
+    from variants.decoding import greedy_generate
+
+    model = build(config_of(lm_point))
+    prompt = left_pad(seqs_of([5, 3], 62), 5)
+    out = greedy_generate(model, prompt, 4)
+    seq = prompt
+    for i in range(4):
+        with torch.no_grad():
+            expected = model(seq)[:, -1].argmax(-1)
+        assert torch.equal(out[:, i], expected), f"step {i}"
+        seq = torch.cat([seq, out[:, i:i + 1]], dim=1)
+
+
 def test_seq2seq_cache_matches_full_forward(s2s_point):
     model = build(config_of(s2s_point))
     src = right_pad(seqs_of([8, 5], 70), 8)
