@@ -158,16 +158,21 @@ class KVCache:
             self.next_position = self.next_position + valid.long().sum(dim=1)
         self.length = end
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select rows (beam search): row i becomes old row ``index[i]``."""
+    def reorder(self, index: torch.Tensor, cross: bool = True) -> None:
+        """Select rows (beam search): row i becomes old row ``index[i]``. Only the filled part
+        of the buffers is copied. ``cross=False`` keeps the cross-attention keys/values as they
+        are: right when ``index`` never moves a row to another source (beams of one source
+        share them)."""
+        L = self.length
         for store in (self.keys, self.values):
-            for i, t in enumerate(store):
-                store[i] = t.index_select(0, index)
-        self.valid = self.valid.index_select(0, index)
-        self.positions = self.positions.index_select(0, index)
+            for t in store:
+                t[:, :, :L] = t[:, :, :L].index_select(0, index)
+        self.valid[:, :L] = self.valid[:, :L].index_select(0, index)
+        self.positions[:, :L] = self.positions[:, :L].index_select(0, index)
         self.next_position = self.next_position.index_select(0, index)
-        self.cross = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
-                      for kv in self.cross]
+        if cross:
+            self.cross = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+                          for kv in self.cross]
 
 
 class _Attention(nn.Module):

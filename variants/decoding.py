@@ -72,7 +72,7 @@ def beam_translate(model, src: torch.Tensor, bos_id: int, eos_id: int, max_len: 
         if all(done):
             break
         index = rows.view(-1)
-        cache.reorder(index)
+        cache.reorder(index, cross=False)  # beams stay with their source
         history = torch.cat([history.index_select(0, index), tokens.view(-1, 1)], dim=1)
         scores = new_scores
     return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in finished]
