@@ -42,6 +42,7 @@ class PerfSection:
     warmup_steps: int = 5  # steps excluded from throughput
     every_n_steps: int = 50  # throughput logging interval
     peak_flops: Optional[float] = None  # device dense peak; default: table (GPU) or measured (CPU)
+    compile: bool = False  # torch.compile the step's model, head and loss (worth it on GPUs)
 
 
 @dataclass

@@ -160,6 +160,8 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
         task = LanguageModelTask(cfg.model, cfg.task, tok.pad_id, data.n_bytes, data.streams, data.block_size)
     else:
         task = TranslationTask(cfg.model, cfg.task, tok, data.references)
+    if cfg.perf.compile:
+        task.compile_losses()
     params = task.model.num_params()
     extra = {"params": params, "fingerprint": task.model.fingerprint(), "run_id": rid}
 

@@ -34,17 +34,28 @@ class TaskModule(L.LightningModule):
         self.model = build_model(model)
         self.count_flops = FlopCounter(self.model)
         self.sums: dict[str, torch.Tensor] = {}  # stage -> [sum NLL, non-pad tokens] on this rank
+        self._losses = self.losses
+
+    def compile_losses(self) -> None:
+        """Run every step's model, head and loss through ``torch.compile`` (``perf.compile``);
+        the model's parameters and checkpoints are unchanged."""
+        self._losses = torch.compile(self.losses)
 
     # --------------------------------------------------------------------------- shared step
     def forward_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(final states (B, T, D) before the output head, targets (B, T)) of a batch."""
         raise NotImplementedError
 
-    def model_step(self, batch):
+    def losses(self, batch, smoothing: float):
+        """(objective, NLL, targets) of a batch, summed over the non-pad targets."""
         # head and cross-entropy fused (``model.loss``): the (B, T, V) logits are never built
         hidden, targets = self.forward_batch(batch)
-        smoothing = self.cfg.label_smoothing if self.training else 0.0
         objective, nll = self.model.loss(hidden, targets, self.pad_id, smoothing)
+        return objective, nll, targets
+
+    def model_step(self, batch):
+        smoothing = self.cfg.label_smoothing if self.training else 0.0
+        objective, nll, targets = self._losses(batch, smoothing)
         tokens = (targets != self.pad_id).sum()
         return objective / tokens.clamp(min=1), nll.detach(), tokens
 
@@ -148,7 +159,8 @@ class LanguageModelTask(TaskModule):
         self.block_size = block_size or model.max_seq_len
 
     def forward_batch(self, batch):
-        return self.model.hidden(batch["inputs"]), batch["targets"]
+        # ``padded``: found while collating on the CPU, so the model need not look on the device
+        return self.model.hidden(batch["inputs"], padded=batch.get("padded")), batch["targets"]
 
     def extra_metrics(self, stage, nll):
         metrics = {}
@@ -180,7 +192,7 @@ class TranslationTask(TaskModule):
         self.val_runs = 0  # completed validation runs, sanity check excluded
 
     def forward_batch(self, batch):
-        return self.model.hidden(batch["src"], batch["tgt_in"]), batch["tgt_out"]
+        return self.model.hidden(batch["src"], batch["tgt_in"], padded=batch.get("src_padded")), batch["tgt_out"]
 
     def _decode_now(self, stage: str) -> bool:
         """Test always decodes; validation every ``bleu_every_n_val``-th run (not the sanity check)."""

@@ -125,12 +125,13 @@ class LMDataModule(_BaseDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.datasets[split]
         rank, world = self.shard()
+        collate = partial(collate_blocks, pad_id=self.tokenizer.pad_id)
         if shuffle:  # training: a seeded permutation per epoch, equal-sized shards
             batches = self._train_batches(ShuffledBatches(len(data), self.cfg.batch_size, self.seed, rank, world))
-            return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.num_workers)
+            return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.num_workers, collate_fn=collate)
         # evaluation: every block on exactly one rank, in order
         return DataLoader(data, batch_size=self.cfg.batch_size, sampler=range(rank, len(data), world),
-                          num_workers=self.cfg.num_workers)
+                          num_workers=self.cfg.num_workers, collate_fn=collate)
 
 
 # ------------------------------------------------------------------------------------ translation
@@ -239,6 +240,14 @@ class TokenBudgetBatches(EpochBatches):
         return batches[self.rank::self.world]
 
 
+def collate_blocks(items, pad_id: int):
+    """LM blocks stacked, and whether any input is padding (only the last block of a split
+    can be)."""
+    inputs = torch.stack([item["inputs"] for item in items])
+    return {"inputs": inputs, "targets": torch.stack([item["targets"] for item in items]),
+            "padded": bool((inputs == pad_id).any())}
+
+
 def collate_pairs(items, pad_id: int):
     index, src, tgt = zip(*items)
 
@@ -249,7 +258,8 @@ def collate_pairs(items, pad_id: int):
         return out
 
     tgt = pad(tgt)
-    return {"index": torch.tensor(index), "src": pad(src), "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:]}
+    return {"index": torch.tensor(index), "src": pad(src), "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:],
+            "src_padded": len(set(map(len, src))) > 1}
 
 
 class TranslationDataModule(_BaseDataModule):

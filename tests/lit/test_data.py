@@ -133,6 +133,22 @@ def test_lm_blocks_cover_the_stream_once():
     assert dm.n_bytes["val"] == sum(len(t.encode()) + 1 for t in bible.monolingual("en", "val")[:40])
 
 
+def test_batches_say_whether_they_hold_padding():
+    """The flag the model reads instead of looking on the device: found while collating."""
+    dm = build_datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=41, batch_size=4),
+                          "lm", max_seq_len=32, seed=0)
+    dm.setup()
+    pad = dm.tokenizer.pad_id
+    batches = list(dm.val_dataloader())
+    assert [b["padded"] for b in batches] == [bool((b["inputs"] == pad).any()) for b in batches]
+    assert batches[-1]["padded"] and not batches[0]["padded"]  # only the last block is padded
+    dm = build_datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=40, max_tokens=1000),
+                          "mt", max_seq_len=256, seed=0)
+    dm.setup()
+    flags = [(b["src_padded"], bool((b["src"] == dm.tokenizer.pad_id).any())) for b in dm.val_dataloader()]
+    assert all(flag == found for flag, found in flags) and any(found for _, found in flags)
+
+
 def test_translation_eval_example_too_long_names_field(tmp_path):
     _write(tmp_path / "train.de", ["kurz"] * 20)
     _write(tmp_path / "train.en", ["short"] * 20)
