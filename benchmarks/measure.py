@@ -193,6 +193,30 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, seco
     return best
 
 
+def cpu_seconds() -> Optional[tuple[float, float, float]]:
+    """(wall clock, CPU seconds every CPU of the machine spent busy since boot — stolen by the
+    hypervisor included —, CPU seconds of this process and its children), from /proc/stat and
+    getrusage; None where /proc/stat is missing. Two readings give the cores other work used
+    between them."""
+    import resource
+
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return time.time(), busy, own
+
+
+def other_work(start, end) -> Optional[float]:
+    """Cores kept busy by other processes between two :func:`cpu_seconds` readings."""
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    return max(0.0, ((end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]))
+
+
 def load_average() -> Optional[tuple[float, float, float]]:
     try:
         return os.getloadavg()

@@ -178,8 +178,9 @@ def markdown_report(result: dict) -> list[str]:
     lines += [""]
     if env["device"] == "cpu":
         lines += ["No GPU table was measured in this run (no CUDA device). On a CUDA machine the same "
-                  "command measures the GPU rows (bf16-mixed autocast, GPT-2-small shapes, "
-                  "`--compile` to add compiled rows).", ""]
+                  "command measures the GPU rows (bf16-mixed autocast, GPT-2-small and Transformer-base "
+                  "shapes, `--compile` to add compiled rows); the GPU reports sit beside this one "
+                  "([index](README.md)).", ""]
     lines += ["## Results", "",
               "Medians over the timed rounds; min–max and the interquartile range (IQR) show the spread. "
               "`*` = this project. `× ref`: the row's median over the reference's (LM training: the "

@@ -19,7 +19,7 @@ from benchmarks import models as M
 from benchmarks import report, suites
 from benchmarks.breakdown import sublayer_breakdown
 from benchmarks.config import SECTIONS, BenchConfig, gpu_config, tiny_config
-from benchmarks.measure import cpu_flags, load_average, matmul_peak, physical_cores
+from benchmarks.measure import cpu_flags, cpu_seconds, load_average, matmul_peak, other_work, physical_cores
 from lit.callbacks import cpu_model
 
 
@@ -108,7 +108,7 @@ def run_bench(cfg: BenchConfig, command: str = "ablate bench", log=print) -> dic
         torch.set_num_threads(cfg.threads or physical_cores())
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
-    start_load = load_average()
+    start_load, start_cpu = load_average(), cpu_seconds()
     log(f"measuring the matmul peak on {device} ...")
     peak = device_peak(device)
     env = environment(cfg, device, peak, start_load)
@@ -133,14 +133,15 @@ def run_bench(cfg: BenchConfig, command: str = "ablate bench", log=print) -> dic
     env["command"] = command
     env["wall_s"] = time.perf_counter() - start
     notes = sorted(set(cfg.notes)) + [f"{k}: {v}" for k, v in M.PEER_NOTES.items()]
-    busy = [x for x in (start_load, load) if x is not None and x[0] > 0.75 * physical_cores()]
-    if device.type == "cpu" and busy:
-        notes.insert(0, f"The machine was busy with other work during this run (1-min load average "
-                        f"{start_load[0] if start_load else float('nan'):.2f} at the start, "
-                        f"{load[0] if load else float('nan'):.2f} at the end, {physical_cores()} cores): "
-                        f"absolute tokens/s, the matmul peak and MFU are depressed and noisier than on an "
-                        f"idle machine; the ratios come from interleaved rounds, so every implementation "
-                        f"shared the same conditions.")
+    others = other_work(start_cpu, cpu_seconds())
+    env["facts"]["other processes during the run"] = (
+        "unknown" if others is None else f"{others:.2f} cores busy on average (from /proc/stat, this "
+                                         f"process excluded)")
+    if device.type == "cpu" and others is not None and others > 0.1 * physical_cores():
+        notes.insert(0, f"The machine was busy with other work during this run ({others:.2f} of its "
+                        f"{physical_cores()} cores on average): absolute tokens/s, the matmul peak and MFU "
+                        f"are depressed and noisier than on an idle machine; the ratios come from "
+                        f"interleaved rounds, so every implementation shared the same conditions.")
     return {"env": env, "config": {k: v for k, v in vars(cfg).items() if k != "notes"}, "rows": rows,
             "targets": report.check_targets(rows, device.type),
             "breakdown": breakdown, "method": METHOD, "notes": notes}

@@ -152,3 +152,21 @@ def test_a_contender_out_of_memory_is_reported_not_fatal():
     assert rows[1]["impl"] == "too big" and rows[1]["tokens_per_s"] is None and "memory" in rows[1]["note"]
     assert rows[0]["ratio"] is None  # no peer left to compare with
     check_targets(rows)  # rows without numbers are skipped
+
+
+def test_other_work_excludes_this_process():
+    from benchmarks.measure import cpu_seconds, other_work
+
+    # two cores busy for 2 s, 3 CPU-seconds of them ours: other work kept half a core busy
+    assert other_work((0.0, 10.0, 5.0), (2.0, 14.0, 8.0)) == pytest.approx(0.5)
+    assert other_work((0.0, 10.0, 5.0), (2.0, 12.0, 8.0)) == 0.0  # tick rounding never goes negative
+    assert other_work((2.0, 1.0, 1.0), (1.0, 2.0, 2.0)) is None
+    start = cpu_seconds()
+    if start is None:
+        pytest.skip("no /proc/stat")
+    deadline = start[0] + 0.5
+    while cpu_seconds()[0] < deadline:  # keep one core busy in this process
+        sum(range(10_000))
+    end = cpu_seconds()
+    assert end[2] - start[2] > 0.3  # counted as this process's time
+    assert end[1] - start[1] >= (end[2] - start[2]) - 0.1  # and within the machine's busy time
