@@ -7,9 +7,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-SECTIONS = ("train-lm", "train-seq2seq", "decode", "positions", "breakdown")
+SECTIONS = ("train-lm", "train-seq2seq", "decode", "positions", "breakdown", "profile")
 # the positions section (our gpt2-style model with each position scheme) runs by default on a GPU
-CPU_SECTIONS = ("train-lm", "train-seq2seq", "decode", "breakdown")
+CPU_SECTIONS = ("train-lm", "train-seq2seq", "decode", "breakdown", "profile")
 
 
 @dataclass
@@ -20,8 +20,8 @@ class BenchConfig:
     sections: tuple[str, ...] = CPU_SECTIONS
     presets: tuple[str, ...] = ("gpt2", "llama", "alibi", "vaswani")
     warmup: int = 2  # untimed units per implementation before the timed rounds
-    repeats: int = 7  # timed rounds (one unit of every implementation each)
-    decode_repeats: int = 5
+    repeats: int = 15  # timed rounds (one unit of every implementation each)
+    decode_repeats: int = 7
     seed: int = 0
     dropout: float = 0.0
     # decoder-only LM training
@@ -131,6 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--note", action="append", default=[], help="a note for the report (repeatable)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="measure nothing: combine the JSON results of bench runs made in parts "
-                             "(e.g. one section per process) into one report")
+                             "(e.g. one section per process) into one report; with one file, write "
+                             "its report again with the --note notes added")
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value",
                         help="any BenchConfig field, e.g. lm_batch=16 d_model=512")

@@ -143,6 +143,33 @@ def peak_bytes(unit: Callable[[], object], device: torch.device, persistent: int
     return float(persistent + peak)
 
 
+# ------------------------------------------------------------------------------------ profile
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation",
+              "aten::linear_backward")
+
+
+def op_profile(unit: Callable[[], object], device: torch.device, repeats: int = 2, top: int = 6) -> dict:
+    """Where one unit's time goes, by operator (torch.profiler; self time, CPU or CUDA):
+    milliseconds per unit in matrix products, in attention kernels, and in everything else, and
+    the ``top`` operators by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(repeats):
+            unit()
+        synchronize(device)
+    field = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ops = sorted(((e.key, getattr(e, field) / 1e3 / repeats) for e in prof.key_averages()
+                  if getattr(e, field) > 0), key=lambda kv: -kv[1])
+    total = sum(ms for _, ms in ops)
+    matmul = sum(ms for op, ms in ops if op in MATMUL_OPS)
+    attention = sum(ms for op, ms in ops if "scaled_dot_product" in op or "flash" in op or "attention" in op)
+    return {"total_ms": total, "matmul_ms": matmul, "attention_ms": attention,
+            "other_ms": total - matmul - attention, "top": [[op, ms] for op, ms in ops[:top]]}
+
+
 # ------------------------------------------------------------------------------- peak, machine
 def physical_cores() -> int:
     """Physical cores of this machine (hyper-threads not counted), from /proc/cpuinfo."""

@@ -127,6 +127,28 @@ def breakdown_lines(breakdowns: dict[str, dict[str, float]], markdown: bool) -> 
     return [fmt(header), "-" * len(fmt(header))] + [fmt(r) for r in body]
 
 
+def profile_lines(rows: list[dict]) -> list[str]:
+    """The operator profiles of ours and each comparison's reference, as a markdown section."""
+    profiled = [r for r in rows if r.get("profile")]
+    if not profiled:
+        return []
+    lines = ["", "## Operator profiles (ours and each reference)", "",
+             "One unit under `torch.profiler` (self time per operator, mean of 2 units): matrix products "
+             "(`mm`, `addmm`, `bmm`), attention kernels (SDPA), and everything else the profiler records "
+             "(other operators; named ranges such as the optimizer step or our fused loss count their "
+             "Python time outside operators). Python time outside every such range is in the timed unit "
+             "but in none of the three; the profiler adds its own overhead to every operator.", "",
+             "| section / model | implementation | unit ms (timed median) | operators ms | matmuls | "
+             "attention | other operators | largest operators (ms) |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in profiled:
+        p = r["profile"]
+        top = ", ".join(f"`{op}` {ms:.1f}" for op, ms in p["top"][:4])
+        lines.append(f"| {r['section']} / {r['model']} | {r['impl']}{' *' if r['ours'] else ''} | "
+                     f"{p['unit_ms']:.1f} | {p['total_ms']:.1f} | {p['matmul_ms']:.1f} | "
+                     f"{p['attention_ms']:.1f} | {p['other_ms']:.1f} | {top} |")
+    return lines
+
+
 def machine_slug(env: dict) -> str:
     name = env["device_name"] + f"-{env['threads']}threads" if env["device"] == "cpu" else env["device_name"]
     return env["device"] + "-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
@@ -204,6 +226,7 @@ def markdown_report(result: dict) -> list[str]:
                   "masks and position tables, autograd bookkeeping). The parts are timed alone, so "
                   "they can add up to more or less than the step.", ""]
         lines += breakdown_lines(result["breakdown"], markdown=True)
+    lines += profile_lines(rows)
     lines += ["", "## How it is measured", ""]
     lines += [f"- {m}" for m in result["method"]]
     if result["notes"]:

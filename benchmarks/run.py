@@ -205,6 +205,8 @@ def merge_results(parts: list[dict], notes: tuple[str, ...] = ()) -> dict:
     order = {s: i for i, s in enumerate(SECTIONS)}
     rows = [r for key in sorted(groups, key=lambda k: order.get(k[0], len(order))) for r in groups[key]]
     env = {**parts[-1]["env"], "facts": dict(parts[-1]["env"]["facts"])}
+    if len(parts) == 1:  # one run: the same report again, with the notes added
+        return {**parts[0], "env": env, "notes": list(dict.fromkeys(parts[0]["notes"] + list(notes)))}
     env["parts"] = [{"command": p["env"]["command"], "date": p["env"]["date"], "wall_s": p["env"]["wall_s"],
                      "rows": sorted({f"{r['section']} / {r['model']}" for r in p["rows"]}
                                     | ({"breakdown"} if p["breakdown"] else set()))} for p in parts]

@@ -16,6 +16,7 @@ compute full logits and ``F.cross_entropy``, which is what their own training lo
 from __future__ import annotations
 
 import contextlib
+import statistics
 from typing import Callable, Optional
 
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 
 from benchmarks import models as M
 from benchmarks.config import BenchConfig
-from benchmarks.measure import (Contender, out_of_memory, peak_bytes, persistent_bytes, summary,
+from benchmarks.measure import (Contender, op_profile, out_of_memory, peak_bytes, persistent_bytes, summary,
                                 time_interleaved)
 from variants.decoding import beam_translate, greedy_generate, greedy_translate
 from variants.flops import FlopCounter
@@ -97,8 +98,10 @@ def train_contender(impl: str, model: nn.Module, inputs: tuple, targets: torch.T
 
 
 def _rows(section: str, title: str, contenders: list[Contender], reference: Optional[str],
-          peak: float, settings: str, measure_memory: bool = True) -> list[dict]:
-    """One row per contender; ``reference`` None = the fastest non-ours contender."""
+          peak: float, settings: str, measure_memory: bool = True,
+          profile_on: Optional[torch.device] = None) -> list[dict]:
+    """One row per contender; ``reference`` None = the fastest non-ours contender. With
+    ``profile_on``, ours and the reference also get an operator profile (``row["profile"]``)."""
     failed = [c for c in contenders if c.failed]
     contenders = [c for c in contenders if not c.failed]
     stats = {c.impl: summary(c.times, c.tokens) for c in contenders}
@@ -121,13 +124,19 @@ def _rows(section: str, title: str, contenders: list[Contender], reference: Opti
             "peak_mem_mb": mem / 2**20 if mem is not None else None,
             "ratio": s["median"] / ref_rate if ref_rate else None, "reference": reference,
             "settings": settings, "note": c.note,
+            "profile": ({**op_profile(c.unit, profile_on), "unit_ms": 1000 * statistics.median(c.times)}
+                        if profile_on is not None and (c.ours or c.impl == reference) else None),
         })
     for c in failed:
         rows.append({"section": section, "model": title, "impl": c.impl, "ours": c.ours, "tokens_per_s": None,
                      "min": None, "max": None, "q1": None, "q3": None, "repeats": 0, "mfu": None,
                      "peak_mem_mb": None, "ratio": None, "reference": reference, "settings": settings,
-                     "note": c.failed})
+                     "note": c.failed, "profile": None})
     return rows
+
+
+def _profiling(cfg: BenchConfig, device: torch.device) -> Optional[torch.device]:
+    return device if "profile" in cfg.sections else None
 
 
 def _seeded(seed: int):
@@ -157,7 +166,7 @@ def train_lm(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> 
                                               B * T, flops, device, ours=True, compile=True))
         contenders += _lm_peers(preset, mcfg, inputs, targets, B * T, flops, device, cfg, log)
         time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
-        rows += _rows("train-lm", title, contenders, None, peak, settings)
+        rows += _rows("train-lm", title, contenders, None, peak, settings, profile_on=_profiling(cfg, device))
     return rows
 
 
@@ -243,7 +252,8 @@ def train_seq2seq(cfg: BenchConfig, device: torch.device, peak: float, log=print
     settings = (f"vocab {mcfg.vocab_size}, d_model {mcfg.d_model}, {cfg.s2s_layers}+{cfg.s2s_layers} layers, "
                 f"{mcfg.n_heads} heads, d_ff {mcfg.d_ff}, source/target {S}/{T}, batch {B}, "
                 f"dropout {cfg.dropout}; tokens/s counts target tokens")
-    return _rows("train-seq2seq", title, contenders, "torch.nn.Transformer", peak, settings)
+    return _rows("train-seq2seq", title, contenders, "torch.nn.Transformer", peak, settings,
+                 profile_on=_profiling(cfg, device))
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -318,7 +328,7 @@ def decode(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> li
     time_interleaved(contenders, device, 1, cfg.decode_repeats, log)
     settings = f"batch {B}, prompt {P}, {N} new tokens; tokens/s counts new tokens"
     ref = "transformers generate" if any(c.impl == "transformers generate" for c in contenders) else None
-    rows += _rows("decode", title, contenders, ref, peak, settings)
+    rows += _rows("decode", title, contenders, ref, peak, settings, profile_on=_profiling(cfg, device))
 
     # translation: greedy and beam search, the same Marian weights in HF and imported into ours
     if not M.available("transformers"):
@@ -352,7 +362,8 @@ def decode(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> li
         settings = (f"batch {B}, source {src.size(1)}, {N} new tokens, "
                     f"{'greedy' if beams == 1 else f'beam {beams}, length penalty 1.0'}; "
                     f"tokens/s counts output tokens (best hypothesis)")
-        rows += _rows("decode", title, contenders, "transformers generate", peak, settings)
+        rows += _rows("decode", title, contenders, "transformers generate", peak, settings,
+                      profile_on=_profiling(cfg, device))
     return rows
 
 

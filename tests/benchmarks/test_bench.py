@@ -20,7 +20,7 @@ from benchmarks.run import run_bench
 from benchmarks.suites import ours_loss, training_unit
 
 ROW_KEYS = {"section", "model", "impl", "ours", "tokens_per_s", "min", "max", "q1", "q3", "repeats",
-            "mfu", "peak_mem_mb", "ratio", "reference", "settings", "note"}
+            "mfu", "peak_mem_mb", "ratio", "reference", "settings", "note", "profile"}
 
 
 def test_interleaving_times_every_contender_each_round():
@@ -101,9 +101,16 @@ def test_tiny_bench_end_to_end(tmp_path):
         assert all(r["ratio"] > 0 for r in rows)
     assert set(result["breakdown"]) == {"gpt2-style", "alibi (bloom-style)", "vaswani enc-dec"}
     assert result["targets"] == check_targets(rows) and result["targets"]
+    for r in rows:  # ours and each reference are profiled
+        assert (r["profile"] is not None) == (r["ours"] or r["impl"] == r["reference"]), r["impl"]
+        if r["profile"]:
+            p = r["profile"]
+            assert p["total_ms"] > 0 and 0 <= p["matmul_ms"] <= p["total_ms"] and p["top"]
+            assert p["matmul_ms"] + p["attention_ms"] + p["other_ms"] == pytest.approx(p["total_ms"])
     path = write_report(result, tmp_path)
     text = path.read_text()
     assert "No GPU table was measured" in text and "| section | model |" in text
+    assert "## Operator profiles" in text
     assert json.loads(path.with_suffix(".json").read_text())["rows"] == json.loads(json.dumps(rows))
     assert (tmp_path / "README.md").read_text().count(f"]({path.name})") == 1
 
@@ -127,6 +134,9 @@ def test_parts_merge_into_one_report(tmp_path):
     assert "measured in two parts" in merged["notes"]
     text = write_report(merged, tmp_path).read_text()
     assert "Measured in 2 parts" in text and "`one`" in text and "`two`" in text
+    again = merge_results([first], notes=("a note added later",))  # one run: re-rendered with notes
+    assert again["rows"] == first["rows"] and "parts" not in again["env"]
+    assert again["notes"] == first["notes"] + ["a note added later"]
 
 
 def test_positions_rows_compare_with_rope_and_gpu_targets():
