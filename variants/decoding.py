@@ -1,8 +1,10 @@
 """Greedy and beam-search decoding with the KV cache.
 
 Beam search scores a finished hypothesis by its summed log-probability divided by
-``length ** length_penalty`` (fairseq's convention; the length counts the ``<eos>``), and stops
-for a source once ``beam`` hypotheses have finished.
+``length ** length_penalty`` (fairseq's convention; the length counts the ``<eos>``), takes an
+``<eos>`` as an ending only when it ranks among the best ``beam`` of the ``2 * beam`` candidates
+of a step (as fairseq does: a beam of one is greedy decoding), and stops for a source once
+``beam`` hypotheses have finished.
 """
 
 from __future__ import annotations
@@ -49,32 +51,35 @@ def beam_translate(model, src: torch.Tensor, bos_id: int, eos_id: int, max_len: 
         V = logp.size(-1)
         top, flat = (scores.view(-1, 1) + logp).view(B, beam * V).topk(2 * beam, dim=-1)
         top, flat = top.tolist(), flat.tolist()
-        new_scores = torch.full((B, beam), float("-inf"), device=device)
-        rows = torch.arange(B * beam, device=device).view(B, beam).clone()
-        tokens = torch.full((B, beam), eos_id, dtype=torch.long, device=device)
+        # the next beams, filled in Python lists and turned into tensors once per step
+        new_scores = [[float("-inf")] * beam for _ in range(B)]
+        rows = [list(range(b * beam, (b + 1) * beam)) for b in range(B)]
+        tokens = [[eos_id] * beam for _ in range(B)]
         for b in range(B):
             if done[b]:
                 continue
             k = 0
-            for score, index in zip(top[b], flat[b]):
+            for rank, (score, index) in enumerate(zip(top[b], flat[b])):
                 if score == float("-inf"):
                     break
                 row, token = b * beam + index // V, index % V
+                if token == eos_id and rank >= beam:
+                    continue  # an ending counts only among the best ``beam`` candidates (fairseq)
                 if token == eos_id or length == max_len:
                     hyp = history[row, 1:].tolist() + ([] if token == eos_id else [token])
                     finished[b].append((score / (length ** length_penalty), hyp))
                 elif k < beam:
-                    new_scores[b, k], rows[b, k], tokens[b, k] = score, row, token
+                    new_scores[b][k], rows[b][k], tokens[b][k] = score, row, token
                     k += 1
                 if k == beam and len(finished[b]) >= beam:
                     break
             done[b] = len(finished[b]) >= beam or k == 0
         if all(done):
             break
-        index = rows.view(-1)
+        index = torch.tensor(rows, device=device).view(-1)
         cache.reorder(index, cross=False)  # beams stay with their source
-        history = torch.cat([history.index_select(0, index), tokens.view(-1, 1)], dim=1)
-        scores = new_scores
+        history = torch.cat([history.index_select(0, index), torch.tensor(tokens, device=device).view(-1, 1)], dim=1)
+        scores = torch.tensor(new_scores, device=device)
     return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in finished]
 
 
