@@ -90,7 +90,14 @@ def _slots(workers: Optional[int], gpus_per_run: int) -> list[dict[str, str]]:
     n = workers or 1
     threads = str(max(1, (os.cpu_count() or 1) // n))
     return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads),
-             "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", threads)} for _ in range(n)]
+             "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", threads),
+             **{k: os.environ.get(k, v) for k, v in CPU_MALLOC.items()}} for _ in range(n)]
+
+
+# glibc: keep freed blocks of up to 1 GiB in the heap instead of returning them to the system, so
+# the same large activations are not page-faulted afresh at every step (+6% median tokens/s for
+# the CPU ablation config of the LM on a 2-core machine; other C libraries ignore the variables)
+CPU_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 class _Progress:

@@ -135,6 +135,22 @@ def test_wandb_agents_run_exactly_the_sweeps_runs():
         run_named(sweep, "nope")
 
 
+def test_cpu_workers_split_the_cores_and_keep_the_users_settings(monkeypatch):
+    from experiments.launchers import CPU_MALLOC, _slots
+
+    monkeypatch.setattr("experiments.launchers.visible_gpus", lambda: [])
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", *CPU_MALLOC):
+        monkeypatch.delenv(key, raising=False)
+    slots = _slots(2, 1)
+    assert len(slots) == 2 and all(s["OMP_NUM_THREADS"] == "2" and s["CUDA_VISIBLE_DEVICES"] == "" for s in slots)
+    assert all(s[k] == v for s in slots for k, v in CPU_MALLOC.items())
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own setting wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    slot = _slots(1, 1)[0]
+    assert slot["MALLOC_MMAP_THRESHOLD_"] == "65536" and slot["OMP_NUM_THREADS"] == "1"
+
+
 def test_component_keys_are_the_registry_slots():
     from variants.registry import REGISTRIES
 
