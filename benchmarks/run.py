@@ -150,17 +150,11 @@ def run_bench(cfg: BenchConfig, command: str = "ablate bench", log=print) -> dic
 def breakdowns(cfg: BenchConfig, device: torch.device, log=print) -> dict[str, dict[str, float]]:
     """Per-sublayer times of our training step for each LM preset and the encoder-decoder."""
     out = {}
-    gen = torch.Generator().manual_seed(cfg.seed)
-    B, T = cfg.lm_batch, cfg.lm_seq_len
-    data = torch.randint(1, cfg.vocab_size, (B, T + 1), generator=gen).to(device)
-    jobs = [(suites.PRESET_TITLES[p], M.preset_config(p, kind="lm", **cfg.dims()), (data[:, :-1],), data[:, 1:])
+    inputs, targets = suites.lm_batch(cfg, device)
+    jobs = [(suites.PRESET_TITLES[p], M.preset_config(p, kind="lm", **cfg.dims()), (inputs,), targets)
             for p in cfg.presets]
-    S, Tt, Bs = cfg.s2s_src_len, cfg.s2s_tgt_len, cfg.s2s_batch
-    V = cfg.s2s_dims()["vocab_size"]
-    src = torch.randint(1, V, (Bs, S), generator=gen).to(device)
-    tgt = torch.randint(1, V, (Bs, Tt + 1), generator=gen).to(device)
     jobs.append(("vaswani enc-dec", M.preset_config("vaswani", kind="seq2seq", **cfg.s2s_dims()),
-                 (src, tgt[:, :-1]), tgt[:, 1:]))
+                 *suites.s2s_batch(cfg, device)))
     for name, mcfg, inputs, targets in jobs:
         log(f"breakdown {name}")
         torch.manual_seed(cfg.seed)

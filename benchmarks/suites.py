@@ -135,6 +135,22 @@ def _rows(section: str, title: str, contenders: list[Contender], reference: Opti
     return rows
 
 
+def lm_batch(cfg: BenchConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LM rows' (inputs, targets): random non-pad tokens, the same for every implementation."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = torch.randint(1, cfg.vocab_size, (cfg.lm_batch, cfg.lm_seq_len + 1), generator=gen).to(device)
+    return data[:, :-1], data[:, 1:]
+
+
+def s2s_batch(cfg: BenchConfig, device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The encoder-decoder rows' ((sources, decoder inputs), targets)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    V, B = cfg.s2s_dims()["vocab_size"], cfg.s2s_batch
+    src = torch.randint(1, V, (B, cfg.s2s_src_len), generator=gen).to(device)
+    tgt = torch.randint(1, V, (B, cfg.s2s_tgt_len + 1), generator=gen).to(device)
+    return (src, tgt[:, :-1]), tgt[:, 1:]
+
+
 def _profiling(cfg: BenchConfig, device: torch.device) -> Optional[torch.device]:
     return device if "profile" in cfg.sections else None
 
@@ -147,9 +163,7 @@ def _seeded(seed: int):
 def train_lm(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
     rows = []
     B, T = cfg.lm_batch, cfg.lm_seq_len
-    gen = torch.Generator().manual_seed(cfg.seed)
-    data = torch.randint(1, cfg.vocab_size, (B, T + 1), generator=gen).to(device)
-    inputs, targets = data[:, :-1], data[:, 1:]
+    inputs, targets = lm_batch(cfg, device)
     settings = (f"vocab {cfg.vocab_size}, d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
                 f"d_ff {cfg.d_ff}, context {T}, batch {B}, dropout {cfg.dropout}")
     for preset in cfg.presets:
@@ -199,9 +213,7 @@ def positions(cfg: BenchConfig, device: torch.device, peak: float, log=print) ->
     """Our gpt2-style LM with each position scheme, all else equal; ratios against RoPE
     (on a GPU, ALiBi's bias is added inside a FlexAttention kernel)."""
     B, T = cfg.lm_batch, cfg.lm_seq_len
-    gen = torch.Generator().manual_seed(cfg.seed)
-    data = torch.randint(1, cfg.vocab_size, (B, T + 1), generator=gen).to(device)
-    inputs, targets = data[:, :-1], data[:, 1:]
+    inputs, targets = lm_batch(cfg, device)
     settings = (f"gpt2-style (LayerNorm, Pre-LN, GELU) with each position scheme: vocab {cfg.vocab_size}, "
                 f"d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, d_ff {cfg.d_ff}, "
                 f"context {T}, batch {B}")
@@ -228,11 +240,7 @@ def train_seq2seq(cfg: BenchConfig, device: torch.device, peak: float, log=print
     title = "vaswani enc-dec"
     log(f"train-seq2seq {title}")
     mcfg = M.preset_config("vaswani", kind="seq2seq", **cfg.s2s_dims())
-    gen = torch.Generator().manual_seed(cfg.seed)
-    V = cfg.s2s_dims()["vocab_size"]
-    src = torch.randint(1, V, (B, S), generator=gen).to(device)
-    tgt = torch.randint(1, V, (B, T + 1), generator=gen).to(device)
-    inputs, targets = (src, tgt[:, :-1]), tgt[:, 1:]
+    inputs, targets = s2s_batch(cfg, device)
     _seeded(cfg.seed)
     model = M.ours(mcfg)
     flops = FlopCounter(model)(B * T, T, B * S, S)

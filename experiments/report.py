@@ -215,14 +215,13 @@ def delta_table(rep: Report) -> list[str]:
             if d is None:
                 lines.append(f"| {variant} | {metric} | - | - | - | no finished runs to compare | |")
                 continue
-            digits = _digits(metric)
+            mean, relative, interval = _delta_cells(d, metric)
             direction = "better" if better(metric, d["mean"]) else "worse"
             if d["n"] < 2:
                 verdict = f"{direction}, one seed: noise unknown"
             else:
                 verdict = "within seed noise" if d["within_noise"] else direction
-            lines.append(f"| {variant} | {metric} | {d['mean']:+.{digits}f} | {100 * d['relative']:+.1f}% | "
-                         f"[{d['low']:+.{digits}f}, {d['high']:+.{digits}f}] | {d['how']} | {verdict} |")
+            lines.append(f"| {variant} | {metric} | {mean} | {relative} | {interval} | {d['how']} | {verdict} |")
     return lines
 
 
@@ -238,7 +237,7 @@ def findings_table(rep: Report, findings: list[dict[str, Any]]) -> list[str]:
         if d is None:
             lines.append(f"| {f['claim']} | {variant} vs {against}: no finished runs | - | cannot say |")
             continue
-        digits = _digits(metric)
+        mean, relative, interval = _delta_cells(d, metric)
         direction = "better" if better(metric, d["mean"]) else "worse"
         if expect == "none":
             if d["n"] < 2:
@@ -255,9 +254,16 @@ def findings_table(rep: Report, findings: list[dict[str, Any]]) -> list[str]:
                 verdict = f"within seed noise (the mean points the {'same' if agrees else 'opposite'} way)"
             else:
                 verdict = "agrees" if agrees else "disagrees"
-        lines.append(f"| {f['claim']} | {metric} {variant} − {against}: {d['mean']:+.{digits}f} "
-                     f"({100 * d['relative']:+.1f}%) | [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}] | {verdict} |")
+        lines.append(f"| {f['claim']} | {metric} {variant} − {against}: {mean} ({relative}) | {interval} | "
+                     f"{verdict} |")
     return lines
+
+
+def _delta_cells(d: dict[str, Any], metric: str) -> tuple[str, str, str]:
+    """A paired delta's mean, relative change and 95% interval, formatted for ``metric``."""
+    digits = _digits(metric)
+    return (f"{d['mean']:+.{digits}f}", f"{100 * d['relative']:+.1f}%",
+            f"[{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]")
 
 
 def _variant_of(sweep: Sweep, pattern: dict[str, Any]) -> str:

@@ -34,12 +34,12 @@ class TaskModule(L.LightningModule):
         self.model = build_model(model)
         self.count_flops = FlopCounter(self.model)
         self.sums: dict[str, torch.Tensor] = {}  # stage -> [sum NLL, non-pad tokens] on this rank
-        self._losses = self.losses
+        self._compiled_losses = None
 
     def compile_losses(self) -> None:
         """Run every step's model, head and loss through ``torch.compile`` (``perf.compile``);
         the model's parameters and checkpoints are unchanged."""
-        self._losses = torch.compile(self.losses)
+        self._compiled_losses = torch.compile(self.losses)
 
     # --------------------------------------------------------------------------- shared step
     def forward_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +55,7 @@ class TaskModule(L.LightningModule):
 
     def model_step(self, batch):
         smoothing = self.cfg.label_smoothing if self.training else 0.0
-        objective, nll, targets = self._losses(batch, smoothing)
+        objective, nll, targets = (self._compiled_losses or self.losses)(batch, smoothing)
         tokens = (targets != self.pad_id).sum()
         return objective / tokens.clamp(min=1), nll.detach(), tokens
 

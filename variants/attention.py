@@ -56,6 +56,11 @@ def attention_mask(
     return bias.masked_fill(~allowed, float("-inf")), False
 
 
+try:  # FlexAttention (torch >= 2.5): ALiBi's bias inside the attention kernel on GPUs
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:
+    create_block_mask = flex_attention = None
+
 _FLEX: dict = {}  # the compiled flex_attention kernel and causal block masks, built on first use
 
 
@@ -63,13 +68,8 @@ def flex_available(device: torch.device, head_dim: int) -> bool:
     """Whether :func:`alibi_attention` can run on ``device``: FlexAttention exists in this torch,
     the device is a GPU (on a CPU the biased SDPA is as fast and needs no compiler) and the head
     dimension is a power of two of at least 16 (what its kernels take)."""
-    if device.type != "cuda" or head_dim < 16 or head_dim & (head_dim - 1):
-        return False
-    try:
-        import torch.nn.attention.flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return (flex_attention is not None and device.type == "cuda" and head_dim >= 16
+            and not head_dim & (head_dim - 1))
 
 
 def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
@@ -78,30 +78,29 @@ def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: t
     scores inside the kernel (FlexAttention), and, when ``causal``, the blocks above the
     diagonal skipped. The same function as SDPA with :meth:`ALiBi.score_bias` as a float mask,
     without the (H, T, T) bias tensor or the masked-out half of the work."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    T = q.size(-2)
 
     def score_mod(score, b, h, q_idx, kv_idx):
         return score - slopes[h] * (q_idx - kv_idx).abs()
 
-    def causal_mod(b, h, q_idx, kv_idx):
-        return kv_idx <= q_idx
-
+    # inside a compiled model the compiler builds the kernel and the mask itself; eager calls
+    # share one compiled kernel and one mask per length
     compiling = torch.compiler.is_compiling()
-    block_mask = None
-    if causal:
-        key = ("mask", T, q.device)
-        block_mask = None if compiling else _FLEX.get(key)
-        if block_mask is None:
-            block_mask = create_block_mask(causal_mod, None, None, T, T, device=q.device)
-            if not compiling:
-                _FLEX[key] = block_mask
-    if compiling:  # inside a compiled model the compiler builds the kernel itself
-        return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
-    if "kernel" not in _FLEX:
-        _FLEX["kernel"] = torch.compile(flex_attention, dynamic=False)
-    return _FLEX["kernel"](q, k, v, score_mod=score_mod, block_mask=block_mask)
+    block_mask = _causal_block_mask(q.size(-2), q.device, cached=not compiling) if causal else None
+    if compiling:
+        kernel = flex_attention
+    else:
+        kernel = _FLEX.get("kernel") or _FLEX.setdefault("kernel", torch.compile(flex_attention, dynamic=False))
+    return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask)
+
+
+def _causal_block_mask(T: int, device: torch.device, cached: bool):
+    key = ("mask", T, device)
+    if cached and key in _FLEX:
+        return _FLEX[key]
+    mask = create_block_mask(lambda b, h, q_idx, kv_idx: kv_idx <= q_idx, None, None, T, T, device=device)
+    if cached:
+        _FLEX[key] = mask
+    return mask
 
 
 class KVCache:
