@@ -73,7 +73,7 @@ def train_contender(impl: str, model: nn.Module, inputs: tuple, targets: torch.T
                     flops: float, device: torch.device, ours: bool = False, compile: bool = False,
                     note: str = "") -> Contender:
     """A training step of ``model``; ours through ``model.hidden`` + ``model.loss`` (optionally
-    compiled: the part up to the head), peers through their logits and ``token_loss``."""
+    compiled, head and loss included), peers through their logits and ``token_loss``."""
     model = model.to(device).train()
     if ours:
         def loss(*inputs):  # the bench's batches hold no padding, and ours is told so
