@@ -29,6 +29,7 @@ from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor, cpu_p
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
                                latest_checkpoint, remove_partial_writes)
 from lit.data.modules import build_datamodule
+from lit.metrics import one_line
 from lit.tasks import LanguageModelTask, TranslationTask
 
 INTERRUPTIONS = (KeyboardInterrupt, SystemExit)
@@ -155,6 +156,7 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     run_dir.mkdir(parents=True, exist_ok=True)
     if lead:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        tok.save(run_dir / "tokenizer.json")  # decode or rescore the run later with the same vocabulary
 
     if cfg.task.name == "lm":
         task = LanguageModelTask(cfg.model, cfg.task, tok.pad_id, data.n_bytes, data.streams, data.block_size)
@@ -211,6 +213,9 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
             test_start = time.time()
             trainer.test(task, datamodule=data, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            if lead and "test" in getattr(task, "last_hypotheses", {}):
+                write_translations(run_dir, data.sources["test"], data.references["test"],
+                                   task.last_hypotheses["test"])
     except BaseException as err:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -234,6 +239,19 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     metrics.update({"state": state, "run_dir": str(run_dir), "params": params["total"], "run_id": rid})
     _summary(cfg, metrics, guard.message, where)
     return metrics
+
+
+def write_translations(run_dir: Path, sources: Sequence[str], references: Sequence[str],
+                       hypotheses: Sequence[str]) -> None:
+    """``test.src``, ``test.ref`` and ``test.hyp``: detokenized text, one test example per line in
+    test-set order, the hypotheses exactly as BLEU scored them (``sacrebleu test.ref -i test.hyp``
+    reproduces the run's score)."""
+    if not len(sources) == len(references) == len(hypotheses):
+        raise ValueError(f"{len(sources)} sources, {len(references)} references, {len(hypotheses)} hypotheses")
+    for name, lines in (("test.src", sources), ("test.ref", references), ("test.hyp", hypotheses)):
+        tmp = run_dir / f"{name}.tmp"
+        tmp.write_text("".join(one_line(line) + "\n" for line in lines), encoding="utf-8")
+        tmp.replace(run_dir / name)
 
 
 def _wandb_where(run) -> Optional[str]:

@@ -20,7 +20,7 @@ import torch
 
 from lit.config import TaskConfig
 from lit.extrapolation import extrapolation
-from lit.metrics import bits_per_byte, corpus_bleu, perplexity
+from lit.metrics import bits_per_byte, corpus_bleu, corpus_chrf, one_line, perplexity
 from variants import ModelConfig, build_model
 from variants.decoding import beam_translate, greedy_translate
 from variants.flops import FlopCounter
@@ -224,11 +224,15 @@ class TranslationTask(TaskModule):
         if not self.hypotheses:
             return {}
         order = sorted(self.hypotheses)
-        self.last_hypotheses = {stage: [self.hypotheses[i] for i in order]}
-        score, self.bleu_signature = corpus_bleu(self.last_hypotheses[stage],
-                                                 [self.references[stage][i] for i in order])
+        # one line each, as written to test.hyp: the scores are those of the file
+        self.last_hypotheses = {stage: [one_line(self.hypotheses[i]) for i in order]}
+        references = [self.references[stage][i] for i in order]
+        score, self.bleu_signature = corpus_bleu(self.last_hypotheses[stage], references)
         self.hypotheses = {}
-        return {f"{stage}/bleu": score, f"{stage}/bleu_sentences": float(len(order))}
+        metrics = {f"{stage}/bleu": score, f"{stage}/bleu_sentences": float(len(order))}
+        if stage == "test":
+            metrics[f"{stage}/chrf"] = corpus_chrf(self.last_hypotheses[stage], references)[0]
+        return metrics
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

@@ -46,12 +46,33 @@ def test_lm_bible_smoke(tmp_path):
     assert all(f"test/ppl_x{f}{mode}" in result for f in (2, 4, 8) for mode in ("", "_sliding"))
 
 
+def _check_translations(cfg, result):
+    """test.src/.ref/.hyp line-aligned with the test set, and the sacrebleu command on the files
+    gives the run's BLEU; tokenizer.json decodes the run's vocabulary."""
+    import subprocess
+    import sys
+
+    from lit.tokenizer import TextTokenizer
+
+    run_dir = cfg.run_dir
+    lines = {name: (run_dir / name).read_text(encoding="utf-8").split("\n") for name in ("test.src", "test.ref", "test.hyp")}
+    assert all(v[-1] == "" for v in lines.values())  # newline-terminated
+    assert len({len(v) for v in lines.values()}) == 1 and len(lines["test.ref"]) - 1 == result["test/bleu_sentences"]
+    cli = subprocess.run([sys.executable, "-m", "sacrebleu", str(run_dir / "test.ref"), "-i", str(run_dir / "test.hyp"),
+                          "-b", "-w", "6"], capture_output=True, text=True, check=True)
+    assert float(cli.stdout.strip()) == pytest.approx(result["test/bleu"], abs=1e-5)
+    assert 0 <= result["test/chrf"] <= 100
+    tok = TextTokenizer.load(run_dir / "tokenizer.json")
+    assert tok.vocab_size == yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["vocab_size"]
+
+
 @pytest.mark.slow
 def test_mt_bible_smoke(tmp_path):
     cfg, result = _run(tmp_path, "mt-bible-de-en")
     _check_run_dir(cfg, result, "val/bleu")
     assert 0 <= result["test/bleu"] <= 100
     assert "tok:13a" in json.loads((cfg.run_dir / "status.json").read_text())["signature"]
+    _check_translations(cfg, result)
 
 
 @pytest.mark.slow
@@ -59,6 +80,7 @@ def test_mt_bible_smoke(tmp_path):
 def test_mt_multi30k_smoke(tmp_path):
     cfg, result = _run(tmp_path, "mt-multi30k-de-en", f"data.path={SHARED_MULTI30K}")
     _check_run_dir(cfg, result, "val/bleu")
+    _check_translations(cfg, result)
 
 
 @pytest.mark.slow
@@ -78,3 +100,13 @@ def test_lm_compiled_step_matches_eager(tmp_path):
     # then the same training up to rounding (fused kernels sum in another order)
     assert compiled["val/loss"] == pytest.approx(eager["val/loss"], rel=1e-3)
     assert compiled["test/ppl"] == pytest.approx(eager["test/ppl"], rel=3e-3)
+
+
+def test_translations_are_written_one_example_per_line(tmp_path):
+    from experiments.train import write_translations
+
+    write_translations(tmp_path, ["ein Satz", "zwei"], ["one sentence", "two"], ["a line\nbreak", ""])
+    assert (tmp_path / "test.hyp").read_text() == "a line break\n\n"
+    assert (tmp_path / "test.src").read_text() == "ein Satz\nzwei\n"
+    with pytest.raises(ValueError, match="1 hypotheses"):
+        write_translations(tmp_path, ["a", "b"], ["a", "b"], ["a"])

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lit.config import DataConfig, TaskConfig
 from lit.data.modules import build_datamodule
-from lit.metrics import corpus_bleu
+from lit.metrics import corpus_bleu, corpus_chrf
 from lit.tasks import LanguageModelTask, lr_multiplier
 from variants import ModelConfig
 
@@ -85,6 +85,18 @@ def test_bleu_equals_sacrebleu_command(tmp_path):
     assert score == pytest.approx(float(cli.stdout.strip()), abs=1e-6)
     assert "tok:13a" in signature and "nrefs:1" in signature
     assert corpus_bleu(refs, refs)[0] == pytest.approx(100.0)
+
+
+def test_chrf_equals_sacrebleu_command(tmp_path):
+    refs = ["The cat sat on the mat.", "He went home, and slept!"]
+    hyps = ["The cat sat on a mat.", "He went home and slept."]
+    (tmp_path / "refs.txt").write_text("\n".join(refs) + "\n")
+    (tmp_path / "hyps.txt").write_text("\n".join(hyps) + "\n")
+    cli = subprocess.run([sys.executable, "-m", "sacrebleu", str(tmp_path / "refs.txt"), "-i",
+                          str(tmp_path / "hyps.txt"), "-m", "chrf", "-b", "-w", "6"],
+                         capture_output=True, text=True, check=True)
+    score, signature = corpus_chrf(hyps, refs)
+    assert score == pytest.approx(float(cli.stdout.strip()), abs=1e-6) and "nc:6|nw:0" in signature
 
 
 @pytest.mark.parametrize("schedule", ["inverse_sqrt", "cosine", "constant"])
