@@ -64,12 +64,17 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from experiments.report import build, default_out
+    from experiments.report import build, default_out, rebuild
     from experiments.sweep import SweepError
 
     try:
-        sweep = _load_sweep(args)
-        path = build(sweep, Path(args.out) if args.out else default_out(sweep))
+        if Path(args.sweep).is_dir():  # a committed report: rebuilt from its own folder
+            if args.overrides or args.out:
+                raise SweepError(f"{args.sweep}: a report folder is rebuilt as it is (no overrides, no --out)")
+            path = rebuild(Path(args.sweep))
+        else:
+            sweep = _load_sweep(args)
+            path = build(sweep, Path(args.out) if args.out else default_out(sweep))
     except SweepError as err:
         print(f"ablate report: {err}", file=sys.stderr)
         return 2
@@ -184,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report = commands.add_parser("report", help="a sweep's runs as a report: seed statistics, deltas with "
                                                 "confidence intervals, plots (reports/<sweep name>/)")
-    report.add_argument("sweep", metavar="SWEEP.yaml")
+    report.add_argument("sweep", metavar="SWEEP.yaml|REPORT_DIR",
+                        help="a sweep file, or a report folder (reports/<name>) to rebuild from its own files")
     report.add_argument("overrides", nargs="*", metavar="key=value", help="as given to ablate sweep")
     report.add_argument("--out", default=None, help="output folder (default: reports/<sweep name>)")
     report.set_defaults(func=_report)

@@ -1,9 +1,11 @@
 """``ablate report``: a sweep's runs as a table with seed statistics, deltas against the baseline
-with bootstrap confidence intervals, plots, and everything needed to reproduce it.
+with Student-t intervals and Holm-adjusted p-values, plots, and everything needed to reproduce it.
 
 The report is built only from copies of each run's small files (``status.json``,
-``metrics.jsonl``, ``config.yaml``) kept in ``<out>/runs/``, so committing ``<out>`` lets anyone
-regenerate it byte for byte, and ``ablate reproduce`` compares fresh runs against it.
+``metrics.jsonl``, ``config.yaml`` and, for translation, ``test.hyp``) kept in ``<out>/runs/``
+(the test sources and references once, as ``<out>/test.src`` and ``<out>/test.ref``). Committing
+``<out>`` lets anyone rebuild it byte for byte (``ablate report <out>``), rescore the hypotheses
+with the ``sacrebleu`` command, and ``ablate reproduce`` compare fresh runs against it.
 """
 
 from __future__ import annotations
@@ -12,20 +14,24 @@ import json
 import math
 import shutil
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import yaml
 
+from experiments import stats
 from experiments.rundir import read_status
 from experiments.status import metric_records
 from experiments.sweep import Sweep, SweepError, load_sweep, variant_matching
+from lit.metrics import corpus_chrf
 
-COPIED = ("status.json", "metrics.jsonl", "config.yaml")
-BOOTSTRAP_SAMPLES = 10_000
+COPIED = ("status.json", "metrics.jsonl", "config.yaml", "test.hyp")
+SHARED = ("test.src", "test.ref")  # the same for every run of a sweep: kept once, beside runs/
 LOWER_IS_BETTER = ("ppl", "bpb", "loss")
 PAUSE_S = 300.0  # a gap this long between two logged records is a run that was stopped and resumed
+PLOTS = ("val_curves_steps.png", "val_curves_time.png", "extrapolation.png", "throughput.png")
 
 
 @dataclass
@@ -41,6 +47,8 @@ class Record:
     message: Optional[str] = None
     curve: list[dict[str, Any]] = field(default_factory=list)  # validation records
     config: dict[str, Any] = field(default_factory=dict)
+    hypotheses: Optional[list[str]] = None  # translation: test.hyp, line by line
+    summary_only: bool = False  # read from an earlier report.json: the run files were not kept
 
     @property
     def finished(self) -> bool:
@@ -51,7 +59,8 @@ class Record:
 
 def collect(sweep: Sweep, out: Path) -> list[Record]:
     """Refresh ``<out>/runs/<run>/`` from the run directories that exist, then read every run
-    from those copies."""
+    from those copies. A run with neither is read from the ``runs`` list of an earlier
+    ``<out>/report.json`` when it has one (reports built before run files were kept)."""
     runs_dir = out / "runs"
     for run in sweep.runs:
         src = run.run_dir
@@ -65,7 +74,29 @@ def collect(sweep: Sweep, out: Path) -> list[Record]:
         for name in COPIED[1:]:
             if (src / name).is_file():
                 shutil.copyfile(src / name, dst / name)
-    return [_read(run.name, run.variant, run.seed, runs_dir / run.name) for run in sweep.runs]
+        for name in SHARED:
+            if (src / name).is_file() and not (out / name).is_file():
+                shutil.copyfile(src / name, out / name)
+    earlier = _earlier_runs(out)
+    records = []
+    for run in sweep.runs:
+        record = _read(run.name, run.variant, run.seed, runs_dir / run.name)
+        if record.state == "missing" and run.name in earlier:
+            e = earlier[run.name]
+            record = Record(run.name, run.variant, run.seed, e["state"],
+                            {k: v for k, v in (e.get("metrics") or {}).items() if v is not None},
+                            environment=e.get("environment") or {}, summary_only=True)
+        records.append(record)
+    return records
+
+
+def _earlier_runs(out: Path) -> dict[str, dict[str, Any]]:
+    """Runs of an earlier ``report.json`` whose run files were never copied (``summary_only``)."""
+    path = out / "report.json"
+    if not path.is_file():
+        return {}
+    runs = json.loads(path.read_text()).get("runs") or []
+    return {r["name"]: r for r in runs if not (out / "runs" / r["name"] / "status.json").is_file()}
 
 
 def _read(name: str, variant: str, seed: int, directory: Path) -> Record:
@@ -89,7 +120,14 @@ def _read(name: str, variant: str, seed: int, directory: Path) -> Record:
                                                           row["perf/peak_mem_mb"])
     if (directory / "config.yaml").is_file():
         record.config = yaml.safe_load((directory / "config.yaml").read_text()) or {}
+    if (directory / "test.hyp").is_file():
+        record.hypotheses = _lines(directory / "test.hyp")
     return record
+
+
+def _lines(path: Path) -> list[str]:
+    """The lines of a hypothesis, source or reference file (one example per line)."""
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
 
 
 # ----------------------------------------------------------------------------------- statistics
@@ -101,48 +139,97 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
 
 
-def bootstrap_ci(diffs: Sequence[float], paired_b: Optional[Sequence[float]] = None,
-                 samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean of ``diffs`` (paired), or of
-    ``mean(diffs) - mean(paired_b)`` resampling each group (unpaired). Fixed seed: reproducible."""
-    rng = np.random.default_rng(seed)
-    a = np.asarray(diffs, dtype=float)
-    means = a[rng.integers(0, len(a), (samples, len(a)))].mean(axis=1)
-    if paired_b is not None:
-        b = np.asarray(paired_b, dtype=float)
-        means = means - b[rng.integers(0, len(b), (samples, len(b)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+def delta(records: list[Record], variant: str, against: str, metric: str) -> Optional[stats.Delta]:
+    """``variant - against`` of ``metric`` over finished runs: a paired Student-t interval on the
+    seeds both ran, Welch's t otherwise (:func:`experiments.stats.compare`)."""
+    def values(name: str) -> dict[int, Optional[float]]:
+        return {r.seed: r.metrics.get(metric) for r in records if r.variant == name and r.finished}
+
+    return stats.compare(values(variant), values(against))
 
 
-def delta(records: list[Record], variant: str, against: str, metric: str) -> Optional[dict[str, Any]]:
-    """Mean difference ``variant - against`` of ``metric`` over finished runs, paired by seed when
-    the two share seeds, with a bootstrap 95% CI."""
-    a = {r.seed: r.metrics.get(metric) for r in records if r.variant == variant and r.finished}
-    b = {r.seed: r.metrics.get(metric) for r in records if r.variant == against and r.finished}
-    a = {s: v for s, v in a.items() if v is not None and math.isfinite(v)}
-    b = {s: v for s, v in b.items() if v is not None and math.isfinite(v)}
-    if not a or not b:
-        return None
-    shared = sorted(set(a) & set(b))
-    if shared:
-        diffs = [a[s] - b[s] for s in shared]
-        low, high = bootstrap_ci(diffs)
-        mean, base = float(np.mean(diffs)), float(np.mean([b[s] for s in shared]))
-        how = f"paired, {len(shared)} seed{'s' if len(shared) > 1 else ''}"
-    else:
-        mean = float(np.mean(list(a.values())) - np.mean(list(b.values())))
-        low, high = bootstrap_ci(list(a.values()), list(b.values()))
-        base = float(np.mean(list(b.values())))
-        how = f"unpaired, {len(a)} vs {len(b)} runs"
-    noise = low <= 0 <= high
-    return {"mean": mean, "low": low, "high": high, "relative": mean / base if base else math.nan,
-            "how": how, "within_noise": noise, "n": len(shared) or min(len(a), len(b))}
+def lower_is_better(metric: str) -> bool:
+    return any(metric.split("/")[-1].startswith(k) for k in LOWER_IS_BETTER)
 
 
 def better(metric: str, d: float) -> bool:
-    lower = any(metric.split("/")[-1].startswith(k) for k in LOWER_IS_BETTER)
-    return d < 0 if lower else d > 0
+    return d < 0 if lower_is_better(metric) else d > 0
+
+
+@dataclass
+class Comparison:
+    """One test of a report's family: a Δ row (variant vs baseline) or a published finding."""
+
+    kind: str  # "delta" | "finding"
+    variant: str
+    against: str
+    metric: str
+    d: Optional[stats.Delta]
+    claim: Optional[str] = None
+    expect: Optional[str] = None  # findings: lower | higher | none
+    p_adjusted: float = math.nan
+    mde: float = math.nan  # minimum detectable effect, 80% power at the family's Bonferroni level
+    verdict: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.d
+        row = {"kind": self.kind, "variant": self.variant, "against": self.against, "metric": self.metric,
+               "n": d.n if d else 0, "mean": _num_or_none(d.mean if d else math.nan),
+               "low": _num_or_none(d.low if d else math.nan), "high": _num_or_none(d.high if d else math.nan),
+               "method": d.method if d else None, "p": _num_or_none(d.p if d else math.nan),
+               "p_adjusted": _num_or_none(self.p_adjusted), "mde": _num_or_none(self.mde), "verdict": self.verdict}
+        if self.claim is not None:
+            row.update(claim=self.claim, expect=self.expect)
+        return row
+
+
+def _num_or_none(value: float) -> Optional[float]:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def family(rep: "Report", findings: list[dict[str, Any]]) -> list[Comparison]:
+    """Every comparison of the report (each non-baseline variant on each primary metric, then each
+    published finding), tested together: p-values adjusted by Holm–Bonferroni over the family,
+    the minimum detectable effect at the family's Bonferroni level (the level Holm asks of the
+    smallest p), and a verdict."""
+    rows: list[Comparison] = []
+    base = rep.sweep.baseline
+    if base:
+        for variant in rep.sweep.variants:
+            if variant != base:
+                rows += [Comparison("delta", variant, base, m, delta(rep.records, variant, base, m))
+                         for m in rep.primary()]
+    for f in findings:
+        variant = _variant_of(rep.sweep, f["variant"])
+        against = _variant_of(rep.sweep, f["against"]) if f.get("against") else base
+        rows.append(Comparison("finding", variant, against, f["metric"],
+                               delta(rep.records, variant, against, f["metric"]),
+                               claim=f["claim"], expect=f.get("expect", "lower")))
+    pvalues = [c.d.p if c.d else math.nan for c in rows]
+    size = sum(math.isfinite(p) for p in pvalues)
+    for c, adjusted in zip(rows, stats.holm(pvalues)):
+        c.p_adjusted = adjusted
+        if c.d is not None and size:
+            c.mde = stats.min_detectable(c.d.se, c.d.df, stats.ALPHA / size)
+        c.verdict = _verdict(c)
+    return rows
+
+
+def _verdict(c: Comparison) -> str:
+    if c.d is None:
+        return f"no finished runs with {c.metric} to compare"
+    if not math.isfinite(c.d.p):
+        return "one seed: no verdict"
+    significant = c.p_adjusted < stats.ALPHA
+    if c.kind == "delta":
+        if not significant:
+            return "no detectable difference"
+        return "better" if better(c.metric, c.d.mean) else "worse"
+    if not significant:
+        return "inconclusive"
+    if c.expect == "none":
+        return "disagrees"
+    return "agrees" if (c.d.mean < 0) == (c.expect == "lower") else "disagrees"
 
 
 # --------------------------------------------------------------------------------------- report
@@ -153,6 +240,12 @@ class Report:
     out: Path
     records: list[Record]
 
+    @cached_property
+    def references(self) -> Optional[list[str]]:
+        """The test references (``<out>/test.ref``) that the hypotheses were scored against."""
+        path = self.out / "test.ref"
+        return _lines(path) if path.is_file() else None
+
     @property
     def task(self) -> str:
         return self.sweep.runs[0].cfg.task.name
@@ -160,7 +253,7 @@ class Report:
     def metrics(self) -> list[str]:
         if self.task == "lm":
             return ["val/ppl", "test/ppl", "test/bpb"]
-        return ["val/ppl", "test/ppl", "test/bleu"]
+        return ["val/ppl", "test/ppl", "test/bleu", "test/chrf"]
 
     def primary(self) -> list[str]:
         return ["test/ppl", "test/bpb"] if self.task == "lm" else ["test/bleu", "test/ppl"]
@@ -204,66 +297,47 @@ def results_table(rep: Report) -> list[str]:
     return lines
 
 
-def delta_table(rep: Report) -> list[str]:
-    base = rep.sweep.baseline
-    lines = ["| variant | metric | Δ vs baseline | Δ % | 95% CI | seeds | |", "|---|---|---:|---:|---|---|---|"]
-    for variant in rep.sweep.variants:
-        if variant == base:
-            continue
-        for metric in rep.primary():
-            d = delta(rep.records, variant, base, metric)
-            if d is None:
-                lines.append(f"| {variant} | {metric} | - | - | - | no finished runs to compare | |")
-                continue
-            mean, relative, interval = _delta_cells(d, metric)
-            direction = "better" if better(metric, d["mean"]) else "worse"
-            if d["n"] < 2:
-                verdict = f"{direction}, one seed: noise unknown"
-            else:
-                verdict = "within seed noise" if d["within_noise"] else direction
-            lines.append(f"| {variant} | {metric} | {mean} | {relative} | {interval} | {d['how']} | {verdict} |")
+def delta_table(comparisons: list[Comparison]) -> list[str]:
+    lines = ["| variant | metric | Δ vs baseline | Δ % | 95% CI | method | p | p (Holm) | MDE | verdict |",
+             "|---|---|---:|---:|---|---|---:|---:|---:|---|"]
+    for c in comparisons:
+        if c.kind == "delta":
+            lines.append(f"| {c.variant} | {c.metric} | " + " | ".join(_test_cells(c)) + f" | {c.verdict} |")
     return lines
 
 
-def findings_table(rep: Report, findings: list[dict[str, Any]]) -> list[str]:
-    if not findings:
-        return []
-    lines = ["| published finding | measured here | 95% CI | verdict |", "|---|---|---|---|"]
-    for f in findings:
-        variant = _variant_of(rep.sweep, f["variant"])
-        against = _variant_of(rep.sweep, f["against"]) if f.get("against") else rep.sweep.baseline
-        metric, expect = f["metric"], f.get("expect", "lower")
-        d = delta(rep.records, variant, against, metric)
-        if d is None:
-            lines.append(f"| {f['claim']} | {variant} vs {against}: no finished runs | - | cannot say |")
+def findings_table(comparisons: list[Comparison]) -> list[str]:
+    lines = ["| published finding | measured here | 95% CI | method | p | p (Holm) | MDE | verdict |",
+             "|---|---|---|---|---:|---:|---:|---|"]
+    for c in comparisons:
+        if c.kind != "finding":
             continue
-        mean, relative, interval = _delta_cells(d, metric)
-        direction = "better" if better(metric, d["mean"]) else "worse"
-        if expect == "none":
-            if d["n"] < 2:
-                verdict = "one seed: noise unknown"
-            elif d["within_noise"]:
-                verdict = "agrees (no difference beyond seed noise)"
-            else:
-                verdict = f"disagrees ({direction}, beyond seed noise)"
-        else:
-            agrees = (d["mean"] < 0) == (expect == "lower")
-            if d["n"] < 2:
-                verdict = f"{'same' if agrees else 'opposite'} direction, one seed: noise unknown"
-            elif d["within_noise"]:
-                verdict = f"within seed noise (the mean points the {'same' if agrees else 'opposite'} way)"
-            else:
-                verdict = "agrees" if agrees else "disagrees"
-        lines.append(f"| {f['claim']} | {metric} {variant} − {against}: {mean} ({relative}) | {interval} | "
-                     f"{verdict} |")
+        if c.d is None:
+            lines.append(f"| {c.claim} | {c.metric} {c.variant} vs {c.against}: no values | - | - | - | - | - | "
+                         f"{c.verdict} |")
+            continue
+        mean, relative, interval, *rest = _test_cells(c)
+        lines.append(f"| {c.claim} | {c.metric} {c.variant} − {c.against}: {mean} ({relative}) | {interval} | "
+                     + " | ".join(rest) + f" | {c.verdict} |")
     return lines
 
 
-def _delta_cells(d: dict[str, Any], metric: str) -> tuple[str, str, str]:
-    """A paired delta's mean, relative change and 95% interval, formatted for ``metric``."""
-    digits = _digits(metric)
-    return (f"{d['mean']:+.{digits}f}", f"{100 * d['relative']:+.1f}%",
-            f"[{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]")
+def _test_cells(c: Comparison) -> list[str]:
+    """Δ, Δ %, 95% interval, method, p, adjusted p and MDE of one comparison, formatted."""
+    if c.d is None:
+        return ["-"] * 7
+    digits, d = _digits(c.metric), c.d
+    def num(x: float, sign: str = "+") -> str:
+        return f"{x:{sign}.{digits}f}" if math.isfinite(x) else "-"
+    interval = f"[{num(d.low)}, {num(d.high)}]" if math.isfinite(d.low) else "-"
+    return [num(d.mean), f"{100 * d.relative:+.1f}%" if math.isfinite(d.relative) else "-", interval,
+            f"{d.method}, n={d.n}", _p(d.p), _p(c.p_adjusted), f"±{num(c.mde, '')}" if math.isfinite(c.mde) else "-"]
+
+
+def _p(p: float) -> str:
+    if not math.isfinite(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _variant_of(sweep: Sweep, pattern: dict[str, Any]) -> str:
@@ -423,26 +497,103 @@ def _decoding(rep: Report) -> Optional[str]:
             f"at most {task.get('max_decode_len')} tokens; last checkpoint, no averaging.")
 
 
-def build(sweep: Sweep, out: Path) -> Path:
-    """Write ``<out>/README.md``, ``<out>/report.json``, the plots and the run copies."""
+HOW_TO_READ = (
+    "Δ = variant − baseline, averaged over seeds. 95% CI: Student-t, paired by seed where both arms "
+    "ran the same seeds, Welch's t otherwise. p: two-sided t test; p (Holm): adjusted by Holm–Bonferroni "
+    "over the {m} comparisons of this report (every Δ row and every published-finding row). A verdict "
+    "is \"better\"/\"worse\" (or, for a published finding, \"agrees\"/\"disagrees\") only when the "
+    "adjusted p is below 0.05; otherwise \"no detectable difference\" (\"inconclusive\"). MDE: the "
+    "smallest true difference these seeds would detect with 80% power at the family's Bonferroni level "
+    "(α = 0.05/{m}), from the observed seed spread: a difference smaller than it may well exist.")
+
+
+def _bleu_tests(rep: Report) -> list[dict[str, Any]]:
+    """sacreBLEU's paired bootstrap resampling (1,000 resamples) of each variant against the
+    baseline on the same seed's test hypotheses."""
+    refs = rep.references
+    if refs is None or not rep.sweep.baseline:
+        return []
+    base = {r.seed: r for r in rep.records if r.variant == rep.sweep.baseline and r.finished and r.hypotheses}
+    rows = []
+    for r in rep.records:
+        b = base.get(r.seed)
+        if r.variant == rep.sweep.baseline or b is None or not r.finished or not r.hypotheses:
+            continue
+        if not len(r.hypotheses) == len(b.hypotheses) == len(refs):
+            raise SweepError(f"{rep.out}: {r.name} has {len(r.hypotheses)} test hypotheses, {b.name} "
+                             f"{len(b.hypotheses)}, test.ref {len(refs)} lines: they must be line-aligned")
+        test = stats.paired_bootstrap_bleu(b.hypotheses, r.hypotheses, refs)
+        rows.append({"variant": r.variant, "against": b.variant, "seed": r.seed, "baseline_bleu": test["baseline"],
+                     "bleu": test["system"], "p": test["p"]})
+    return rows
+
+
+def bleu_tests_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| variant | seed | baseline BLEU | variant BLEU | Δ | p (paired bootstrap) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for t in rows:
+        lines.append(f"| {t['variant']} | {t['seed']} | {t['baseline_bleu']:.2f} | {t['bleu']:.2f} | "
+                     f"{t['bleu'] - t['baseline_bleu']:+.2f} | {_p(t['p'])} |")
+    return lines
+
+
+def samples(rep: Report, count: int = 3) -> list[str]:
+    """``count`` test examples spread over the test set: source, reference, and the hypothesis of
+    each variant's lowest finished seed."""
+    sources, refs = _lines(rep.out / "test.src") if (rep.out / "test.src").is_file() else None, rep.references
+    if not sources or not refs:
+        return []
+    chosen = {}
+    for variant, runs in rep.by_variant().items():
+        done = sorted((r for r in runs if r.finished and r.hypotheses and len(r.hypotheses) == len(refs)),
+                      key=lambda r: r.seed)
+        if done:
+            chosen[variant] = done[0]
+    if not chosen:
+        return []
+    lines = []
+    for i in [len(refs) * (k + 1) // (count + 1) for k in range(count)]:
+        lines += [f"Test example {i + 1}:", "", f"- source: {sources[i]}", f"- reference: {refs[i]}"]
+        lines += [f"- {variant} (seed {r.seed}): {r.hypotheses[i]}" for variant, r in chosen.items()]
+        lines.append("")
+    return lines
+
+
+def build(sweep: Sweep, out: Path, sweep_file: Optional[str] = None, folder: Optional[str] = None) -> Path:
+    """Write ``<out>/README.md``, ``<out>/report.json``, the plots and the run copies.
+    ``sweep_file`` and ``folder`` are the paths the page names (default: where they are now)."""
     out.mkdir(parents=True, exist_ok=True)
     records = collect(sweep, out)
     rep = Report(sweep, out, records)
+    sweep_file = sweep_file or _rel(sweep.path)
+    folder = folder or _rel(out)
     (out / "sweep.yaml").write_text(sweep.text)
-    findings = (yaml.safe_load(sweep.text) or {}).get("findings") or []
-    plots = [plot_curves(rep, "step", out / "val_curves_steps.png"),
-             plot_curves(rep, "time", out / "val_curves_time.png"),
-             plot_extrapolation(rep, out / "extrapolation.png"),
-             plot_throughput(rep, out / "throughput.png")]
+    spec = yaml.safe_load(sweep.text) or {}
+    findings = spec.get("findings") or []
+    for r in records:  # chrF from the hypotheses the BLEU was computed on
+        if r.hypotheses is not None and rep.references is not None and len(r.hypotheses) == len(rep.references):
+            r.metrics["test/chrf"] = corpus_chrf(r.hypotheses, rep.references)[0]
+    comparisons = family(rep, findings)
+    bleu_tests = _bleu_tests(rep)
+    plots = [plot_curves(rep, "step", out / PLOTS[0]), plot_curves(rep, "time", out / PLOTS[1]),
+             plot_extrapolation(rep, out / PLOTS[2]), plot_throughput(rep, out / PLOTS[3])]
+    for name in set(PLOTS) - set(plots):  # a plot with nothing to show: no stale picture either
+        (out / name).unlink(missing_ok=True)
     done = sum(r.finished for r in records)
     overrides = " ".join(sweep.cli_overrides)
+    args = f"{sweep_file}{' ' + overrides if overrides else ''}"
     lines = [f"# {sweep.name}", ""]
     if sweep.description:
         lines += [sweep.description, ""]
     lines += [f"{done} of {len(records)} runs finished ({len(sweep.variants)} variants × {len(sweep.seeds)} seeds). "
-              f"Generated by `ablate report {_rel(sweep.path)}{' ' + overrides if overrides else ''}` from the run "
-              f"files copied into `runs/`.", "", "## Results", "",
-              "Mean ± standard deviation over the finished seeds.", "", *results_table(rep), ""]
+              f"Generated by `ablate report {args}` from the run files copied into `runs/`; "
+              f"`ablate report {folder}` rebuilds it from this folder alone.", ""]
+    summary_only = [r for r in records if r.summary_only]
+    if summary_only:
+        lines += [f"{len(summary_only)} of these runs were read from an earlier `report.json` only: their run files "
+                  "were not kept when the report was first built, so their parameter counts, throughput, memory and "
+                  "curves are not shown.", ""]
+    lines += ["## Results", "", "Mean ± standard deviation over the finished seeds.", "", *results_table(rep), ""]
     lines += ["Perplexity = exp(total NLL / non-pad target tokens) over the whole split (never a mean of batch "
               "perplexities, never the label-smoothed loss); bits per byte = total NLL in bits / UTF-8 bytes. "
               "Tokens/s: non-pad tokens per second of training step, median over the run's logging windows "
@@ -452,41 +603,76 @@ def build(sweep: Sweep, out: Path) -> Path:
               "resumed segments."]
     if (text := _decoding(rep)):
         lines += ["", text]
+    size = sum(c.d is not None and math.isfinite(c.d.p) for c in comparisons)
     lines += ["", f"## Against the baseline ({sweep.baseline})", ""]
     if sweep.baseline:
-        lines += ["Δ = variant − baseline, averaged over seeds (paired by seed where both ran it). 95% CI: "
-                  f"percentile bootstrap over seeds ({BOOTSTRAP_SAMPLES:,} resamples, fixed seed). \"within seed "
-                  "noise\": the interval contains 0. With 3 seeds the interval is coarse: treat it as a "
-                  "screen, not a test.", "", *delta_table(rep)]
+        lines += [HOW_TO_READ.format(m=size), "", *delta_table(comparisons)]
     else:
         lines += ["No baseline named in the sweep file."]
+    if bleu_tests:
+        lines += ["", "### BLEU between systems on the same seed", "",
+                  "sacreBLEU's paired bootstrap resampling (Koehn 2004; 1,000 resamples, sacreBLEU's fixed seed) of "
+                  "each variant's test hypotheses against the baseline's of the same seed: does this checkpoint "
+                  "translate the test set differently beyond sentence-sampling noise? Unadjusted p; it says "
+                  "nothing about seed noise, which the table above tests. Rescore any run with "
+                  f"`sacrebleu {folder}/test.ref -i {folder}/runs/<run>/test.hyp -m bleu chrf`.", "",
+                  *bleu_tests_table(bleu_tests)]
+    if (shown := samples(rep)):
+        lines += ["", "## Sample translations", "", *shown[:-1]]
     lines += ["", "## Runs not in the averages", ""]
     missing = not_averaged(rep)
     lines += missing or [f"None: all {len(records)} runs finished."]
     lines += ["", "## Plots", ""]
-    for name in plots:
-        if name:
-            lines += [f"![{name}]({name})", ""]
+    drawn = [name for name in plots if name]
+    for name in drawn:
+        lines += [f"![{name}]({name})", ""]
+    if not drawn:
+        lines += ["None: no run has its logged curves or throughput here.", ""]
     if findings:
         lines += ["## Compared with published findings", "",
-                  "Published numbers come from far larger models and datasets; only the direction carries over.",
-                  "", *findings_table(rep, findings), ""]
-        notes = (yaml.safe_load(sweep.text) or {}).get("notes")
-        if notes:
-            lines += [str(notes).strip(), ""]
+                  "Published numbers come from far larger models and datasets; only the direction carries over. "
+                  "Tested in the same family as the Δ rows above.", "", *findings_table(comparisons), ""]
+    if spec.get("notes"):
+        lines += ["## Reading these results", "", str(spec["notes"]).strip(), ""]
     lines += ["## Reproduce", "", "```bash",
-              f"ablate sweep {_rel(sweep.path)}{' ' + overrides if overrides else ''}   # the runs (resumable)",
-              f"ablate report {_rel(sweep.path)}{' ' + overrides if overrides else ''}  # this page",
-              f"ablate reproduce {_rel(out)}   # re-run from the embedded config and compare, metric by metric",
+              f"ablate sweep {args}   # the runs (resumable)",
+              f"ablate report {args}  # this page",
+              f"ablate reproduce {folder}   # re-run from the embedded config and compare, metric by metric",
               "```", "", *_environment_lines(records), "", "The sweep file (`sweep.yaml` here):", "", "```yaml",
               sweep.text.rstrip(), "```", ""]
     (out / "README.md").write_text("\n".join(lines))
     summary = {"name": sweep.name, "baseline": sweep.baseline, "cli_overrides": sweep.cli_overrides,
-               "metrics": rep.metrics(),
-               "runs": [{"name": r.name, "variant": r.variant, "seed": r.seed, "state": r.state,
-                         "metrics": {m: r.metrics.get(m) for m in rep.metrics()}} for r in records]}
+               "sweep_file": sweep_file, "folder": folder, "metrics": rep.metrics(),
+               "runs": [_run_summary(r, rep.metrics()) for r in records],
+               "comparisons": [c.to_json() for c in comparisons]}
+    if bleu_tests:
+        summary["bleu_tests"] = bleu_tests
     (out / "report.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return out / "README.md"
+
+
+def _run_summary(r: Record, metrics: list[str]) -> dict[str, Any]:
+    row = {"name": r.name, "variant": r.variant, "seed": r.seed, "state": r.state,
+           "metrics": {m: r.metrics.get(m) for m in metrics}}
+    if r.summary_only and r.environment:  # no status.json of its own to keep it
+        row["environment"] = r.environment
+    return row
+
+
+def rebuild(folder: Path) -> Path:
+    """Build a committed report again from its own folder: its ``sweep.yaml``, the overrides
+    recorded in its ``report.json`` and the run copies in ``runs/`` (no run directory is read)."""
+    folder = Path(folder)
+    if not (folder / "report.json").is_file() or not (folder / "sweep.yaml").is_file():
+        raise SweepError(f"{folder}: not a report folder (it needs report.json and sweep.yaml)")
+    summary = json.loads((folder / "report.json").read_text())
+    nowhere = folder / "runs" / ".no-run-directories"  # nothing is refreshed from run directories
+    overrides = [o for o in summary.get("cli_overrides", []) if not o.startswith("run.root=")]
+    sweep = load_sweep(folder / "sweep.yaml", [*overrides, f"run.root={nowhere}"])
+    sweep.cli_overrides = summary.get("cli_overrides", [])
+    name = summary.get("name", sweep.name)
+    return build(sweep, folder, summary.get("sweep_file") or f"configs/sweeps/{name}.yaml",
+                 summary.get("folder") or f"reports/{name}")
 
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -8,20 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.report import bootstrap_ci, build, delta, mean_std, Record
+from experiments.report import build, delta, mean_std, rebuild, Record
 from experiments.rundir import write_status
 from experiments.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = f"configs: [{ROOT}/configs/experiments/lm-bible.yaml, {ROOT}/configs/debug/smoke.yaml]\n"
-
-
-def test_bootstrap_interval_is_reproducible_and_brackets_the_mean():
-    diffs = [1.0, 2.0, 4.0, 3.0]
-    low, high = bootstrap_ci(diffs)
-    assert (low, high) == bootstrap_ci(diffs)
-    assert low <= np.mean(diffs) <= high and 1.0 <= low and high <= 4.0
-    assert bootstrap_ci([5.0, 5.0]) == (5.0, 5.0)
 
 
 def test_mean_std_ignores_missing_and_non_finite():
@@ -38,19 +30,20 @@ def _records(values):
 def test_delta_pairs_by_seed():
     records = _records({"base": [100.0, 110.0, 120.0], "new": [95.0, 104.0, 116.0]})
     d = delta(records, "new", "base", "test/ppl")
-    assert d["mean"] == pytest.approx(-5.0) and d["how"] == "paired, 3 seeds"
-    assert d["high"] < 0 and not d["within_noise"]  # every seed improved: the pairing removes seed noise
-    assert d["relative"] == pytest.approx(-5.0 / 110.0)
+    assert d.mean == pytest.approx(-5.0) and (d.method, d.n) == ("paired t", 3)
+    assert d.high < 0 and d.p < 0.05  # every seed improved by about as much: pairing removes seed noise
+    assert d.relative == pytest.approx(-5.0 / 110.0)
 
 
-def test_delta_within_noise_and_unpaired():
+def test_delta_with_overlap_and_unpaired():
     records = _records({"base": [100.0, 110.0, 120.0], "new": [104.0, 106.0, 121.0]})
-    assert delta(records, "new", "base", "test/ppl")["within_noise"]
+    d = delta(records, "new", "base", "test/ppl")
+    assert d.low < 0 < d.high and d.p > 0.05
     records = [Record("a", "base", 0, "completed", {"test/ppl": 100.0}),
                Record("b", "new", 1, "completed", {"test/ppl": 90.0}),
                Record("c", "new", 2, "failed", {"test/ppl": 1.0})]  # failed runs never count
     d = delta(records, "new", "base", "test/ppl")
-    assert d["mean"] == pytest.approx(-10.0) and d["how"] == "unpaired, 1 vs 1 runs"
+    assert d.mean == pytest.approx(-10.0) and d.method == "one seed" and math.isnan(d.p)
 
 
 def _fake_run(run, ppl, state="completed"):
@@ -84,7 +77,7 @@ findings:
     assert "| **layernorm-pre-learned-relu** (baseline) | 2/2 | 1,234 | 94.50 ± 6.36 | 105.00 ± 7.07 |" in text
     assert "| layernorm-pre-learned-swiglu | 1/2 |" in text
     assert f"`{b1.name}`: diverged" in text
-    assert "SwiGLU beats ReLU" in text and "one seed: noise unknown" in text
+    assert "SwiGLU beats ReLU" in text and "one seed: no verdict" in text
     assert "`abc123`" in text and "test machine" in text
     for name in ("val_curves_steps.png", "val_curves_time.png", "throughput.png"):
         assert (out / name).stat().st_size > 1000
@@ -96,3 +89,80 @@ findings:
     build(load_sweep(sweep_file, [f"run.root={tmp_path}/runs"]), out)
     again = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert again == first
+
+
+MT_BASE = f"configs: [{ROOT}/configs/experiments/mt-bible-de-en.yaml, {ROOT}/configs/debug/smoke.yaml]\n"
+REFS = [f"and the man number {i} went down to the city by the sea" for i in range(40)]
+
+
+def _fake_translation_run(run, dropped: int):
+    """A finished translation run whose hypotheses drop the last ``dropped`` words of each reference."""
+    from experiments.train import write_translations
+    from lit.metrics import corpus_bleu
+
+    hyps = [" ".join(r.split()[: len(r.split()) - dropped]) for r in REFS]
+    run.run_dir.mkdir(parents=True)
+    write_translations(run.run_dir, [f"quelle {i}" for i in range(len(REFS))], REFS, hyps)
+    bleu, signature = corpus_bleu(hyps, REFS)
+    write_status(run.run_dir, "completed", step=40, run_id=run.run_id, signature=signature,
+                 metrics={"val/ppl": 20.0 + dropped + run.seed, "test/ppl": 21.0 + dropped + run.seed,
+                          "test/bleu": bleu}, params={"total": 99})
+
+
+def test_translation_report_tests_bleu_gives_chrf_and_rebuilds_from_its_folder(tmp_path, monkeypatch):
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(MT_BASE + "name: mtfake\ngrid: {model.norm_position: [post, pre]}\nseeds: [0, 1, 2]\n"
+                          "baseline: {model.norm_position: post}\n")
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(sweep_file, [f"run.root={tmp_path}/runs"])
+    for run in sweep.runs:
+        _fake_translation_run(run, dropped=4 if run.point["model.norm_position"] == "post" else 1)
+    out = tmp_path / "report"
+    text = build(sweep, out).read_text()
+    summary = json.loads((out / "report.json").read_text())
+    assert (out / "test.ref").read_text().splitlines() == REFS
+    assert all((out / "runs" / r.name / "test.hyp").is_file() for r in sweep.runs)
+    # one comparison per non-baseline variant and primary metric, with every field the issue names
+    (bleu_row,) = [c for c in summary["comparisons"] if c["metric"] == "test/bleu"]
+    assert {"variant", "against", "metric", "n", "mean", "low", "high", "method", "p", "p_adjusted",
+            "verdict"} <= set(bleu_row)
+    assert bleu_row["method"] == "paired t" and bleu_row["n"] == 3
+    # BLEU identical over seeds: the difference is exact, and the verdict says better
+    assert bleu_row["verdict"] == "better" and bleu_row["mean"] > 0
+    tests = summary["bleu_tests"]
+    assert [t["seed"] for t in tests] == [0, 1, 2] and all(t["p"] < 0.05 for t in tests)
+    assert all(summary["runs"][i]["metrics"]["test/chrf"] > 0 for i in range(6))
+    assert "BLEU between systems on the same seed" in text and "sacrebleu" in text
+    # three sample translations: source, reference and each variant's hypothesis
+    assert text.count("- source: quelle ") == 3 and text.count(" (seed 0): ") == 6
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")
+    rebuild(out)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
+
+
+def test_report_of_runs_known_only_from_an_earlier_report_json(tmp_path, monkeypatch):
+    """Reports built before run files were kept: their per-run values are read back from
+    report.json, and the page says so."""
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(BASE + "name: old\ngrid: {model.ffn: [relu, swiglu]}\nseeds: [0, 1]\n"
+                          "baseline: {model.ffn: relu}\n")
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(sweep_file, [f"run.root={tmp_path}/runs"])
+    out = tmp_path / "report"
+    out.mkdir()
+    runs = [{"name": r.name, "variant": r.variant, "seed": r.seed, "state": "completed",
+             "metrics": {"test/ppl": 100.0 - 10 * (r.variant.endswith("swiglu")) + r.seed, "val/ppl": 90.0,
+                         "test/bpb": 1.5}} for r in sweep.runs]
+    (out / "report.json").write_text(json.dumps({"name": "old", "cli_overrides": [], "runs": runs}))
+    text = build(sweep, out).read_text()
+    assert "4 of these runs were read from an earlier `report.json` only" in text
+    summary = json.loads((out / "report.json").read_text())
+    (row,) = [c for c in summary["comparisons"] if c["metric"] == "test/ppl"]
+    assert row["mean"] == pytest.approx(-10.0) and row["verdict"] == "better"
+    first = (out / "README.md").read_bytes(), (out / "report.json").read_bytes()
+    rebuild(out)
+    assert ((out / "README.md").read_bytes(), (out / "report.json").read_bytes()) == first
