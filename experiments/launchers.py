@@ -27,8 +27,8 @@ EXIT_LOCKED = 3  # `ablate train` exit status when another process holds the run
 
 
 def plan(sweep: Sweep, retry_failed: bool = False) -> tuple[list[SweepRun], dict[str, str]]:
-    """(runs to start, {run: why it is skipped}). Refuses, before anything starts, a run directory
-    that holds a run of a different configuration."""
+    """(runs to start, seed by seed; {run: why it is skipped}). Refuses, before anything starts, a
+    run directory that holds a run of a different configuration."""
     todo, skipped = [], {}
     for run in sweep.runs:
         status = read_status(run.run_dir)
@@ -45,6 +45,9 @@ def plan(sweep: Sweep, retry_failed: bool = False) -> tuple[list[SweepRun], dict
             skipped[run.name] = f"running elsewhere (pid {holder.get('pid')} on {holder.get('host')})"
         else:
             todo.append(run)
+    # seed by seed (every variant's first seed, then every variant's second, ...): a sweep stopped
+    # part-way still has paired seeds of every variant to compare
+    todo.sort(key=lambda r: sweep.seeds.index(r.seed))
     return todo, skipped
 
 

@@ -92,6 +92,12 @@ baseline: {model.position: rope, model.ffn: gelu}
     assert [r.cfg.task.warmup_steps for r in extra] == [0, 0] and [r.seed for r in extra] == [1, 2]
 
 
+def test_plan_starts_runs_seed_by_seed(tmp_path):
+    path = _write(tmp_path, BASE + "grid: {model.ffn: [gelu, swiglu]}\nseeds: [3, 1]\n")
+    todo, _ = plan(load_sweep(path, [f"run.root={tmp_path}"]))
+    assert [r.name.split("-", 3)[-1] for r in todo] == ["gelu-s3", "swiglu-s3", "gelu-s1", "swiglu-s1"]
+
+
 def test_plan_skips_finished_and_refuses_a_foreign_run(tmp_path):
     sweep = load_sweep(SMOKE, [f"run.root={tmp_path}"])
     a, b, c, d = sweep.runs
