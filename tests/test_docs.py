@@ -1,0 +1,64 @@
+"""README and docs/ name only things that exist: every relative link resolves, every repository
+path in backticks exists, every config file named parses, and every `ablate` command is one the
+CLI has."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import main
+from experiments.config import load_config
+from experiments.sweep import load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+TOP = ("configs", "reports", "experiments", "variants", "lit", "benchmarks", "tests", "docs")
+
+
+def _ids(pages):
+    return [str(p.relative_to(ROOT)) for p in pages]
+
+
+def test_readme_is_the_front_door():
+    assert (ROOT / "README.md").stat().st_size <= 10 * 1024
+    assert len(PAGES) > 3
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_ids(PAGES))
+def test_links_resolve(page):
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if target.startswith(("http://", "https://", "#", "mailto:")):
+            continue
+        path = (page.parent / target.split("#")[0]).resolve()
+        assert path.exists(), f"{page.name}: link to {target} does not exist"
+
+
+def _repo_paths(text):
+    """Backticked tokens that name a file or folder of the repository (no placeholders)."""
+    for token in re.findall(r"`([^`\s]+)`", text):
+        token = token.rstrip(",.;:")
+        if token.startswith(TOP) and "/" in token and not re.search(r"[<>*{}…$]", token):
+            yield token
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_ids(PAGES))
+def test_named_paths_exist_and_configs_parse(page):
+    for token in _repo_paths(page.read_text()):
+        path = ROOT / token.split(":")[0]
+        assert path.exists(), f"{page.name}: `{token}` does not exist"
+        if path.suffix == ".yaml" and path.parent.name == "sweeps":
+            load_sweep(path, ["run.root=/nonexistent"])
+        elif path.suffix == ".yaml" and path.parts[-3] == "configs":
+            load_config([path])
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_ids(PAGES))
+def test_ablate_commands_exist(page, capsys):
+    commands = set(re.findall(r"(?:^|`|\s)ablate ([a-z][a-z-]*)", page.read_text(), flags=re.M))
+    assert commands or page.name != "README.md"
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0, f"{page.name}: `ablate {command}` is not a command"
+    capsys.readouterr()
