@@ -21,28 +21,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from experiments.config import ConfigError, load_config
+    from experiments.train import run_command
 
-    configs = [a for a in args.items if "=" not in a]
-    overrides = [a for a in args.items if "=" in a]
-    try:
-        cfg = load_config(configs, overrides)
-    except ConfigError as err:
-        print(f"ablate train: {err}", file=sys.stderr)
-        return 2
-    from experiments.launchers import EXIT_LOCKED
-    from experiments.rundir import RunLocked
-    from experiments.train import RunMismatch, train
-
-    try:
-        result = train(cfg)
-    except RunLocked as err:
-        print(f"ablate train: {err}", file=sys.stderr)
-        return EXIT_LOCKED
-    except RunMismatch as err:
-        print(f"ablate train: {err}", file=sys.stderr)
-        return 2
-    return 0 if result["state"] == "completed" else 1
+    return run_command(args.items)
 
 
 def _load_sweep(args: argparse.Namespace):
@@ -83,7 +64,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from experiments.report import reproduce
+    from experiments.reproduce import reproduce
     from experiments.sweep import SweepError
 
     try:
@@ -107,7 +88,9 @@ def _sweep_run(args: argparse.Namespace) -> int:
     except SweepError as err:
         print(f"ablate sweep-run: {err}", file=sys.stderr)
         return 2
-    return main(argv)
+    from experiments.train import run_command
+
+    return run_command(argv[1:])
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -19,11 +19,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from experiments.rundir import FINAL_STATES, read_status
+from experiments.rundir import EXIT_LOCKED, FINAL_STATES, read_status
 from experiments.status import counts, format_counts, run_state, status_table
 from experiments.sweep import Sweep, SweepError, SweepRun
 
-EXIT_LOCKED = 3  # `ablate train` exit status when another process holds the run
 
 
 def plan(sweep: Sweep, retry_failed: bool = False) -> tuple[list[SweepRun], dict[str, str]]:
@@ -254,9 +253,9 @@ class _SlurmTask:
     :meth:`checkpoint`, which requeues the same command: the run resumes from its checkpoint."""
 
     def __call__(self, argv: list[str]) -> int:
-        from experiments.cli import main
+        from experiments.train import run_command  # the run itself, not the command line around it
 
-        return main(argv)
+        return run_command(argv[1:])
 
     def checkpoint(self, argv: list[str]):
         import submitit
@@ -296,13 +295,11 @@ def run_slurm(sweep: Sweep, retry_failed: bool = False, wait: bool = False) -> i
     print(f"follow with: ablate status {sweep.path}")
     if not wait:
         return 0
-    codes = []
-    for run, job in zip(todo, jobs):
+    for run, job in zip(todo, jobs):  # the table below reads each run's own status
         try:
-            codes.append(job.result())
+            job.result()
         except Exception as err:  # noqa: BLE001 - reported per run
             print(f"FAILED {run.name}: {err}")
-            codes.append(1)
     text, rows = status_table(sweep)
     print(text)
     return 0 if all(r["state"] in FINAL_STATES for r in rows) else 1
@@ -330,7 +327,7 @@ def run_named(sweep: Sweep, name: str) -> list[str]:
 
 def wandb_reachable(timeout_s: float = 5.0) -> Optional[str]:
     """None when W&B can be used online; otherwise why not."""
-    from experiments.train import wandb_has_credentials
+    from experiments.provenance import wandb_has_credentials
 
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
         return f"WANDB_MODE={os.environ['WANDB_MODE']}"
@@ -346,7 +343,7 @@ def wandb_reachable(timeout_s: float = 5.0) -> Optional[str]:
     return None
 
 
-def run_wandb(sweep: Sweep, project: Optional[str] = None, entity: Optional[str] = None) -> int:
+def run_wandb(sweep: Sweep) -> int:
     problem = wandb_reachable()
     if problem:
         raise SweepError(f"--launcher wandb needs W&B online: {problem}. Use --launcher local (this machine) or "
@@ -354,9 +351,9 @@ def run_wandb(sweep: Sweep, project: Optional[str] = None, entity: Optional[str]
     import wandb
 
     config = wandb_sweep_config(sweep)
-    project = project or sweep.runs[0].cfg.wandb.project
-    sweep_id = wandb.sweep(config, project=project, entity=entity or sweep.runs[0].cfg.wandb.entity)
-    path = "/".join(p for p in (entity or sweep.runs[0].cfg.wandb.entity, project, sweep_id) if p)
+    project, entity = sweep.runs[0].cfg.wandb.project, sweep.runs[0].cfg.wandb.entity
+    sweep_id = wandb.sweep(config, project=project, entity=entity)
+    path = "/".join(p for p in (entity, project, sweep_id) if p)
     gpus = visible_gpus() or [""]
     print(f"W&B sweep {sweep_id} ({len(sweep.runs)} runs). Start one agent per GPU, from this directory:")
     for gpu in gpus:

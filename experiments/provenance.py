@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import netrc
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -51,3 +53,12 @@ def machine(accelerator: str = "cpu") -> str:
 
 def environment(accelerator: str = "cpu") -> dict[str, Any]:
     return {"code": code_version(), "versions": versions(), "machine": machine(accelerator)}
+
+
+def wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False

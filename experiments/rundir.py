@@ -24,6 +24,9 @@ STATES = ("pending", "running", "interrupted", "failed", *FINAL_STATES)
 LOCK_NAME = "run.lock"
 
 
+EXIT_LOCKED = 3  # `ablate train` exit status when another process holds the run
+
+
 class RunLocked(RuntimeError):
     """The run is being executed by another live process."""
 

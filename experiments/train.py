@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import netrc
 import os
 import time
 import warnings
@@ -23,8 +22,8 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 
 from experiments.config import RunConfig, run_id, to_yaml
-from experiments.provenance import environment
-from experiments.rundir import RunLock, read_status, write_status
+from experiments.provenance import environment, wandb_has_credentials
+from experiments.rundir import EXIT_LOCKED, RunLock, RunLocked, read_status, write_status
 from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor, cpu_peak_flops
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
                                latest_checkpoint, remove_partial_writes)
@@ -33,15 +32,6 @@ from lit.metrics import one_line
 from lit.tasks import LanguageModelTask, TranslationTask
 
 INTERRUPTIONS = (KeyboardInterrupt, SystemExit)
-
-
-def wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
 
 
 def _saved_wandb_id(run_dir: Path) -> Optional[str]:
@@ -252,6 +242,30 @@ def write_translations(run_dir: Path, sources: Sequence[str], references: Sequen
         tmp = run_dir / f"{name}.tmp"
         tmp.write_text("".join(one_line(line) + "\n" for line in lines), encoding="utf-8")
         tmp.replace(run_dir / name)
+
+
+def run_command(items: Sequence[str], prog: str = "ablate train") -> int:
+    """``ablate train`` on its arguments (config files and ``key=value`` overrides): 0 when the run
+    completed, 1 when it failed or diverged, 2 for a config error or a directory holding another
+    run, ``EXIT_LOCKED`` when another live process runs it."""
+    import sys
+
+    from experiments.config import ConfigError, load_config
+
+    try:
+        cfg = load_config([a for a in items if "=" not in a], [a for a in items if "=" in a])
+    except ConfigError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = train(cfg)
+    except RunLocked as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return EXIT_LOCKED
+    except RunMismatch as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+    return 0 if result["state"] == "completed" else 1
 
 
 def _wandb_where(run) -> Optional[str]:

@@ -1,0 +1,57 @@
+"""``ablate reproduce``: re-run a committed report's sweep (or a slice of it) and compare every
+metric with the committed numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+from experiments.launchers import run_local
+from experiments.report import mean_std
+from experiments.rundir import read_status
+from experiments.sweep import SweepError, load_sweep
+
+
+def reproduce(report_dir: Path, root: str, workers: Optional[int], variants: Sequence[str] = (),
+              seeds: Sequence[int] = ()) -> int:
+    """Re-run the embedded sweep (or the chosen variants/seeds) into ``root`` and compare each
+    metric with the committed numbers; returns 0 when every metric agrees within seed noise."""
+    report_dir = Path(report_dir)
+    summary = json.loads((report_dir / "report.json").read_text())
+    overrides = [o for o in summary["cli_overrides"] if not o.startswith("run.root=")] + [f"run.root={root}"]
+    sweep = load_sweep(report_dir / "sweep.yaml", overrides)
+    unknown = sorted(set(variants) - set(sweep.variants))
+    if unknown:
+        raise SweepError(f"unknown variant(s) {', '.join(unknown)}; the report has: {', '.join(sweep.variants)}")
+    sweep.runs = [r for r in sweep.runs if (not variants or r.variant in variants) and (not seeds or r.seed in seeds)]
+    if not sweep.runs:
+        raise SweepError("no run left after --variant/--seed")
+    run_local(sweep, workers)
+    committed = {r["name"]: r for r in summary["runs"]}
+    ok = True
+    print(f"\nreproduce {report_dir}: committed vs re-run")
+    print(f"{'run':44} {'metric':10} {'committed':>12} {'re-run':>12}  verdict")
+    for run in sweep.runs:
+        status = read_status(run.run_dir)
+        metrics = status.get("metrics") or {}
+        old = committed.get(run.name, {}).get("metrics", {})
+        same_variant = [r for r in summary["runs"] if r["variant"] == run.variant and r["state"] == "completed"]
+        for metric in summary["metrics"]:
+            a, b = old.get(metric), metrics.get(metric)
+            _, noise = mean_std([r["metrics"].get(metric) for r in same_variant])
+            if a is None or b is None:
+                verdict, ok = "missing", False
+            elif abs(a - b) <= 1e-6 * max(1.0, abs(a)):
+                verdict = "identical"
+            elif math.isfinite(noise) and abs(a - b) <= 2 * noise:
+                verdict = f"agrees within seed noise (|Δ| {abs(a - b):.3g} ≤ 2σ {2 * noise:.3g})"
+            else:
+                verdict, ok = f"DIFFERS (|Δ| {abs(a - b):.3g}, seed σ {noise:.3g})", False
+            print(f"{run.name:44} {metric:10} {_num(a):>12} {_num(b):>12}  {verdict}")
+    return 0 if ok else 1
+
+
+def _num(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
