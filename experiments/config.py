@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lit.config import DataConfig, TaskConfig
+from lit.specs import task_spec
 from variants import ModelConfig
 
 LOGGERS = ("wandb", "none")
@@ -74,7 +75,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.logger not in LOGGERS:
             raise ValueError(f"unknown logger {self.logger!r}; choices: {', '.join(LOGGERS)}")
-        expected = {"lm": "lm", "translation": "seq2seq"}[self.task.name]
+        expected = task_spec(self.task.name).model_kind
         if self.model.kind != expected:
             raise ValueError(f"task.name={self.task.name!r} needs model.kind={expected!r}, "
                              f"got {self.model.kind!r}")

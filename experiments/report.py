@@ -26,6 +26,7 @@ from experiments.rundir import read_status
 from experiments.status import metric_records
 from experiments.sweep import Sweep, SweepError, load_sweep, variant_matching
 from lit.metrics import corpus_chrf
+from lit.specs import TaskSpec, task_spec
 
 COPIED = ("status.json", "metrics.jsonl", "config.yaml", "test.hyp")
 SHARED = ("test.src", "test.ref")  # the same for every run of a sweep: kept once, beside runs/
@@ -247,16 +248,14 @@ class Report:
         return _lines(path) if path.is_file() else None
 
     @property
-    def task(self) -> str:
-        return self.sweep.runs[0].cfg.task.name
+    def spec(self) -> type[TaskSpec]:
+        return task_spec(self.sweep.runs[0].cfg.task.name)
 
     def metrics(self) -> list[str]:
-        if self.task == "lm":
-            return ["val/ppl", "test/ppl", "test/bpb"]
-        return ["val/ppl", "test/ppl", "test/bleu", "test/chrf"]
+        return list(self.spec.report_metrics)
 
     def primary(self) -> list[str]:
-        return ["test/ppl", "test/bpb"] if self.task == "lm" else ["test/bleu", "test/ppl"]
+        return list(self.spec.compared)
 
     def by_variant(self) -> dict[str, list[Record]]:
         groups: dict[str, list[Record]] = {v: [] for v in self.sweep.variants}
@@ -418,7 +417,7 @@ def plot_curves(rep: Report, x: str, path: Path) -> Optional[str]:
 
 
 def plot_extrapolation(rep: Report, path: Path) -> Optional[str]:
-    if rep.task != "lm":
+    if not rep.spec.extrapolates:
         return None
     factors = sorted({int(k[len("test/ppl_x"):]) for r in rep.records for k in r.metrics
                       if k.startswith("test/ppl_x") and not k.endswith("_sliding")})
@@ -487,7 +486,7 @@ def _environment_lines(records: list[Record]) -> list[str]:
 
 
 def _decoding(rep: Report) -> Optional[str]:
-    if rep.task != "translation":
+    if not rep.spec.translates:
         return None
     cfg = next((r.config for r in rep.records if r.config), {})
     task = cfg.get("task", {})

@@ -9,11 +9,12 @@ from typing import Any, Optional
 
 from experiments.rundir import read_status
 from experiments.sweep import Sweep, SweepRun
+from lit.specs import task_spec
 
 
 def headline_metrics(task: str) -> tuple[str, str]:
     """(validation, test) metric that summarises a run of this task."""
-    return ("val/ppl", "test/ppl") if task == "lm" else ("val/bleu", "test/bleu")
+    return task_spec(task).headline
 
 
 def metric_records(run_dir: Path):

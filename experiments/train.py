@@ -27,9 +27,8 @@ from experiments.rundir import EXIT_LOCKED, RunLock, RunLocked, read_status, wri
 from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor, cpu_peak_flops
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
                                latest_checkpoint, remove_partial_writes)
-from lit.data.modules import build_datamodule
 from lit.metrics import one_line
-from lit.tasks import LanguageModelTask, TranslationTask
+from lit.specs import task_spec
 
 INTERRUPTIONS = (KeyboardInterrupt, SystemExit)
 
@@ -133,7 +132,7 @@ def train(cfg: RunConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[st
 def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = cfg.run_dir
-    data = build_datamodule(cfg.data, cfg.task.name, cfg.model.max_seq_len, cfg.seed)
+    data = task_spec(cfg.task.name).datamodule(cfg.data, cfg.model.max_seq_len, cfg.seed)
     data.prepare_data()
     data.setup()
     tok = data.tokenizer
@@ -148,10 +147,7 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         tok.save(run_dir / "tokenizer.json")  # decode or rescore the run later with the same vocabulary
 
-    if cfg.task.name == "lm":
-        task = LanguageModelTask(cfg.model, cfg.task, tok.pad_id, data.n_bytes, data.streams, data.block_size)
-    else:
-        task = TranslationTask(cfg.model, cfg.task, tok, data.references)
+    task = task_spec(cfg.task.name).module(cfg.model, cfg.task, data)
     if cfg.perf.compile:
         task.compile_losses()
     params = task.model.num_params()

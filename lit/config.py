@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-DATA_SOURCES = ("bible", "multi30k", "text", "parallel", "hf")
-TASKS = ("lm", "translation")
+from lit.data.sources import SOURCES
+
 SCHEDULES = ("inverse_sqrt", "cosine", "constant")
 
 
@@ -32,12 +32,7 @@ class DataConfig:
     cache_dir: str = ".cache/ablate"
 
     def __post_init__(self) -> None:
-        if self.source not in DATA_SOURCES:
-            raise ValueError(f"unknown data.source {self.source!r}; choices: {', '.join(DATA_SOURCES)}")
-        if self.source in ("text", "parallel", "multi30k") and not self.path:
-            raise ValueError(f"data.source {self.source!r} needs data.path")
-        if self.source == "hf" and not (self.path or self.hf_name):
-            raise ValueError("data.source 'hf' needs data.hf_name (online) or data.path (saved to disk)")
+        SOURCES.get(self.source).check(self)
         for name in ("vocab_size", "batch_size", "max_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
@@ -63,8 +58,6 @@ class TaskConfig:
     max_decode_len: int = 128
 
     def __post_init__(self) -> None:
-        if self.name not in TASKS:
-            raise ValueError(f"unknown task.name {self.name!r}; choices: {', '.join(TASKS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown task.schedule {self.schedule!r}; choices: {', '.join(SCHEDULES)}")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -297,8 +297,3 @@ class TranslationDataModule(_BaseDataModule):
             batches = self._train_batches(batches)
         return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.num_workers,
                           collate_fn=partial(collate_pairs, pad_id=self.tokenizer.pad_id))
-
-
-def build_datamodule(data: DataConfig, task: str, max_seq_len: int, seed: int) -> _BaseDataModule:
-    cls = LMDataModule if task == "lm" else TranslationDataModule
-    return cls(data, max_seq_len, seed)

@@ -1,5 +1,6 @@
-"""Data sources by name: each yields monolingual text (language modelling) or sentence pairs
-(translation) for the splits ``train``, ``val`` and ``test``.
+"""Data sources, one registered class each (``data.source`` is its name): each yields
+monolingual text (language modelling) or sentence pairs (translation) for the splits ``train``,
+``val`` and ``test``. A new source is one decorated :class:`Source` subclass.
 
 | name | what |
 |---|---|
@@ -20,8 +21,10 @@ from __future__ import annotations
 import gzip
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 from lit.data import bible
+from variants.registry import Registry
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}"
 MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
@@ -76,16 +79,6 @@ def _multi30k_file(directory: Path, split: str, lang: str, download: bool = Fals
     return path
 
 
-def prepare(data) -> None:
-    """Downloads, where a source needs any (called once, before loading)."""
-    if data.source == "multi30k":
-        for split in MULTI30K_SPLITS:
-            for lang in (data.src_lang, data.tgt_lang):
-                _multi30k_file(Path(data.path), split, lang, download=True)
-    elif data.source == "hf" and not data.path:
-        _hf_dataset(data)
-
-
 def _hf_dataset(data):
     import datasets
 
@@ -114,18 +107,113 @@ def _hf_column(rows, field: str, where: str):
     return rows[field]
 
 
-def load_pairs(data, split: str) -> list[tuple[str, str]]:
-    """Sentence pairs (source, target) of one split."""
-    if data.source == "bible":
-        pairs = bible.parallel(data.src_lang, data.tgt_lang, split)
-    elif data.source == "multi30k":
+# ---------------------------------------------------------------------------------------- sources
+
+class Source:
+    """One data source: monolingual text, sentence pairs, or both, for each split."""
+
+    needs_path: ClassVar[bool] = False  # data.path is required
+
+    @classmethod
+    def check(cls, data) -> None:
+        """Refuse, at config time, settings this source cannot work with."""
+        if cls.needs_path and not data.path:
+            raise ValueError(f"data.source {cls.registry_name!r} needs data.path")
+
+    @classmethod
+    def prepare(cls, data) -> None:
+        """Downloads, where the source needs any (called once, before loading)."""
+
+    @classmethod
+    def pairs(cls, data, split: str) -> list[tuple[str, str]]:
+        raise DataError(f"data.source {cls.registry_name!r} has no sentence pairs; translation sources: "
+                        f"{', '.join(_offering('pairs'))}")
+
+    @classmethod
+    def texts(cls, data, split: str) -> list[str]:
+        raise DataError(f"data.source {cls.registry_name!r} has no monolingual text; language-modelling "
+                        f"sources: {', '.join(_offering('texts'))}")
+
+
+SOURCES: Registry = Registry("data.source")
+
+
+def _offering(method: str) -> list[str]:
+    return [name for name in SOURCES.names() if getattr(SOURCES.get(name), method).__func__
+            is not getattr(Source, method).__func__]
+
+
+@SOURCES.register("bible")
+class Bible(Source):
+    """Verse-aligned public-domain Bibles (:mod:`lit.data.bible`), no download."""
+
+    @classmethod
+    def pairs(cls, data, split):
+        return bible.parallel(data.src_lang, data.tgt_lang, split)
+
+    @classmethod
+    def texts(cls, data, split):
+        return bible.monolingual(data.lang, split)
+
+
+@SOURCES.register("multi30k")
+class Multi30k(Source):
+    """Multi30K task 1 raw ``.gz`` files in ``data.path``, downloaded there when missing."""
+
+    needs_path = True
+
+    @classmethod
+    def prepare(cls, data):
+        for split in MULTI30K_SPLITS:
+            for lang in (data.src_lang, data.tgt_lang):
+                _multi30k_file(Path(data.path), split, lang, download=True)
+
+    @classmethod
+    def pairs(cls, data, split):
         directory = Path(data.path)
-        pairs = read_parallel(_multi30k_file(directory, split, data.src_lang),
-                              _multi30k_file(directory, split, data.tgt_lang))
-    elif data.source == "parallel":
+        return read_parallel(_multi30k_file(directory, split, data.src_lang),
+                             _multi30k_file(directory, split, data.tgt_lang))
+
+
+@SOURCES.register("text")
+class Text(Source):
+    """``{path}/{split}.txt`` (``train.txt``, ``val.txt``, ``test.txt``), one example per line."""
+
+    needs_path = True
+
+    @classmethod
+    def texts(cls, data, split):
+        return read_lines(Path(data.path) / f"{split}.txt")
+
+
+@SOURCES.register("parallel")
+class Parallel(Source):
+    """``{path}/{split}.{src_lang}`` and ``{path}/{split}.{tgt_lang}``, line-aligned."""
+
+    needs_path = True
+
+    @classmethod
+    def pairs(cls, data, split):
         directory = Path(data.path)
-        pairs = read_parallel(directory / f"{split}.{data.src_lang}", directory / f"{split}.{data.tgt_lang}")
-    elif data.source == "hf":
+        return read_parallel(directory / f"{split}.{data.src_lang}", directory / f"{split}.{data.tgt_lang}")
+
+
+@SOURCES.register("hf")
+class HuggingFace(Source):
+    """A Hugging Face dataset: saved to disk (``data.path``) or by name (``data.hf_name``)."""
+
+    @classmethod
+    def check(cls, data):
+        if not (data.path or data.hf_name):
+            raise ValueError("data.source 'hf' needs data.hf_name (online) or data.path (saved to disk)")
+
+    @classmethod
+    def prepare(cls, data):
+        if not data.path:
+            _hf_dataset(data)
+
+    @classmethod
+    def pairs(cls, data, split):
         where = f"{data.hf_name or data.path} [{HF_SPLITS[split]}]"
         pairs = []
         for row, item in enumerate(_hf_column(_hf_split(data, split), data.pair_field, where), 1):
@@ -133,9 +221,22 @@ def load_pairs(data, split: str) -> list[tuple[str, str]]:
             if missing:
                 raise DataError(f"{where} row {row}: field {data.pair_field!r} has no {missing[0]!r} text")
             pairs.append((item[data.src_lang].strip(), item[data.tgt_lang].strip()))
-    else:
-        raise DataError(f"data.source {data.source!r} has no sentence pairs; translation sources: "
-                        f"bible, multi30k, parallel, hf")
+        return pairs
+
+    @classmethod
+    def texts(cls, data, split):
+        where = f"{data.hf_name or data.path} [{HF_SPLITS[split]}]"
+        return [t.strip() for t in _hf_column(_hf_split(data, split), data.text_field, where) if t and t.strip()]
+
+
+def prepare(data) -> None:
+    """Downloads, where a source needs any (called once, before loading)."""
+    SOURCES.get(data.source).prepare(data)
+
+
+def load_pairs(data, split: str) -> list[tuple[str, str]]:
+    """Sentence pairs (source, target) of one split."""
+    pairs = SOURCES.get(data.source).pairs(data, split)
     if not pairs:
         raise DataError(f"data.source {data.source!r}: split {split!r} is empty")
     return pairs
@@ -143,16 +244,7 @@ def load_pairs(data, split: str) -> list[tuple[str, str]]:
 
 def load_text(data, split: str) -> list[str]:
     """Monolingual examples (verses, lines) of one split."""
-    if data.source == "bible":
-        texts = bible.monolingual(data.lang, split)
-    elif data.source == "text":
-        texts = read_lines(Path(data.path) / f"{split}.txt")
-    elif data.source == "hf":
-        where = f"{data.hf_name or data.path} [{HF_SPLITS[split]}]"
-        texts = [t.strip() for t in _hf_column(_hf_split(data, split), data.text_field, where) if t and t.strip()]
-    else:
-        raise DataError(f"data.source {data.source!r} has no monolingual text; language-modelling "
-                        f"sources: bible, text, hf")
+    texts = SOURCES.get(data.source).texts(data, split)
     if not texts:
         raise DataError(f"data.source {data.source!r}: split {split!r} is empty")
     return texts

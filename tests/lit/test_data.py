@@ -8,7 +8,8 @@ import pytest
 
 from lit.config import DataConfig
 from lit.data import bible
-from lit.data.modules import TokenBudgetBatches, build_datamodule
+from lit.data.modules import TokenBudgetBatches
+from lit.specs import build_datamodule
 from lit.data.sources import DataError, load_pairs, load_text
 from lit.tokenizer import cached_bpe
 
@@ -106,7 +107,7 @@ def test_source_for_the_wrong_task():
 
 
 def test_unknown_source_lists_choices():
-    with pytest.raises(ValueError, match="bible, multi30k, text, parallel, hf"):
+    with pytest.raises(ValueError, match="choices: bible, hf, multi30k, parallel, text"):
         DataConfig(source="wmt99")
 
 

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 
 from lit.config import DataConfig, TaskConfig
-from lit.data.modules import build_datamodule
+from lit.specs import build_datamodule
 from lit.tasks import LanguageModelTask, TranslationTask
 from variants import ModelConfig
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lit.config import DataConfig, TaskConfig
-from lit.data.modules import build_datamodule
+from lit.specs import build_datamodule
 from lit.metrics import corpus_bleu, corpus_chrf
 from lit.tasks import LanguageModelTask, lr_multiplier
 from variants import ModelConfig

@@ -1,0 +1,25 @@
+"""Task specs: every registered task is complete, and the code around it reads the spec."""
+
+import pytest
+
+from lit.config import DataConfig, TaskConfig
+from lit.specs import TASKS, task_spec
+from variants.config import KINDS
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_every_task_spec_is_complete(name):
+    spec = task_spec(name)
+    assert spec.model_kind in KINDS
+    assert set(spec.headline) <= set(spec.report_metrics) | {"val/bleu"}
+    assert set(spec.compared) <= set(spec.report_metrics)
+    data = spec.datamodule(DataConfig(), 32, 0)
+    assert data.max_seq_len == 32 and data.seed == 0
+    assert TaskConfig(name=name).name == name
+
+
+def test_unknown_task_lists_the_registered_ones():
+    from experiments.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="unknown task 'mt'; choices: lm, translation"):
+        load_config([], ["task.name=mt"])
