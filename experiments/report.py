@@ -605,7 +605,10 @@ def build(sweep: Sweep, out: Path, sweep_file: Optional[str] = None, folder: Opt
     size = sum(c.d is not None and math.isfinite(c.d.p) for c in comparisons)
     lines += ["", f"## Against the baseline ({sweep.baseline})", ""]
     if sweep.baseline:
-        lines += [HOW_TO_READ.format(m=size), "", *delta_table(comparisons)]
+        text = HOW_TO_READ.format(m=size) if size else HOW_TO_READ.format(m=0).replace(
+            "over the 0 comparisons of this report", "over the comparisons of this report (none has two "
+            "seeds yet)").replace(" (α = 0.05/0)", "")
+        lines += [text, "", *delta_table(comparisons)]
     else:
         lines += ["No baseline named in the sweep file."]
     if bleu_tests:
