@@ -62,7 +62,7 @@ def environment(cfg: BenchConfig, device: torch.device, peak: float, load=None) 
 
 def device_peak(device: torch.device) -> float:
     """CPU: measured fp32 matmul peak. CUDA: the dense bf16 datasheet peak when the device is
-    known (``lit.callbacks.GPU_PEAK_FLOPS``), otherwise a measured bf16 matmul peak."""
+    known (``lit.callbacks.GPU_PEAKS``), otherwise a measured bf16 matmul peak."""
     if device.type == "cuda":
         try:
             from lit.callbacks import device_peak_flops

@@ -112,8 +112,19 @@ def _bench(args: argparse.Namespace) -> int:
     return main_from_args(args)
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("ablate")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ablate", description="Controlled comparisons of Transformer "
+                                     "architecture variants: train, sweep, report, reproduce, bench.")
+    parser.add_argument("--version", action="version", version=f"ablate {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="a small ablation on the bible data (LM and translation), "

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import resource
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,18 +19,38 @@ import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-# Dense (non-sparse) peak FLOP/s of common accelerators by precision; override with
-# ``perf.peak_flops`` when a device is missing or differs.
-GPU_PEAK_FLOPS = {
-    # name substring: {precision: FLOP/s}
-    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "tf32": 494e12},
-    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "tf32": 494e12},
-    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12, "tf32": 156e12},
-    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12, "tf32": 60e12},
-    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12, "tf32": 62.5e12},
-    "V100": {"fp16": 125e12, "fp32": 15.7e12},
-    "T4": {"fp16": 65e12, "fp32": 8.1e12},
-}
+# Dense (non-sparse) datasheet peak FLOP/s by exact GPU model and precision; override with
+# ``perf.peak_flops`` for a device that is missing here. Each model is recognised by a pattern
+# over ``torch.cuda.get_device_name()``, first match wins (the more specific names come first),
+# so an L40S never gets the L4's peak nor an H100 PCIe the SXM one. A device that matches none
+# has an unknown peak, and its MFU is not reported rather than guessed.
+_HOPPER_SXM = {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12}
+_HOPPER_NVL = {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12, "fp32": 60e12}
+_A100 = {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}
+GPU_PEAKS: list[tuple[str, str, dict[str, float]]] = [
+    # (model, pattern over the device name, {precision: FLOP/s})
+    ("H100 NVL", r"\bH100\b.*\bNVL\b", _HOPPER_NVL),
+    ("H100 PCIe", r"\bH100\b.*\bPCIe\b", {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12}),
+    ("H100 SXM", r"\bH100\b", _HOPPER_SXM),  # "NVIDIA H100 80GB HBM3" is the SXM part
+    ("H200 NVL", r"\bH200\b.*\bNVL\b", _HOPPER_NVL),
+    ("H200 SXM", r"\bH200\b", _HOPPER_SXM),
+    ("B200", r"\bB200\b", {"bf16": 2250e12, "fp16": 2250e12, "tf32": 1100e12}),
+    ("A100", r"\bA100\b", _A100),  # 40 and 80 GB, SXM and PCIe: the same dense peaks
+    ("L40S", r"\bL40S\b", {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12, "fp32": 91.6e12}),
+    ("L40", r"\bL40\b", {"bf16": 181e12, "fp16": 181e12, "tf32": 90.5e12, "fp32": 90.5e12}),
+    ("L4", r"\bL4\b", {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12}),
+    ("A10", r"\bA10\b", {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12}),
+    ("V100", r"\bV100\b", {"fp16": 125e12, "fp32": 15.7e12}),
+    ("T4", r"\bT4\b", {"fp16": 65e12, "fp32": 8.1e12}),
+]
+
+
+def gpu_model(name: str) -> Optional[tuple[str, dict[str, float]]]:
+    """(model, peaks) of a CUDA device name, or None for a GPU not in :data:`GPU_PEAKS`."""
+    for model, pattern, peaks in GPU_PEAKS:
+        if re.search(pattern, name):
+            return model, peaks
+    return None
 
 
 def measured_matmul_peak(size: int = 2048, seconds: float = 2.0, dtype=torch.float32) -> float:
@@ -70,14 +92,17 @@ def cpu_model() -> str:
 
 
 def device_peak_flops(device: torch.device, precision: str) -> Optional[float]:
-    """Dense peak FLOP/s of a CUDA device at the run's precision, from the table above."""
+    """Dense peak FLOP/s of a CUDA device at the run's precision, from the table above (None,
+    with a warning, for a GPU or precision it does not know)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         key = "bf16" if "bf16" in precision else "fp16" if "16" in precision else \
             ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32")
-        for model, peaks in GPU_PEAK_FLOPS.items():
-            if model in name:
-                return peaks.get(key)
+        found = gpu_model(name)
+        if found is None or key not in found[1]:
+            warnings.warn(f"no {key} peak known for {name!r}: MFU is not reported (set perf.peak_flops)")
+            return None
+        return found[1][key]
     return None
 
 

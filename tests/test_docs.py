@@ -62,3 +62,12 @@ def test_ablate_commands_exist(page, capsys):
             main([command, "--help"])
         assert exit_.value.code == 0, f"{page.name}: `ablate {command}` is not a command"
     capsys.readouterr()
+
+
+def test_version_and_plain_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("ablate 0.")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out  # no reStructuredText markup in the help
