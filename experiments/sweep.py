@@ -31,16 +31,65 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from experiments.config import ConfigError, RunConfig, load_config, run_id
 
-SWEEP_KEYS = ("name", "description", "configs", "overrides", "grid", "exclude", "include", "seeds", "baseline",
-              "slurm", "findings", "notes")
-SLURM_KEYS = ("cluster", "partition", "time_min", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
-              "account", "qos", "constraint", "additional_parameters")
+@dataclass
+class SlurmSpec:
+    """The ``slurm:`` section of a sweep file (submitit's executor settings)."""
+
+    cluster: Optional[str] = None  # "local": submitit's local executor (how the path is tested)
+    partition: Optional[str] = None
+    time_min: int = 240
+    gpus_per_node: int = 1
+    cpus_per_task: Optional[int] = None
+    mem_gb: Optional[float] = None
+    array_parallelism: Optional[int] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    additional_parameters: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class FindingSpec:
+    """A published claim the report tests: ``variant`` against ``against`` (default the
+    baseline) on ``metric``, expected ``lower``, ``higher`` or ``none`` (no difference)."""
+
+    claim: str = MISSING
+    variant: Dict[str, Any] = MISSING
+    metric: str = MISSING
+    against: Optional[Dict[str, Any]] = None
+    expect: str = "lower"
+
+
+@dataclass
+class SweepSpec:
+    """A sweep file, validated as a structured OmegaConf config like the run configs are."""
+
+    name: Optional[str] = None  # default: the file's stem
+    description: str = ""
+    configs: List[str] = field(default_factory=list)  # base experiment configs, merged left to right
+    overrides: Dict[str, Any] = field(default_factory=dict)  # fixed settings of every run
+    grid: Dict[str, Any] = field(default_factory=dict)  # key -> list of values
+    exclude: List[Dict[str, Any]] = field(default_factory=list)
+    include: List[Dict[str, Any]] = field(default_factory=list)
+    seeds: List[int] = field(default_factory=lambda: [0])
+    baseline: Optional[Dict[str, Any]] = None
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    findings: List[Any] = field(default_factory=list)  # FindingSpec mappings, checked one by one
+    notes: Optional[str] = None
+
+
+SWEEP_KEYS = tuple(f.name for f in dataclasses.fields(SweepSpec))
+SLURM_KEYS = tuple(f.name for f in dataclasses.fields(SlurmSpec))
+FINDING_KEYS = tuple(f.name for f in dataclasses.fields(FindingSpec))
+
 COMPONENT_KEYS = ("model.norm", "model.norm_position", "model.position", "model.ffn")
 
 
@@ -152,6 +201,7 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
     if unknown:
         raise SweepError(f"{path}: unknown key(s) {', '.join(unknown)}; a sweep file has: {', '.join(SWEEP_KEYS)}")
+    spec = _validated(spec, path)
     name = str(spec.get("name") or path.stem)
     configs = [_resolve(str(c), path) for c in _as_list(spec.get("configs"), path, "configs")]
     if not configs:
@@ -171,10 +221,7 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
     seeds = seeds if isinstance(seeds, list) else [seeds]
     if not seeds or not all(isinstance(s, int) for s in seeds):
         raise SweepError(f"{path}: seeds: give a non-empty list of integers, got {spec.get('seeds')!r}")
-    slurm = dict(spec.get("slurm") or {})
-    stray = sorted(set(slurm) - set(SLURM_KEYS))
-    if stray:
-        raise SweepError(f"{path}: slurm: unknown key(s) {', '.join(stray)}; choices: {', '.join(SLURM_KEYS)}")
+    slurm = {k: v for k, v in (spec.get("slurm") or {}).items() if v is not None}
 
     points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else [{}]
     points = [p for p in points if not any(_matches(p, pattern) for pattern in exclude)]
@@ -220,7 +267,25 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
     return sweep
 
 
-FINDING_KEYS = ("claim", "variant", "against", "metric", "expect")
+
+def _validated(spec: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``spec`` checked against :class:`SweepSpec` (keys and types), as plain containers."""
+    spec = dict(spec)
+    if spec.get("seeds") is not None and not isinstance(spec["seeds"], list):
+        spec["seeds"] = [spec["seeds"]]  # one seed may be written without brackets
+    for key in ("slurm", "overrides", "grid", "baseline"):
+        if spec.get(key) is None:
+            spec.pop(key, None)
+    stray = sorted(set(spec.get("slurm") or {}) - set(SLURM_KEYS)) if isinstance(spec.get("slurm"), dict) else []
+    if stray:
+        raise SweepError(f"{path}: slurm: unknown key(s) {', '.join(stray)}; choices: {', '.join(SLURM_KEYS)}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SweepSpec), OmegaConf.create(spec))
+        return OmegaConf.to_container(merged, resolve=False)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        hint = {"seeds": "give a non-empty list of integers"}.get(str(key).split("[")[0], "")
+        raise SweepError(f"{path}: {key}: {hint + ': ' if hint else ''}{str(err).splitlines()[0]}") from None
 
 
 def variant_matching(runs: Sequence[SweepRun], pattern: dict[str, Any]) -> list[str]:

@@ -63,6 +63,8 @@ BASE = "configs: [configs/experiments/lm-bible.yaml, configs/debug/smoke.yaml]\n
     (BASE + "grid: {model.position: [rope, alibi]}\nbaseline: {model.position: learned}\n", "matches 0 variants"),
     (BASE + "grid: {model.position: [rope]}\nseeds: []\n", "seeds"),
     (BASE + "grid: {model.position: [rope]}\nslurm: {partition: gpu, gpu: 2}\n", "slurm: unknown key(s) gpu"),
+    (BASE + "grid: {model.position: [rope]}\nseeds: [0, one]\n", "seeds[1]: give a non-empty list of integers"),
+    (BASE + "grid: {model.position: [rope]}\nslurm: {time_min: soon}\n", "slurm.time_min: Value 'soon'"),
     ("configs: [configs/nope.yaml]\ngrid: {model.position: [rope]}\n", "configs/nope.yaml not found"),
     (BASE + "grid: {model.d_model: [30]}\n", "d_model"),
     (BASE + "grid: {model.ffn: [gelu]}\nfindings: [{claim: x, variant: {model.ffn: relu}, metric: test/ppl, against: "
