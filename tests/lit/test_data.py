@@ -144,7 +144,7 @@ def test_batches_say_whether_they_hold_padding():
     assert [b["padded"] for b in batches] == [bool((b["inputs"] == pad).any()) for b in batches]
     assert batches[-1]["padded"] and not batches[0]["padded"]  # only the last block is padded
     dm = build_datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=40, max_tokens=1000),
-                          "mt", max_seq_len=256, seed=0)
+                          "translation", max_seq_len=256, seed=0)
     dm.setup()
     flags = [(b["src_padded"], bool((b["src"] == dm.tokenizer.pad_id).any())) for b in dm.val_dataloader()]
     assert all(flag == found for flag, found in flags) and any(found for _, found in flags)
