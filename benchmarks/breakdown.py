@@ -11,25 +11,23 @@ masks and position tables built once per pass, autograd bookkeeping.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from benchmarks.measure import synchronize
-from variants.attention import CrossAttention, SelfAttention
 
 KINDS = ("embedding", "attention", "cross-attention", "ffn", "norms", "head + loss", "optimizer")
 
 
 def kind_of(module: nn.Module) -> Optional[str]:
-    if isinstance(module, SelfAttention):
-        return "attention"
-    if isinstance(module, CrossAttention):
-        return "cross-attention"
     slot = getattr(module, "slot", None)
+    if slot == "attention":
+        return "cross-attention" if module.cross else "attention"
     if slot == "ffn":
         return "ffn"
     if slot == "norm":
@@ -39,12 +37,21 @@ def kind_of(module: nn.Module) -> Optional[str]:
     return None
 
 
-def _detached(value):
+def _detached(value) -> tuple[Any, list[torch.Tensor]]:
+    """A recorded input cut from the graph (tensors, tuples and dataclasses such as the attention
+    inputs, field by field), and the leaf tensors in it that need a gradient: replaying the
+    sub-layer computes those, as its backward does inside the full step."""
     if isinstance(value, torch.Tensor):
-        return value.detach(), value.requires_grad
+        leaf = value.detach().requires_grad_(value.requires_grad)
+        return leaf, [leaf] if value.requires_grad else []
     if isinstance(value, tuple):
-        return tuple(_detached(v)[0] for v in value), False
-    return value, False
+        parts = [_detached(v) for v in value]
+        return tuple(v for v, _ in parts), [leaf for _, leaves in parts for leaf in leaves]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        parts = {f.name: _detached(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return (dataclasses.replace(value, **{k: v for k, (v, _) in parts.items()}),
+                [leaf for _, leaves in parts.values() for leaf in leaves])
+    return value, []
 
 
 def _timed(fn, device, repeats: int) -> float:
@@ -69,8 +76,8 @@ def sublayer_breakdown(model: nn.Module, inputs: tuple, loss_fn, unit, optimizer
     def record(module, args, kwargs, output):
         kind = kind_of(module)
         if kind is not None:
-            calls.append((kind, module, [_detached(a) for a in args],
-                          {k: _detached(v)[0] for k, v in kwargs.items()}, output.shape, output.dtype))
+            (args, kwargs), leaves = _detached((args, kwargs))
+            calls.append((kind, module, args, kwargs, leaves, output.shape, output.dtype))
 
     hidden = {}
 
@@ -86,16 +93,13 @@ def sublayer_breakdown(model: nn.Module, inputs: tuple, loss_fn, unit, optimizer
             h.remove()
 
     spent = {kind: 0.0 for kind in KINDS}
-    for kind, module, args, kwargs, shape, dtype in calls:
+    for kind, module, args, kwargs, leaves, shape, dtype in calls:
         grad = torch.randn(shape, dtype=dtype, device=device)
 
-        def replay(module=module, args=args, kwargs=kwargs, grad=grad):
-            live = [a.requires_grad_(True) if needs else a for a, needs in args]
-            out = module(*live, **kwargs)
-            out.backward(grad)
-            for a, needs in args:
-                if needs:
-                    a.grad = None
+        def replay(module=module, args=args, kwargs=kwargs, leaves=leaves, grad=grad):
+            module(*args, **kwargs).backward(grad)
+            for leaf in leaves:
+                leaf.grad = None
 
         spent[kind] += _timed(replay, device, repeats)
 

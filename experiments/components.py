@@ -13,7 +13,7 @@ import torch
 
 from variants import REGISTRIES, ModelConfig, build_model
 
-BASELINE = {"norm": "layernorm", "norm_position": "pre", "position": "learned", "ffn": "gelu"}
+BASELINE = ModelConfig().components()  # the defaults: LayerNorm, Pre-LN, learned, GELU, mha
 
 
 def variants_one_slot_at_a_time() -> list[dict[str, str]]:
@@ -54,7 +54,7 @@ def _train_step_ms(model, kind: str, tokens: torch.Tensor, steps: int) -> float:
 
 def run_components(d_model: int = 256, steps: int = 3) -> None:
     torch.manual_seed(0)
-    header = f"{'kind':8} {'norm':10} {'place':5} {'position':10} {'ffn':10} {'params':>10} " \
+    header = f"{'kind':8} {'norm':10} {'place':5} {'position':10} {'ffn':10} {'attention':9} {'params':>10} " \
              f"{'non-emb':>10} {'step ms':>8} {'cache gap':>9}"
     print(header)
     print("-" * len(header))
@@ -69,6 +69,7 @@ def run_components(d_model: int = 256, steps: int = 3) -> None:
             gap = _cache_gap(model.eval(), kind, tokens[:2, :32])
             n = model.num_params()
             print(f"{kind:8} {slots['norm']:10} {slots['norm_position']:5} {slots['position']:10} "
-                  f"{slots['ffn']:10} {n['total']:>10,} {n['non_embedding']:>10,} {step_ms:>8.1f} {gap:>9.1e}")
+                  f"{slots['ffn']:10} {slots['attention']:9} {n['total']:>10,} {n['non_embedding']:>10,} "
+                  f"{step_ms:>8.1f} {gap:>9.1e}")
     print(f"\n(d_model {d_model}, 4 heads, 4 layers per stack, vocab 8192, batch 8 x 64 tokens, "
           f"median of {steps} training steps with AdamW, {torch.get_num_threads()} threads)")

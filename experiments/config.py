@@ -84,8 +84,7 @@ class RunConfig:
     def run_name(self) -> str:
         if self.run.name:
             return self.run.name
-        m = self.model
-        return f"{m.norm}-{m.norm_position}-{m.position}-{m.ffn}-s{self.seed}"
+        return f"{self.model.components_name()}-s{self.seed}"
 
     @property
     def run_dir(self) -> Path:
@@ -118,17 +117,21 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
 # Settings that change how a run is logged or stored, never what it computes: left out of the run id.
 _NOT_IN_RUN_ID = ("run.root", "logger", "wandb", "perf", "checkpoint", "data.cache_dir", "data.num_workers",
                   "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps")
+# Keys added after runs were made, with the value that computes what those runs computed: left out
+# of the run id at that value, so existing run directories keep their ids (and resume).
+_ADDED_LATER = {"model.attention": "mha"}
 
 
 def run_id(cfg: RunConfig) -> str:
     """A short hash of the resolved configuration (what the run computes)."""
     tree = OmegaConf.to_container(OmegaConf.structured(cfg))
-    for dotted in _NOT_IN_RUN_ID:
+    for dotted in (*_NOT_IN_RUN_ID, *_ADDED_LATER):
         *parents, last = dotted.split(".")
         node = tree
         for key in parents:
             node = node.get(key, {})
-        node.pop(last, None)
+        if dotted not in _ADDED_LATER or node.get(last) == _ADDED_LATER[dotted]:
+            node.pop(last, None)
     text = json.dumps(tree, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 

@@ -38,6 +38,8 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments.config import ConfigError, RunConfig, load_config, run_id
+from variants import REGISTRIES
+
 
 @dataclass
 class SlurmSpec:
@@ -90,7 +92,7 @@ SWEEP_KEYS = tuple(f.name for f in dataclasses.fields(SweepSpec))
 SLURM_KEYS = tuple(f.name for f in dataclasses.fields(SlurmSpec))
 FINDING_KEYS = tuple(f.name for f in dataclasses.fields(FindingSpec))
 
-COMPONENT_KEYS = ("model.norm", "model.norm_position", "model.position", "model.ffn")
+COMPONENT_KEYS = tuple(f"model.{slot}" for slot in REGISTRIES)
 
 
 class SweepError(ValueError):
@@ -165,9 +167,9 @@ def _slug(value: Any) -> str:
 
 
 def run_name(cfg: RunConfig, point: dict[str, Any]) -> str:
-    """``norm-placement-position-ffn`` plus ``<key><value>`` for every non-component grid key."""
-    m = cfg.model
-    parts = [m.norm, m.norm_position, m.position, m.ffn]
+    """``norm-placement-position-ffn`` (see :meth:`ModelConfig.components_name`) plus
+    ``<key><value>`` for every non-component grid key."""
+    parts = [cfg.model.components_name()]
     parts += [f"{key.split('.')[-1]}{_slug(value)}" for key, value in point.items() if key not in COMPONENT_KEYS]
     return "-".join(parts)
 

@@ -61,7 +61,7 @@ def _wandb_logger(cfg: RunConfig, run_dir: Path, extra: dict, resume_from: Optio
     m = cfg.model
     logger = WandbLogger(
         project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.run_name, group=cfg.run.experiment,
-        tags=[m.norm, m.norm_position, m.position, m.ffn, *cfg.wandb.tags], save_dir=str(run_dir),
+        tags=[*m.components().values(), *cfg.wandb.tags], save_dir=str(run_dir),
         id=wandb_id, resume="allow" if wandb_id else None,
         config={**dataclasses.asdict(cfg), **extra},
     )

@@ -1,4 +1,5 @@
-"""Multi-head attention on ``scaled_dot_product_attention``, its masks, and the KV cache.
+"""The attention slot (``attention``): multi-head attention on ``scaled_dot_product_attention``,
+the inputs every attention layer is called with, their masks, and the KV cache.
 
 Shapes: B batch, T query tokens, S source tokens, Tk key tokens, H heads, hd head dim,
 D = H * hd. Boolean masks follow SDPA: ``True`` = may attend.
@@ -8,13 +9,62 @@ Reference: Vaswani et al. 2017, "Attention Is All You Need", arXiv:1706.03762.
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from variants.positions import apply_rotary
+from variants.registry import ATTENTIONS
+
+
+@dataclass
+class AttentionInputs:
+    """What one stack's attention layers are called with, computed once per forward pass.
+
+    Self-attention gets the position scheme's signals (``rotary``; its score bias folded into
+    ``mask``, or as ``score_mod`` for a FlexAttention kernel); cross-attention gets ``memory``
+    and the source padding in ``mask``, and no position signal.
+    """
+
+    positions: torch.Tensor  # (B|1, T) absolute positions of the queries
+    mask: Optional[torch.Tensor]  # SDPA attn_mask (B|1, 1|H, T, Tk): bool, or float with the bias
+    is_causal: bool  # SDPA's causal flag (only when ``mask`` is None)
+    key_valid: Optional[torch.Tensor] = None  # (B, Tk) bool, False at padding; None = no padding
+    rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (cos, sin) for q and k
+    score_mod: Optional[Callable] = None  # the position bias inside the kernel, instead of ``mask``
+    cache: Optional["KVCache"] = None
+    memory: Optional[torch.Tensor] = None  # cross-attention: encoder states (B, S, D)
+
+
+def self_attention_inputs(position, positions: torch.Tensor, key_positions: torch.Tensor,
+                          key_valid: Optional[torch.Tensor], *, causal: bool, cache: Optional["KVCache"],
+                          in_kernel: bool) -> AttentionInputs:
+    """The self-attention inputs of one stack under the position scheme ``position``.
+
+    ``in_kernel``: whether a FlexAttention kernel may run (see :func:`flex_available`; no
+    attention dropout). The scheme's ``score_mod`` is used when it has one and nothing else
+    needs a mask (no padding, no cache: then positions are the token indices the kernel sees);
+    otherwise its ``score_bias`` is built as a tensor and folded into SDPA's mask.
+    """
+    score_mod = position.score_mod() if in_kernel and key_valid is None and cache is None else None
+    if score_mod is not None:
+        mask, is_causal = None, causal
+    else:
+        mask, is_causal = attention_mask(positions.size(-1), key_positions.size(-1), causal=causal,
+                                         key_valid=key_valid, bias=position.score_bias(positions, key_positions))
+    return AttentionInputs(positions, mask, is_causal, key_valid, position.rotary(positions), score_mod, cache)
+
+
+def cross_attention_inputs(positions: torch.Tensor, memory: torch.Tensor, memory_valid: Optional[torch.Tensor],
+                           cache: Optional["KVCache"]) -> AttentionInputs:
+    """Decoder queries at ``positions`` over ``memory`` (B, S, D), source padding masked."""
+    mask = None
+    if memory_valid is not None:
+        mask, _ = attention_mask(positions.size(-1), memory.size(1), causal=False, key_valid=memory_valid)
+    return AttentionInputs(positions, mask, False, memory_valid, cache=cache, memory=memory)
 
 
 def attention_mask(
@@ -56,7 +106,7 @@ def attention_mask(
     return bias.masked_fill(~allowed, float("-inf")), False
 
 
-try:  # FlexAttention (torch >= 2.5): ALiBi's bias inside the attention kernel on GPUs
+try:  # FlexAttention (torch >= 2.5): a position bias inside the attention kernel on GPUs
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 except ImportError:
     create_block_mask = flex_attention = None
@@ -65,23 +115,19 @@ _FLEX: dict = {}  # the compiled flex_attention kernel and causal block masks, b
 
 
 def flex_available(device: torch.device, head_dim: int) -> bool:
-    """Whether :func:`alibi_attention` can run on ``device``: FlexAttention exists in this torch,
-    the device is a GPU (on a CPU the biased SDPA is as fast and needs no compiler) and the head
-    dimension is a power of two of at least 16 (what its kernels take)."""
+    """Whether :func:`flex_attention_with` can run on ``device``: FlexAttention exists in this
+    torch, the device is a GPU (on a CPU the biased SDPA is as fast and needs no compiler) and
+    the head dimension is a power of two of at least 16 (what its kernels take)."""
     return (flex_attention is not None and device.type == "cuda" and head_dim >= 16
             and not head_dim & (head_dim - 1))
 
 
-def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
-                    causal: bool) -> torch.Tensor:
-    """Attention of (B, H, T, hd) ``q, k, v`` with ALiBi's ``-slope_h * |i - j|`` added to the
-    scores inside the kernel (FlexAttention), and, when ``causal``, the blocks above the
-    diagonal skipped. The same function as SDPA with :meth:`ALiBi.score_bias` as a float mask,
+def flex_attention_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Callable,
+                        causal: bool) -> torch.Tensor:
+    """Attention of (B, H, T, hd) ``q, k, v`` with ``score_mod(score, b, h, q_idx, kv_idx)``
+    applied to the scores inside the kernel (FlexAttention), and, when ``causal``, the blocks
+    above the diagonal skipped: the same function as SDPA with the bias as a float mask,
     without the (H, T, T) bias tensor or the masked-out half of the work."""
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        return score - slopes[h] * (q_idx - kv_idx).abs()
-
     # inside a compiled model the compiler builds the kernel and the mask itself; eager calls
     # share one compiled kernel and one mask per length
     compiling = torch.compiler.is_compiling()
@@ -174,65 +220,62 @@ class KVCache:
                           for kv in self.cross]
 
 
-class _Attention(nn.Module):
-    def __init__(self, cfg) -> None:
+@ATTENTIONS.register("mha")
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention (Vaswani et al. 2017) on SDPA: self-attention with one fused
+    ``[q; k; v]`` projection, or (``cross=True``) decoder queries over encoder states with a
+    fused ``[k; v]``. Called with ``(x, inputs, layer)``; :class:`AttentionInputs` carries the
+    rest, so a new input (a bias, a cache layout) is a field there, not a new argument here."""
+
+    def __init__(self, cfg, cross: bool = False) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.head_dim
         self.dropout = cfg.dropout
+        self.cross = cross
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-
-    def attend(self, q, k, v, mask, is_causal, alibi: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if alibi is not None:  # ALiBi slopes: the bias is added inside a FlexAttention kernel
-            y = alibi_attention(q, k, v, alibi, is_causal)
+        if cross:
+            self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+            self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=cfg.bias)
         else:
+            self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs, layer: int = 0) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); ``layer`` indexes the KV cache."""
+        q, k, v = self._cross_qkv(x, inputs, layer) if self.cross else self._self_qkv(x, inputs, layer)
+        if inputs.score_mod is not None:  # the position bias inside a FlexAttention kernel
+            y = flex_attention_with(q, k, v, inputs.score_mod, inputs.is_causal)
+        else:
+            mask = inputs.mask
             if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
                 mask = mask.to(q.dtype)  # a float bias under autocast: SDPA wants the query's dtype
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal,
+                q, k, v, attn_mask=mask, is_causal=inputs.is_causal,
                 dropout_p=self.dropout if self.training else 0.0,
             )  # (B, H, T, hd)
         B, _, T, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
-
-class SelfAttention(_Attention):
-    """Self-attention with one fused ``[q; k; v]`` projection."""
-
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
-
-    def forward(self, x, mask=None, is_causal=False, rotary=None,
-                cache: Optional[KVCache] = None, layer: int = 0,
-                alibi: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _self_qkv(self, x, inputs: AttentionInputs, layer: int):
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
         q, k, v = qkv
-        if rotary is not None:  # rotate before caching: cached keys keep their own positions
-            q, k = apply_rotary(qkv[:2], *rotary)  # queries and keys in one pass
-        if cache is not None:
-            k, v = cache.append(layer, k, v)  # (B, H, Tk, hd)
-        return self.attend(q, k, v, mask, is_causal, alibi)
+        if inputs.rotary is not None:  # rotate before caching: cached keys keep their own positions
+            q, k = apply_rotary(qkv[:2], *inputs.rotary)  # queries and keys in one pass
+        if inputs.cache is not None:
+            k, v = inputs.cache.append(layer, k, v)  # (B, H, Tk, hd)
+        return q, k, v
 
-
-class CrossAttention(_Attention):
-    """Decoder queries over encoder states; keys/values projected by one fused ``[k; v]``."""
-
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=cfg.bias)
-
-    def forward(self, x, memory, mask=None, cache: Optional[KVCache] = None,
-                layer: int = 0) -> torch.Tensor:
+    def _cross_qkv(self, x, inputs: AttentionInputs, layer: int):
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        cache = inputs.cache
         if cache is not None and cache.cross[layer] is not None:
             k, v = cache.cross[layer]
         else:
+            memory = inputs.memory
             S = memory.size(1)
             k, v = self.kv(memory).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             if cache is not None:
                 cache.cross[layer] = (k, v)
-        return self.attend(q, k, v, mask, False)
+        return q, k, v

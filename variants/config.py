@@ -34,6 +34,7 @@ class ModelConfig:
     norm_position: str = "pre"
     position: str = "learned"
     ffn: str = "gelu"
+    attention: str = "mha"
     # finer controls
     n_encoder_layers: Optional[int] = None  # seq2seq; default n_layers
     n_decoder_layers: Optional[int] = None  # seq2seq; default n_layers
@@ -86,6 +87,16 @@ class ModelConfig:
     @property
     def decoder_layers(self) -> int:
         return self.n_decoder_layers or self.n_layers
+
+    def components(self) -> dict[str, str]:
+        """Slot -> the registry entry that fills it."""
+        return {slot: getattr(self, slot) for slot in REGISTRIES}
+
+    def components_name(self) -> str:
+        """``norm-placement-position-ffn``, then the attention when it is not ``mha`` (names of
+        runs made before attention was a slot stay as they were)."""
+        parts = [self.norm, self.norm_position, self.position, self.ffn]
+        return "-".join(parts + ([self.attention] if self.attention != "mha" else []))
 
     def replace(self, **changes) -> "ModelConfig":
         """A copy with some fields changed (validated again)."""

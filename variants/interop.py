@@ -200,7 +200,7 @@ def _llama(config, src: _Weights, common: dict) -> tuple[ModelConfig, dict]:
     if kv_heads != heads:
         raise NotImplementedError(
             f"grouped-query attention is not supported: num_key_value_heads={kv_heads} != "
-            f"num_attention_heads={heads} (SelfAttention has one key/value head per query head)")
+            f"num_attention_heads={heads} (attention 'mha' has one key/value head per query head)")
     bias = bool(getattr(config, "attention_bias", False))
     _require(config, "LLaMA", " (one bias flag for attention and MLP)", mlp_bias=bias)
     _require(config, "LLaMA", " (hidden_size / num_attention_heads)",

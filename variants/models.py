@@ -9,30 +9,17 @@ newly registered component works in both model kinds without edits.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from variants.attention import CrossAttention, KVCache, SelfAttention, attention_mask, flex_available
+from variants.attention import (AttentionInputs, KVCache, cross_attention_inputs, flex_available,
+                                self_attention_inputs)
 from variants.config import ModelConfig
 from variants.loss import linear_cross_entropy
-from variants.registry import FFNS, NORM_POSITIONS, NORMS, POSITIONS, REGISTRIES
-
-
-@dataclass
-class LayerInputs:
-    """What every layer of one stack needs, computed once per forward pass."""
-
-    mask: Optional[torch.Tensor]
-    is_causal: bool
-    rotary: Optional[tuple[torch.Tensor, torch.Tensor]]
-    cache: Optional[KVCache] = None
-    memory: Optional[torch.Tensor] = None  # encoder states (B, S, D)
-    memory_mask: Optional[torch.Tensor] = None
-    alibi: Optional[torch.Tensor] = None  # (H,) slopes: the score bias is added in the kernel
+from variants.registry import ATTENTIONS, FFNS, NORM_POSITIONS, NORMS, POSITIONS, REGISTRIES
 
 
 class Block(nn.Module):
@@ -42,15 +29,16 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, cross: bool) -> None:
         super().__init__()
         residual = NORM_POSITIONS.get(cfg.norm_position)
-        self.attn_res, self.attn = residual(cfg), SelfAttention(cfg)
+        self.attn_res, self.attn = residual(cfg), ATTENTIONS.build(cfg.attention, cfg)
         self.cross_res = residual(cfg) if cross else None
-        self.cross_attn = CrossAttention(cfg) if cross else None
+        self.cross_attn = ATTENTIONS.build(cfg.attention, cfg, cross=True) if cross else None
         self.ffn_res, self.ffn = residual(cfg), FFNS.build(cfg.ffn, cfg)
 
-    def forward(self, x: torch.Tensor, inp: LayerInputs, layer: int) -> torch.Tensor:
-        x = self.attn_res(x, self.attn, inp.mask, inp.is_causal, inp.rotary, inp.cache, layer, inp.alibi)
+    def forward(self, x: torch.Tensor, attn: AttentionInputs, cross: Optional[AttentionInputs],
+                layer: int) -> torch.Tensor:
+        x = self.attn_res(x, self.attn, attn, layer)
         if self.cross_attn is not None:
-            x = self.cross_res(x, self.cross_attn, inp.memory, inp.memory_mask, inp.cache, layer)
+            x = self.cross_res(x, self.cross_attn, cross, layer)
         return self.ffn_res(x, self.ffn)
 
 
@@ -90,28 +78,18 @@ class Stack(nn.Module):
                 new_valid = valid if valid is not None else torch.ones(B, T, dtype=torch.bool, device=x.device)
                 k_valid = torch.cat([cache.valid[:, : cache.length], new_valid], dim=1)  # (B, Tk)
             k_pos = torch.cat([cache.positions[:, : cache.length], positions.expand(B, T)], dim=1)
-        slopes = self.position.distance_slopes()
-        in_kernel = (slopes is not None and cache is None and valid is None and flex_available(x.device, self.head_dim)
+        in_kernel = (flex_available(x.device, self.head_dim)
                      and not (self.training and self.dropout.p > 0))  # the kernel has no dropout
-        if in_kernel:  # no padding, no cache: the whole score bias is the slopes' distance penalty
-            mask, is_causal = None, self.causal
-        else:
-            slopes = None
-            mask, is_causal = attention_mask(
-                T, k_pos.size(-1), causal=self.causal, key_valid=k_valid,
-                bias=self.position.score_bias(positions, k_pos),
-            )
-        memory_mask = None
-        if memory is not None and memory_valid is not None:
-            memory_mask, _ = attention_mask(T, memory.size(1), causal=False, key_valid=memory_valid)
-        inp = LayerInputs(mask, is_causal, self.position.rotary(positions), cache, memory, memory_mask, slopes)
+        attn = self_attention_inputs(self.position, positions, k_pos, k_valid, causal=self.causal, cache=cache,
+                                     in_kernel=in_kernel)
+        cross = None if memory is None else cross_attention_inputs(positions, memory, memory_valid, cache)
 
         x = self.position.add_to_embeddings(x, positions)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         x = self.dropout(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, inp, i)
+            x = block(x, attn, cross, i)
         if cache is not None:
             cache.advance(valid, positions)
         return x if self.final_norm is None else self.final_norm(x)

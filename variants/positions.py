@@ -7,9 +7,10 @@ way position information enters the model ("learned + ALiBi by accident" cannot 
 - ``rotary(positions)``: ``(cos, sin)`` that rotate queries and keys of self-attention;
 - ``score_bias(q_pos, k_pos)``: an additive bias on self-attention scores.
 
-A scheme whose bias is ``-slope_h * |q_pos - k_pos|`` also returns its per-head slopes from
-``distance_slopes()``, so that on a GPU the bias can be added inside the attention kernel
-(:func:`variants.attention.alibi_attention`) instead of being built as an (H, T, T) tensor.
+A scheme with a score bias may also return it as a FlexAttention ``score_mod`` from
+``score_mod()``, so that on a GPU the bias is added inside the attention kernel
+(:func:`variants.attention.flex_attention_with`) instead of being built as an (H, T, T)
+tensor. A new bias is therefore one class here: the attention layers need no edit.
 
 Cross-attention (decoder queries over encoder keys) gets no position signal from any scheme:
 queries and keys come from different sequences, so "relative distance" has no meaning there.
@@ -57,8 +58,10 @@ class PositionScheme(nn.Module):
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
         return None
 
-    def distance_slopes(self):
-        """(H,) slopes when ``score_bias`` is ``-slope_h * |q_pos - k_pos|``, else None."""
+    def score_mod(self):
+        """``score_bias`` as a FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)``, or None
+        when the scheme has no bias or cannot express it so. It is used only when query and key
+        positions are the token indices (no padding, no KV cache)."""
         return None
 
 
@@ -164,5 +167,10 @@ class ALiBi(PositionScheme):
         distance = (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)).abs().unsqueeze(1)  # (B, 1, Tq, Tk)
         return -self.slopes.view(1, -1, 1, 1) * distance  # (B, H, Tq, Tk)
 
-    def distance_slopes(self):
-        return self.slopes
+    def score_mod(self):
+        slopes = self.slopes
+
+        def distance_penalty(score, b, h, q_idx, kv_idx):
+            return score - slopes[h] * (q_idx - kv_idx).abs()
+
+        return distance_penalty

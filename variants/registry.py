@@ -64,5 +64,6 @@ NORMS: Registry = Registry("norm")
 NORM_POSITIONS: Registry = Registry("norm_position")
 POSITIONS: Registry = Registry("position")
 FFNS: Registry = Registry("ffn")
+ATTENTIONS: Registry = Registry("attention")
 
-REGISTRIES: dict[str, Registry] = {r.slot: r for r in (NORMS, NORM_POSITIONS, POSITIONS, FFNS)}
+REGISTRIES: dict[str, Registry] = {r.slot: r for r in (NORMS, NORM_POSITIONS, POSITIONS, FFNS, ATTENTIONS)}

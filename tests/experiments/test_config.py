@@ -58,3 +58,15 @@ def test_unknown_key_in_file_names_file_and_key(tmp_path):
 def test_cli_exits_2_on_bad_config(capsys):
     assert main(["train", "model.norm=groupnorm"]) == 2
     assert "layernorm, rmsnorm" in capsys.readouterr().err
+
+
+def test_run_ids_and_names_survive_keys_added_with_the_old_behaviour():
+    """``model.attention`` became a slot after runs were made: at its default ``mha`` it leaves
+    the run id and the run name as they were (the id below was computed before the key
+    existed), so those runs still resume."""
+    from experiments.config import run_id
+
+    default = load_config([], [])
+    assert run_id(default) == "126e6e2b7a"
+    assert default.run_name == "layernorm-pre-learned-gelu-s0"
+    assert run_id(load_config([], ["model.attention=mha"])) == "126e6e2b7a"

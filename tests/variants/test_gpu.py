@@ -64,8 +64,8 @@ def test_alibi_in_kernel_matches_biased_sdpa(kind, monkeypatch):
     tokens = torch.randint(1, 97, (2, 200), device="cuda")
     args = (tokens,) if kind == "lm" else (tokens, tokens[:, :150])
     calls = []
-    kernel = attention.alibi_attention
-    monkeypatch.setattr(attention, "alibi_attention", lambda *a: calls.append(1) or kernel(*a))
+    kernel = attention.flex_attention_with
+    monkeypatch.setattr(attention, "flex_attention_with", lambda *a: calls.append(1) or kernel(*a))
 
     def run():
         model.zero_grad(set_to_none=True)

@@ -66,8 +66,8 @@ def marian(**kw):
     return randomize(MARIAN(transformers.MarianConfig(**cfg)))
 
 
-def fingerprint(position, norm_position, norm, ffn):
-    return {"position": position, "norm_position": norm_position, "norm": norm, "ffn": ffn}
+def fingerprint(position, norm_position, norm, ffn, attention="mha"):
+    return {"position": position, "norm_position": norm_position, "norm": norm, "ffn": ffn, "attention": attention}
 
 
 def assert_logits_close(ours, theirs):

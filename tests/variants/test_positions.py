@@ -87,7 +87,7 @@ def test_alibi_in_kernel_equals_the_bias_tensor(causal):
     (forward on the CPU; the GPU test compares gradients too)."""
     import torch.nn.functional as F
 
-    from variants.attention import alibi_attention, attention_mask
+    from variants.attention import attention_mask, flex_attention_with
 
     torch.manual_seed(0)
     scheme = ALiBi(tiny_config(d_model=48, n_heads=6, position="alibi"))
@@ -95,7 +95,7 @@ def test_alibi_in_kernel_equals_the_bias_tensor(causal):
     pos = torch.arange(40)[None]
     mask, _ = attention_mask(40, 40, causal=causal, bias=scheme.score_bias(pos, pos))
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    torch.testing.assert_close(alibi_attention(q, k, v, scheme.distance_slopes(), causal), expected,
+    torch.testing.assert_close(flex_attention_with(q, k, v, scheme.score_mod(), causal), expected,
                                atol=1e-5, rtol=1e-5)
 
 
