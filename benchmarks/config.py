@@ -7,6 +7,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
 SECTIONS = ("train-lm", "train-seq2seq", "decode", "positions", "breakdown", "profile")
 # the positions section (our gpt2-style model with each position scheme) runs by default on a GPU
 CPU_SECTIONS = ("train-lm", "train-seq2seq", "decode", "breakdown", "profile")
@@ -75,25 +78,23 @@ class BenchConfig:
                 "d_ff": self.s2s_d_ff or self.d_ff}
 
     def override(self, items: list[str]) -> "BenchConfig":
-        """A copy with ``key=value`` items applied (types follow the defaults)."""
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        changes = {}
+        """A copy with ``key=value`` items applied through OmegaConf, as run configs are (types
+        checked against the fields; a list is ``[a,b]`` or, for brevity, ``a,b``)."""
+        tuples = {f.name for f in dataclasses.fields(self) if f.type.startswith("tuple")}
+        dotlist = []
         for item in items:
             key, sep, value = item.partition("=")
-            if not sep or key not in fields:
-                raise ValueError(f"bad setting {item!r}; keys: {', '.join(sorted(fields))}")
-            current = getattr(self, key)
-            if isinstance(current, bool):
-                changes[key] = value.lower() in ("1", "true", "yes", "on")
-            elif isinstance(current, tuple):
-                changes[key] = tuple(v for v in value.split(",") if v)
-            elif isinstance(current, int) or (current is None and key == "threads"):
-                changes[key] = int(value)
-            elif isinstance(current, float):
-                changes[key] = float(value)
-            else:
-                changes[key] = value
-        return dataclasses.replace(self, **changes)
+            if not sep:
+                raise ValueError(f"bad setting {item!r}: not of the form key=value")
+            dotlist.append(f"{key}=[{value}]" if key in tuples and not value.startswith("[") else item)
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(self), OmegaConf.from_dotlist(dotlist))
+            return OmegaConf.to_object(merged)
+        except ConfigKeyError as err:
+            known = ", ".join(f.name for f in dataclasses.fields(self))
+            raise ValueError(f"unknown setting {err.full_key!r}; keys: {known}") from None
+        except OmegaConfBaseException as err:
+            raise ValueError(f"bad setting {err.full_key!r}: {str(err).splitlines()[0]}") from None
 
 
 def gpu_config(cfg: BenchConfig) -> BenchConfig:

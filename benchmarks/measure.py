@@ -170,56 +170,7 @@ def op_profile(unit: Callable[[], object], device: torch.device, repeats: int = 
             "other_ms": total - matmul - attention, "top": [[op, ms] for op, ms in ops[:top]]}
 
 
-# ------------------------------------------------------------------------------- peak, machine
-def physical_cores() -> int:
-    """Physical cores of this machine (hyper-threads not counted), from /proc/cpuinfo."""
-    try:
-        cores, current = set(), {}
-        for line in Path("/proc/cpuinfo").read_text().splitlines() + [""]:
-            if not line.strip():
-                if current:
-                    cores.add((current.get("physical id"), current.get("core id", current.get("processor"))))
-                current = {}
-            elif ":" in line:
-                key, value = line.split(":", 1)
-                current[key.strip()] = value.strip()
-        if cores:
-            return len(cores)
-    except OSError:
-        pass
-    return os.cpu_count() or 1
-
-
-def cpu_flags() -> str:
-    """The widest vector extensions the CPU reports (what fp32 matmul speed depends on)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                found = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-                return ", ".join(found) or "no AVX2"
-    except OSError:
-        pass
-    return "unknown"
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
-    """FLOP/s of square matmuls on ``device``: the best of repeated runs over ``seconds``."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b
-    synchronize(device)
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        for _ in range(8 if device.type == "cuda" else 1):
-            a @ b
-        synchronize(device)
-        n = 8 if device.type == "cuda" else 1
-        best = max(best, n * 2 * size**3 / (time.perf_counter() - start))
-    return best
-
-
+# ------------------------------------------------------------------------------- machine load
 def cpu_seconds() -> Optional[tuple[float, float, float]]:
     """(wall clock, CPU seconds every CPU of the machine spent busy since boot — stolen by the
     hypervisor included —, CPU seconds of this process and its children), from /proc/stat and

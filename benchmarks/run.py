@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
-import importlib.metadata
 import json
-import platform
 import shlex
 import sys
 import time
@@ -19,15 +18,9 @@ from benchmarks import models as M
 from benchmarks import report, suites
 from benchmarks.breakdown import sublayer_breakdown
 from benchmarks.config import SECTIONS, BenchConfig, gpu_config, tiny_config
-from benchmarks.measure import cpu_flags, cpu_seconds, load_average, matmul_peak, other_work, physical_cores
-from lit.callbacks import cpu_model
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+from benchmarks.measure import cpu_seconds, load_average, other_work
+from lit.system import (code_version, cpu_flags, cpu_model, device_peak_flops, matmul_peak, physical_cores,
+                        versions)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,13 +30,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def environment(cfg: BenchConfig, device: torch.device, peak: float, load=None) -> dict:
+    found = versions(extra=("x-transformers", "transformers"))
     facts = {
+        "code": f"git commit {code_version()}",
         "CPU": f"{cpu_model()} ({physical_cores()} physical cores; {cpu_flags()})",
         "torch threads": str(torch.get_num_threads()),
-        "python": platform.python_version(),
+        "python": found["python"],
         "torch": torch.__version__,
-        "x-transformers": _version("x-transformers"),
-        "transformers": _version("transformers"),
+        "x-transformers": found.get("x-transformers", "not installed"),
+        "transformers": found.get("transformers", "not installed"),
         "precision": "bf16-mixed (autocast), fp32 weights" if device.type == "cuda" else "fp32",
         "matmul peak": (f"{peak / 1e9:,.1f} GFLOP/s (measured: 2048² fp32 matmuls, best of 2 s)"
                         if device.type == "cpu" else
@@ -62,15 +57,9 @@ def environment(cfg: BenchConfig, device: torch.device, peak: float, load=None) 
 
 def device_peak(device: torch.device) -> float:
     """CPU: measured fp32 matmul peak. CUDA: the dense bf16 datasheet peak when the device is
-    known (``lit.callbacks.GPU_PEAKS``), otherwise a measured bf16 matmul peak."""
+    known (``lit.system.GPU_PEAKS``), otherwise a measured bf16 matmul peak."""
     if device.type == "cuda":
-        try:
-            from lit.callbacks import device_peak_flops
-
-            known = device_peak_flops(device, "bf16-mixed")
-        except ImportError:
-            known = None
-        return known or matmul_peak(device, torch.bfloat16, size=8192)
+        return device_peak_flops(device, "bf16-mixed") or matmul_peak(device, torch.bfloat16, size=8192)
     return matmul_peak(device, torch.float32)
 
 
@@ -132,7 +121,8 @@ def run_bench(cfg: BenchConfig, command: str = "ablate bench", log=print) -> dic
     env["facts"]["1-min load average at end"] = "unknown" if load is None else f"{load[0]:.2f}"
     env["command"] = command
     env["wall_s"] = time.perf_counter() - start
-    notes = sorted(set(cfg.notes)) + [f"{k}: {v}" for k, v in M.PEER_NOTES.items()]
+    notes = sorted(set(cfg.notes + suites.missing_peers(cfg.sections)))
+    notes += [f"{k}: {v}" for k, v in M.PEER_NOTES.items()]
     others = other_work(start_cpu, cpu_seconds())
     env["facts"]["other processes during the run"] = (
         "unknown" if others is None else f"{others:.2f} cores busy on average (from /proc/stat, this "
@@ -236,7 +226,7 @@ def main_from_args(args: argparse.Namespace, command: Optional[str] = None) -> i
             print(f"ablate bench: {err}", file=sys.stderr)
             return 2
         command = command or "ablate bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-        cfg.notes.extend(args.note)
+        cfg = dataclasses.replace(cfg, notes=[*cfg.notes, *args.note])
         result = run_bench(cfg, command=command.strip())
     print()
     print("\n".join(report.table_lines(result["rows"], markdown=False)))

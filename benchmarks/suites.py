@@ -184,15 +184,24 @@ def train_lm(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> 
     return rows
 
 
+def missing_peers(sections: tuple[str, ...]) -> list[str]:
+    """Notes for the report on the peers the sections wanted and this environment lacks."""
+    notes = []
+    if {"train-lm", "train-seq2seq"} & set(sections) and not M.available("x-transformers"):
+        notes.append("x-transformers is not installed: its rows are skipped (pip install 'ablate[bench]')")
+    if "train-lm" in sections and not M.available("transformers"):
+        notes.append("transformers is not installed: its rows are skipped")
+    if "decode" in sections and not M.available("transformers"):
+        notes.append("transformers is not installed: decoding is compared with nothing")
+    return notes
+
+
 def _lm_peers(preset, mcfg, inputs, targets, tokens, flops, device, cfg, log) -> list[Contender]:
     peers = []
     if M.available("x-transformers"):
         _seeded(cfg.seed)
         peers.append(train_contender("x-transformers", M.XTransformersLM(mcfg), (inputs,), targets,
                                      tokens, flops, device))
-    else:
-        cfg.notes.append("x-transformers is not installed: its rows are skipped "
-                         "(pip install 'ablate[bench]')")
     if M.available("transformers"):
         _seeded(cfg.seed)
         hf = M.hf_lm(preset, mcfg)
@@ -200,8 +209,6 @@ def _lm_peers(preset, mcfg, inputs, targets, tokens, flops, device, cfg, log) ->
             name = type(hf).__name__.replace("ForCausalLM", "").replace("LMHeadModel", "")
             peers.append(train_contender(f"transformers ({name})", M.HFCausalLM(hf), (inputs,), targets,
                                          tokens, flops, device))
-    else:
-        cfg.notes.append("transformers is not installed: its rows are skipped")
     return peers
 
 
@@ -289,8 +296,6 @@ def s2s_decode_flops(model, batch: int, beam: int, src_len: int, new: int) -> fl
 
 def decode(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
     rows = []
-    if not M.available("transformers"):
-        cfg.notes.append("transformers is not installed: decoding is compared with nothing")
     B, P, N = cfg.decode_batch, cfg.decode_prompt, cfg.decode_new
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt = torch.randint(3, cfg.vocab_size, (B, P), generator=gen).to(device)

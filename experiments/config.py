@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import netrc
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -144,3 +146,13 @@ def _describe(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
     message = str(err).split("\n")[0]
     return f"key {key!r}: {message}" if key else message
+
+
+def wandb_has_credentials() -> bool:
+    """Whether W&B can log online: ``WANDB_API_KEY`` or a ``~/.netrc`` entry (else runs log offline)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False

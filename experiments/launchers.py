@@ -327,7 +327,7 @@ def run_named(sweep: Sweep, name: str) -> list[str]:
 
 def wandb_reachable(timeout_s: float = 5.0) -> Optional[str]:
     """None when W&B can be used online; otherwise why not."""
-    from experiments.provenance import wandb_has_credentials
+    from experiments.config import wandb_has_credentials
 
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
         return f"WANDB_MODE={os.environ['WANDB_MODE']}"

@@ -21,14 +21,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 
-from experiments.config import RunConfig, run_id, to_yaml
-from experiments.provenance import environment, wandb_has_credentials
+from experiments.config import RunConfig, run_id, to_yaml, wandb_has_credentials
 from experiments.rundir import EXIT_LOCKED, RunLock, RunLocked, read_status, write_status
-from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor, cpu_peak_flops
+from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
                                latest_checkpoint, remove_partial_writes)
 from lit.metrics import one_line
 from lit.specs import task_spec
+from lit.system import cpu_peak_flops, environment
 
 INTERRUPTIONS = (KeyboardInterrupt, SystemExit)
 
