@@ -5,7 +5,8 @@ Reported metrics follow the standard definitions:
 - ``loss`` is the mean negative log-likelihood (nats) per non-pad target token; label smoothing
   changes only the training objective (logged as ``train/objective``), never ``loss``/``ppl``;
 - ``ppl = exp(sum NLL / number of non-pad target tokens)`` over the whole split (sums are
-  accumulated, not per-batch perplexities averaged), so it does not depend on batching;
+  accumulated in float64 torchmetrics ``SumMetric``s and reduced over ranks, not per-batch
+  perplexities averaged), so it depends neither on batching nor on the number of processes;
 - ``bpb`` (LM) = sum NLL / ln 2 / UTF-8 bytes of the split's text: comparable across tokenizers;
 - ``bleu`` = sacreBLEU corpus BLEU on detokenized text; its signature is logged beside it.
 """
@@ -17,6 +18,7 @@ from typing import Optional
 
 import lightning as L
 import torch
+from torchmetrics.aggregation import SumMetric
 
 from lit.config import TaskConfig
 from lit.extrapolation import extrapolation
@@ -26,6 +28,18 @@ from variants.decoding import beam_translate, greedy_translate
 from variants.flops import FlopCounter
 
 
+def split_sums(device: torch.device) -> tuple[SumMetric, SumMetric]:
+    """Two float64 sums (NLL, tokens) over one pass's batches, reduced over ranks when computed,
+    starting at 0; a NaN is kept (a diverged model's loss must show, not be dropped)."""
+    sums = []
+    for _ in range(2):
+        metric = SumMetric(nan_strategy="disable").to(device)
+        metric.set_dtype(torch.float64)
+        metric.update(torch.zeros((), dtype=torch.float64, device=device))  # a pass with no batch sums to 0
+        sums.append(metric)
+    return sums[0], sums[1]
+
+
 class TaskModule(L.LightningModule):
     def __init__(self, model: ModelConfig, task: TaskConfig, pad_id: int = 0) -> None:
         super().__init__()
@@ -33,7 +47,11 @@ class TaskModule(L.LightningModule):
         self.model_cfg, self.cfg, self.pad_id = model, task, pad_id
         self.model = build_model(model)
         self.count_flops = FlopCounter(self.model)
-        self.sums: dict[str, torch.Tensor] = {}  # stage -> [sum NLL, non-pad tokens] on this rank
+        # stage -> the summed NLL and non-pad target tokens over the split's batches and every
+        # rank. Made at a pass's first batch in the process that runs it, and not submodules:
+        # a module sent to spawned processes shares its tensors with them, DDP broadcasts rank 0's
+        # buffers over the others', and checkpoints need not hold them.
+        self.split_sums: dict[str, tuple[SumMetric, SumMetric]] = {}
         self._compiled_losses = None
 
     def compile_losses(self) -> None:
@@ -68,8 +86,10 @@ class TaskModule(L.LightningModule):
 
     def _eval_step(self, batch, stage: str) -> None:
         _, nll, tokens = self.model_step(batch)
-        step = torch.stack([nll.double(), tokens.double()])  # stays on the device: no sync per batch
-        self.sums[stage] = self.sums[stage] + step if stage in self.sums else step
+        if stage not in self.split_sums:
+            self.split_sums[stage] = split_sums(nll.device)
+        for metric, value in zip(self.split_sums[stage], (nll, tokens)):
+            metric.update(value)  # adds on the device: no sync per batch
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -78,8 +98,9 @@ class TaskModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def _log_split(self, stage: str) -> dict[str, float]:
-        local = self.sums.pop(stage, torch.zeros(2, dtype=torch.float64, device=self.device))
-        nll, tokens = self.trainer.strategy.reduce(local, reduce_op="sum").tolist()  # over ranks
+        # every rank joins the reduction, one that had no batch too
+        sums = self.split_sums.pop(stage, None) or split_sums(self.device)
+        nll, tokens = (float(metric.compute()) for metric in sums)
         metrics = {f"{stage}/loss": nll / max(tokens, 1), f"{stage}/ppl": perplexity(nll, tokens)}
         metrics.update(self.extra_metrics(stage, nll))
         for key, value in metrics.items():
