@@ -92,12 +92,14 @@ def collect(sweep: Sweep, out: Path) -> list[Record]:
 
 
 def _earlier_runs(out: Path) -> dict[str, dict[str, Any]]:
-    """Runs of an earlier ``report.json`` whose run files were never copied (``summary_only``)."""
+    """Runs of an earlier ``report.json`` whose run files were never copied (``summary_only``);
+    runs it listed as missing (not started then) are not among them."""
     path = out / "report.json"
     if not path.is_file():
         return {}
     runs = json.loads(path.read_text()).get("runs") or []
-    return {r["name"]: r for r in runs if not (out / "runs" / r["name"] / "status.json").is_file()}
+    return {r["name"]: r for r in runs
+            if r.get("state") != "missing" and not (out / "runs" / r["name"] / "status.json").is_file()}
 
 
 def _read(name: str, variant: str, seed: int, directory: Path) -> Record:

@@ -166,3 +166,21 @@ def test_report_of_runs_known_only_from_an_earlier_report_json(tmp_path, monkeyp
     first = (out / "README.md").read_bytes(), (out / "report.json").read_bytes()
     rebuild(out)
     assert ((out / "README.md").read_bytes(), (out / "report.json").read_bytes()) == first
+
+
+def test_runs_an_earlier_report_listed_as_missing_are_not_adopted(tmp_path, monkeypatch):
+    """A report built while a sweep was running lists its pending runs as missing: rebuilding it
+    later must not present them as runs whose files were lost."""
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(BASE + "name: old\ngrid: {model.ffn: [relu, swiglu]}\nseeds: [0]\n"
+                          "baseline: {model.ffn: relu}\n")
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(sweep_file, [f"run.root={tmp_path}/runs"])
+    out = tmp_path / "report"
+    out.mkdir()
+    runs = [{"name": r.name, "variant": r.variant, "seed": r.seed, "state": "missing", "metrics": {}}
+            for r in sweep.runs]
+    (out / "report.json").write_text(json.dumps({"name": "old", "cli_overrides": [], "runs": runs}))
+    text = build(sweep, out).read_text()
+    assert "read from an earlier" not in text
+    assert {r["state"] for r in json.loads((out / "report.json").read_text())["runs"]} == {"missing"}
