@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from experiments.rundir import LAUNCHERS
+
 
 def _components(args: argparse.Namespace) -> int:
     from experiments.components import run_components
@@ -121,12 +123,30 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablate", description="Controlled comparisons of Transformer "
                                      "architecture variants: train, sweep, report, reproduce, bench.")
     parser.add_argument("--version", action="version", version=f"ablate {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_components, _add_train, _add_sweep, _add_sweep_run, _add_status, _add_bench,
+                _add_report, _add_reproduce):
+        add(commands)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may also come after the options (`ablate sweep S.yaml --workers 2 a=b`)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args.func(args)
+
+
+def _add_demo(commands) -> None:
     demo = commands.add_parser("demo", help="a small ablation on the bible data (LM and translation), "
                                              "ending in a report")
     demo.add_argument("--root", default="runs", help="run directory root")
@@ -134,24 +154,30 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
     demo.set_defaults(func=_demo)
 
+
+def _add_components(commands) -> None:
     components = commands.add_parser("components", help="build every registered component in both model "
                                                         "kinds; print parameter counts and checks")
     components.add_argument("--d-model", type=int, default=256)
     components.add_argument("--steps", type=int, default=3, help="timed training steps per model")
     components.set_defaults(func=_components)
 
+
+def _add_train(commands) -> None:
     train = commands.add_parser("train", help="train one configuration",
                                 description="YAML layers merge left to right, then dotted.key=value overrides")
     train.add_argument("items", nargs="+", metavar="CONFIG.yaml | key=value")
     train.set_defaults(func=_train)
 
+
+def _add_sweep(commands) -> None:
     sweep = commands.add_parser(
         "sweep", help="run every variant x seed of a sweep file; re-running resumes",
         description="Runs a sweep (configs/sweeps/*.yaml). Re-running the same command skips completed runs, "
                     "resumes interrupted ones from their last checkpoint and reruns failed ones with --retry-failed.")
     sweep.add_argument("sweep", metavar="SWEEP.yaml")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
-    sweep.add_argument("--launcher", default="local", choices=["local", "slurm", "wandb"],
+    sweep.add_argument("--launcher", default="local", choices=LAUNCHERS,
                        help="local: a queue on this machine; slurm: a submitit job array; wandb: a W&B sweep "
                             "and the agent commands")
     sweep.add_argument("--workers", type=int, default=None,
@@ -161,16 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--wait", action="store_true", help="slurm: wait for the job array and print the table")
     sweep.set_defaults(func=_sweep)
 
+
+def _add_sweep_run(commands) -> None:
     sweep_run = commands.add_parser("sweep-run", help="train one run of a sweep by name (used by W&B agents)")
     sweep_run.add_argument("sweep", metavar="SWEEP.yaml")
     sweep_run.add_argument("overrides", nargs="*", metavar="run=NAME | key=value")
     sweep_run.set_defaults(func=_sweep_run)
 
+
+def _add_status(commands) -> None:
     status = commands.add_parser("status", help="state, step and headline metric of every run of a sweep")
     status.add_argument("sweep", metavar="SWEEP.yaml")
     status.add_argument("overrides", nargs="*", metavar="key=value", help="as given to ablate sweep")
     status.set_defaults(func=_status)
 
+
+def _add_bench(commands) -> None:
     bench = commands.add_parser(
         "bench", help="training and decoding throughput, MFU and peak memory against peer implementations",
         description="Times this project's models against x-transformers, Hugging Face transformers and "
@@ -181,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     add_bench_arguments(bench)
     bench.set_defaults(func=_bench)
 
+
+def _add_report(commands) -> None:
     report = commands.add_parser("report", help="a sweep's runs as a report: seed statistics, deltas with "
                                                 "confidence intervals, plots (reports/<sweep name>/)")
     report.add_argument("sweep", metavar="SWEEP.yaml|REPORT_DIR",
@@ -189,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--out", default=None, help="output folder (default: reports/<sweep name>)")
     report.set_defaults(func=_report)
 
+
+def _add_reproduce(commands) -> None:
     repro = commands.add_parser("reproduce", help="re-run a report's embedded sweep and compare every metric")
     repro.add_argument("report", metavar="REPORT_DIR", help="e.g. reports/cpu-lm-ffn")
     repro.add_argument("--root", default="runs/reproduce", help="where the re-runs go")
@@ -196,15 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     repro.add_argument("--variant", action="append", default=[], help="only this variant (repeatable)")
     repro.add_argument("--seed", action="append", type=int, default=[], help="only this seed (repeatable)")
     repro.set_defaults(func=_reproduce)
-
-    args, extra = parser.parse_known_args(argv)
-    # `key=value` overrides may also come after the options (`ablate sweep S.yaml --workers 2 a=b`)
-    stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
-    if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
-    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-from experiments.rundir import EXIT_LOCKED, FINAL_STATES, read_status
+from experiments.rundir import EXIT_LOCKED, FINAL_STATES, LAUNCHERS, read_status
 from experiments.status import counts, format_counts, run_state, status_table
 from experiments.sweep import Sweep, SweepError, SweepRun
 
@@ -131,7 +131,7 @@ class _Progress:
 def run_local(sweep: Sweep, workers: Optional[int] = None, retry_failed: bool = False, gpus_per_run: int = 1,
               python: str = sys.executable) -> int:
     """Run the sweep's runs on this machine, ``workers`` at a time; returns 0 when every run of
-    the sweep has finished (completed or diverged)."""
+    the sweep has finished (completed or diverged), 130 when interrupted."""
     todo, skipped = plan(sweep, retry_failed)
     write_manifest(sweep)
     slots = _slots(workers, gpus_per_run)
@@ -143,30 +143,86 @@ def run_local(sweep: Sweep, workers: Optional[int] = None, retry_failed: bool = 
     for name, why in skipped.items():
         if not why.startswith(("completed", "diverged")):
             progress.event(f"skip {name}: {why}")
-    queue = deque(todo)
-    free = list(range(len(slots)))
-    active: dict[int, tuple[SweepRun, subprocess.Popen, float, Any]] = {}
-    launches = sweep.root / "launches.jsonl"
+    queue = _LocalQueue(sweep, slots, progress, python)
+    interrupted = queue.run(todo)
 
-    def start(slot: int, run: SweepRun) -> None:
+    text, rows = status_table(sweep)
+    print("\n" + text)
+    overhead = _overhead(queue.launches)
+    if overhead:
+        print(f"runner overhead: median {overhead:.1f} s per run (process lifetime minus the run's own wall time)")
+    if interrupted:
+        return 130
+    return 0 if all(r["state"] in FINAL_STATES for r in rows) else 1
+
+
+class _LocalQueue:
+    """A sweep's runs on this machine: one child process per run, at most one per worker slot
+    (its environment pins the GPUs or CPU threads); each start and end is reported and appended
+    to ``launches.jsonl``."""
+
+    def __init__(self, sweep: Sweep, slots: list[dict[str, str]], progress: _Progress, python: str) -> None:
+        self.sweep, self.slots, self.progress, self.python = sweep, slots, progress, python
+        self.free = list(range(len(slots)))
+        self.active: dict[int, tuple[SweepRun, subprocess.Popen, float, Any]] = {}
+        self.launches = sweep.root / "launches.jsonl"
+
+    def run(self, todo: list[SweepRun]) -> bool:
+        """Run ``todo`` to the end; True when interrupted (Ctrl-C, SIGTERM or SIGHUP to this
+        process), after the running runs were stopped (they resume on the next invocation)."""
+        queue = deque(todo)
+
+        def stop(signum, frame):  # SIGTERM/SIGHUP to the launcher: stop like Ctrl-C
+            raise KeyboardInterrupt
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            while queue or self.active:
+                while queue and self.free:
+                    self.start(self.free.pop(0), queue.popleft())
+                time.sleep(0.2)
+                self.poll()
+            return False
+        except KeyboardInterrupt:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)  # finish shutting down whatever else arrives
+            self.progress.event("interrupted: stopping the running runs (they resume on the next invocation)")
+            for run, proc, *_rest in self.active.values():
+                _terminate(proc)
+            for slot, (run, proc, *_rest) in list(self.active.items()):
+                self.finish(slot, proc.returncode if proc.returncode is not None else -signal.SIGTERM)
+            return True
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def start(self, slot: int, run: SweepRun) -> None:
         resumed = read_status(run.run_dir)["state"] == "interrupted"  # before the child holds the lock
         run.run_dir.mkdir(parents=True, exist_ok=True)
         log = open(run.run_dir / "train.log", "ab")
-        env = {**os.environ, **slots[slot], "PYTHONUNBUFFERED": "1"}
-        argv = [python, "-m", "experiments.cli", *run.command(sweep.configs)]
+        env = {**os.environ, **self.slots[slot], "PYTHONUNBUFFERED": "1"}
+        argv = [self.python, "-m", "experiments.cli", *run.command(self.sweep.configs)]
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        active[slot] = (run, proc, time.time(), log)
-        progress.event(f"{'resume' if resumed else 'start'} {run.name} (worker {slot}, pid {proc.pid})")
+        self.active[slot] = (run, proc, time.time(), log)
+        self.progress.event(f"{'resume' if resumed else 'start'} {run.name} (worker {slot}, pid {proc.pid})")
 
-    def finish(slot: int, code: int) -> None:
-        run, proc, started, log = active.pop(slot)
+    def poll(self) -> None:
+        """Finish the runs whose process ended; redraw the progress line on a terminal."""
+        for slot, (run, proc, *_rest) in list(self.active.items()):
+            code = proc.poll()
+            if code is not None:
+                self.finish(slot, code)
+        if self.progress.tty:
+            rows = {r.name: run_state(r) for r in self.sweep.runs}
+            self.progress.line(list(rows.values()), {r.name: rows[r.name]["step"] for r, *_x in self.active.values()})
+
+    def finish(self, slot: int, code: int) -> None:
+        run, proc, started, log = self.active.pop(slot)
         log.close()
-        free.append(slot)
+        self.free.append(slot)
         elapsed = time.time() - started
         status = read_status(run.run_dir)
         state = status["state"]
-        metrics = status.get("metrics") or {}
-        wall = metrics.get("wall_s")
         if code == EXIT_LOCKED:
             text = f"skip {run.name}: running elsewhere"
         elif state in FINAL_STATES:
@@ -176,50 +232,10 @@ def run_local(sweep: Sweep, workers: Optional[int] = None, retry_failed: bool = 
         else:
             how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
             text = f"{state.upper()} {run.name} ({how}); log: {run.run_dir / 'train.log'}"
-        progress.event(text)
-        with open(launches, "a") as f:
+        self.progress.event(text)
+        with open(self.launches, "a") as f:
             f.write(json.dumps({"run": run.name, "state": state, "exit": code, "process_s": elapsed,
-                                "wall_s": wall, "end": time.time()}) + "\n")
-
-    interrupted = False
-
-    def stop(signum, frame):  # SIGTERM/SIGHUP to the launcher: stop like Ctrl-C
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        while queue or active:
-            while queue and free:
-                start(free.pop(0), queue.popleft())
-            time.sleep(0.2)
-            for slot, (run, proc, *_rest) in list(active.items()):
-                code = proc.poll()
-                if code is not None:
-                    finish(slot, code)
-            if progress.tty:
-                rows = {r.name: run_state(r) for r in sweep.runs}
-                progress.line(list(rows.values()), {r.name: rows[r.name]["step"] for r, *_x in active.values()})
-    except KeyboardInterrupt:
-        interrupted = True
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # finish shutting down whatever else arrives
-        progress.event("interrupted: stopping the running runs (they resume on the next invocation)")
-        for run, proc, *_rest in active.values():
-            _terminate(proc)
-        for slot, (run, proc, *_rest) in list(active.items()):
-            finish(slot, proc.returncode if proc.returncode is not None else -signal.SIGTERM)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    text, rows = status_table(sweep)
-    print("\n" + text)
-    overhead = _overhead(launches)
-    if overhead:
-        print(f"runner overhead: median {overhead:.1f} s per run (process lifetime minus the run's own wall time)")
-    if interrupted:
-        return 130
-    return 0 if all(r["state"] in FINAL_STATES for r in rows) else 1
+                                "wall_s": (status.get("metrics") or {}).get("wall_s"), "end": time.time()}) + "\n")
 
 
 def _terminate(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
@@ -370,7 +386,5 @@ def launch(sweep: Sweep, launcher: str, workers: Optional[int], retry_failed: bo
         return run_slurm(sweep, retry_failed, wait)
     if launcher == "wandb":
         return run_wandb(sweep)
-    raise SweepError(f"unknown launcher {launcher!r}; choices: local, slurm, wandb")
+    raise SweepError(f"unknown launcher {launcher!r}; choices: {', '.join(LAUNCHERS)}")
 
-
-LAUNCHERS: Sequence[str] = ("local", "slurm", "wandb")

@@ -24,6 +24,7 @@ STATES = ("pending", "running", "interrupted", "failed", *FINAL_STATES)
 LOCK_NAME = "run.lock"
 
 
+LAUNCHERS = ("local", "slurm", "wandb")  # where `ablate sweep --launcher` runs a sweep
 EXIT_LOCKED = 3  # `ablate train` exit status when another process holds the run
 
 

@@ -131,37 +131,19 @@ def train(cfg: RunConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[st
 
 def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
-    run_dir = cfg.run_dir
-    data = task_spec(cfg.task.name).datamodule(cfg.data, cfg.model.max_seq_len, cfg.seed)
-    data.prepare_data()
-    data.setup()
-    tok = data.tokenizer
-    dropped = getattr(data, "dropped_train", 0)
-    if dropped:
-        print(f"note: {dropped} training pairs longer than model.max_seq_len={cfg.model.max_seq_len} "
-              f"were left out")
-    cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=tok.vocab_size, pad_id=tok.pad_id))
-    lead = _is_rank_zero()  # the one process that writes the run directory's files
+    cfg, data = _prepare_data(cfg)
+    run_dir, lead = cfg.run_dir, _is_rank_zero()  # lead: the one process that writes the run's files
     run_dir.mkdir(parents=True, exist_ok=True)
     if lead:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        tok.save(run_dir / "tokenizer.json")  # decode or rescore the run later with the same vocabulary
+        data.tokenizer.save(run_dir / "tokenizer.json")  # decode or rescore the run later with the same vocabulary
 
     task = task_spec(cfg.task.name).module(cfg.model, cfg.task, data)
     if cfg.perf.compile:
         task.compile_losses()
     params = task.model.num_params()
     extra = {"params": params, "fingerprint": task.model.fingerprint(), "run_id": rid}
-
-    ckpt_dir = run_dir / "checkpoints"
-    if lead:
-        remove_partial_writes(ckpt_dir)
-    resume_from = latest_checkpoint(ckpt_dir)
-    if resume_from is not None:
-        step = checkpoint_step(resume_from)
-        print(f"resuming {cfg.run.experiment}/{cfg.run_name} from {resume_from} (step {step})")
-        if lead:
-            _keep_metrics_up_to(run_dir, step)
+    resume_from = _resume_point(cfg, lead)
 
     peak = cfg.perf.peak_flops
     if peak is None and _runs_on_cpu(cfg):  # measured before W&B starts its service process
@@ -175,38 +157,87 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
         loggers[0].log_metrics({f"params/{k}": v for k, v in params.items()}, step=0)
     throughput = ThroughputMonitor(cfg.perf.warmup_steps, cfg.perf.every_n_steps, peak)
     guard = DivergenceGuard()
-    periodic = PeriodicCheckpoint(ckpt_dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep, guard)
+    periodic = PeriodicCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep, guard)
     callbacks = [throughput, guard, resume_state, *extra_callbacks, LearningRateMonitor(logging_interval="step"),
                  periodic]
     trainer = L.Trainer(**cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir),
                         enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
                         use_distributed_sampler=False)  # the data modules shard themselves
 
-    where = None
     status = write_status if lead else (lambda *args, **kwargs: None)
     status(run_dir, "running", step=checkpoint_step(resume_from) if resume_from else 0, run_id=rid)
-    test_start = None
+    metrics, where = _fit_and_test(cfg, trainer, task, data, resume_from, lead, guard,
+                                   on_error=lambda state, err: status(run_dir, state, step=trainer.global_step,
+                                                                      run_id=rid, error=repr(err)))
+    train_s, test_s = resume_state.elapsed, metrics.pop("test_s")
+    metrics["train_s"] = train_s
+    metrics["wall_s"] = train_s + test_s
+    metrics.update(throughput.medians())
+    state = "diverged" if guard.message else "completed"
+    status(run_dir, state, step=trainer.global_step, run_id=rid, message=guard.message,
+           metrics={**resume_state.saved_metrics, **metrics}, signature=getattr(task, "bleu_signature", None),
+           params=params, resumed_from_step=resume_state.resumed_from_step,
+           environment=environment("cpu" if _runs_on_cpu(cfg) else "gpu"))
+    metrics = {**resume_state.saved_metrics, **metrics,
+               "state": state, "run_dir": str(run_dir), "params": params["total"], "run_id": rid}
+    _summary(cfg, metrics, guard.message, where)
+    return metrics
+
+
+def _prepare_data(cfg: RunConfig):
+    """The task's data module, set up; and the config with the tokenizer's vocabulary size and
+    pad id filled in."""
+    data = task_spec(cfg.task.name).datamodule(cfg.data, cfg.model.max_seq_len, cfg.seed)
+    data.prepare_data()
+    data.setup()
+    dropped = getattr(data, "dropped_train", 0)
+    if dropped:
+        print(f"note: {dropped} training pairs longer than model.max_seq_len={cfg.model.max_seq_len} "
+              f"were left out")
+    tok = data.tokenizer
+    return dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=tok.vocab_size, pad_id=tok.pad_id)), data
+
+
+def _resume_point(cfg: RunConfig, lead: bool) -> Optional[Path]:
+    """The newest complete checkpoint (None: start afresh); the metrics logged after it are
+    dropped, since the resumed run logs them again."""
+    ckpt_dir = cfg.run_dir / "checkpoints"
+    if lead:
+        remove_partial_writes(ckpt_dir)
+    resume_from = latest_checkpoint(ckpt_dir)
+    if resume_from is not None:
+        step = checkpoint_step(resume_from)
+        print(f"resuming {cfg.run.experiment}/{cfg.run_name} from {resume_from} (step {step})")
+        if lead:
+            _keep_metrics_up_to(cfg.run_dir, step)
+    return resume_from
+
+
+def _fit_and_test(cfg: RunConfig, trainer: L.Trainer, task, data, resume_from: Optional[Path], lead: bool,
+                  guard: DivergenceGuard, on_error) -> tuple[dict[str, float], Optional[str]]:
+    """Fit, then test unless the run diverged. Returns the final metrics (``test_s``: seconds
+    spent testing) and where W&B keeps the run; ``on_error(state, err)`` records a failed or
+    interrupted run before the exception goes on."""
+    test_s, where = 0.0, None
     # the training RNG stream starts from the seed, whatever ran since the model was built
     # (a CPU peak measured or read from the cache, a W&B start): runs of one config are identical
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         trainer.fit(task, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
                     weights_only=True)
-        train_s = resume_state.elapsed
-        # a run resumed from its final checkpoint trains and validates nothing: the metrics saved with it
-        metrics = {**resume_state.saved_metrics, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if guard.message is None:
             test_start = time.time()
             trainer.test(task, datamodule=data, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
             if lead and "test" in getattr(task, "last_hypotheses", {}):
-                write_translations(run_dir, data.sources["test"], data.references["test"],
+                write_translations(cfg.run_dir, data.sources["test"], data.references["test"],
                                    task.last_hypotheses["test"])
+            test_s = time.time() - test_start
     except BaseException as err:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        state = "interrupted" if isinstance(err, (*INTERRUPTIONS, SIGTERMException)) else "failed"
-        status(run_dir, state, step=trainer.global_step, run_id=rid, error=repr(err))
+        on_error("interrupted" if isinstance(err, (*INTERRUPTIONS, SIGTERMException)) else "failed", err)
         raise
     finally:
         if cfg.logger == "wandb":
@@ -214,17 +245,7 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
 
             where = _wandb_where(wandb.run)
             wandb.finish()  # one W&B run per job
-    metrics["train_s"] = train_s
-    metrics["wall_s"] = train_s + (time.time() - test_start if test_start else 0.0)
-    metrics.update(throughput.medians())
-    state = "diverged" if guard.message else "completed"
-    status(run_dir, state, step=trainer.global_step, run_id=rid, message=guard.message, metrics=metrics,
-                 signature=getattr(task, "bleu_signature", None), params=params,
-                 resumed_from_step=resume_state.resumed_from_step,
-                 environment=environment("cpu" if _runs_on_cpu(cfg) else "gpu"))
-    metrics.update({"state": state, "run_dir": str(run_dir), "params": params["total"], "run_id": rid})
-    _summary(cfg, metrics, guard.message, where)
-    return metrics
+    return {**metrics, "test_s": test_s}, where
 
 
 def write_translations(run_dir: Path, sources: Sequence[str], references: Sequence[str],
