@@ -295,12 +295,19 @@ def s2s_decode_flops(model, batch: int, beam: int, src_len: int, new: int) -> fl
 
 
 def decode(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
-    rows = []
-    B, P, N = cfg.decode_batch, cfg.decode_prompt, cfg.decode_new
+    """Greedy LM continuation, then greedy and beam-search translation (with transformers
+    installed: the same weights in Hugging Face and imported into ours)."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    prompt = torch.randint(3, cfg.vocab_size, (B, P), generator=gen).to(device)
+    prompt = torch.randint(3, cfg.vocab_size, (cfg.decode_batch, cfg.decode_prompt), generator=gen).to(device)
+    rows = _decode_lm(cfg, device, peak, prompt, log)
+    if M.available("transformers"):
+        rows += _decode_translation(cfg, device, peak, prompt, log)
+    return rows
 
-    # greedy LM continuation: the same GPT-2 weights in HF and imported into ours
+
+def _decode_lm(cfg: BenchConfig, device: torch.device, peak: float, prompt: torch.Tensor, log) -> list[dict]:
+    """Greedy LM continuation: the same GPT-2 weights in HF and imported into ours."""
+    B, P, N = cfg.decode_batch, cfg.decode_prompt, cfg.decode_new
     title = "gpt2-style LM, greedy"
     log(f"decode {title}")
     mcfg = M.preset_config("gpt2", kind="lm", **{**cfg.dims(), "dropout": 0.0})
@@ -341,13 +348,15 @@ def decode(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> li
     time_interleaved(contenders, device, 1, cfg.decode_repeats, log)
     settings = f"batch {B}, prompt {P}, {N} new tokens; tokens/s counts new tokens"
     ref = "transformers generate" if any(c.impl == "transformers generate" for c in contenders) else None
-    rows += _rows("decode", title, contenders, ref, peak, settings, profile_on=_profiling(cfg, device))
+    return _rows("decode", title, contenders, ref, peak, settings, profile_on=_profiling(cfg, device))
 
-    # translation: greedy and beam search, the same Marian weights in HF and imported into ours
-    if not M.available("transformers"):
-        return rows
+
+def _decode_translation(cfg: BenchConfig, device: torch.device, peak: float, prompt: torch.Tensor,
+                        log) -> list[dict]:
+    """Greedy and beam-search translation: the same Marian weights in HF and imported into ours."""
     from variants.interop import from_hf
 
+    B, N = cfg.decode_batch, cfg.decode_new
     scfg = M.preset_config("vaswani", kind="seq2seq", **{**cfg.s2s_dims(), "dropout": 0.0})
     _seeded(cfg.seed)
     marian = M.hf_marian(scfg).to(device).eval()
@@ -355,6 +364,7 @@ def decode(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> li
     src = (prompt - 3).remainder(scfg.vocab_size - 3) + 3  # the prompts, inside this vocabulary
     mask = torch.ones_like(src)
     start = marian.config.decoder_start_token_id
+    rows = []
     for beams in (1, cfg.beam):
         title = "vaswani enc-dec (Marian), " + ("greedy" if beams == 1 else f"beam {beams}")
         log(f"decode {title}")

@@ -191,6 +191,36 @@ def _matches(point: dict[str, Any], pattern: dict[str, Any]) -> bool:
 def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
     """Read and expand a sweep file; ``cli_overrides`` (dotted key=value) apply to every run."""
     path = Path(path)
+    text, spec = _read_spec(path)
+    name = str(spec.get("name") or path.stem)
+    configs = [_resolve(str(c), path) for c in _as_list(spec.get("configs"), path, "configs")]
+    if not configs:
+        raise SweepError(f"{path}: configs: name at least one base experiment config")
+    seeds = spec.get("seeds", [0])
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    if not seeds or not all(isinstance(s, int) for s in seeds):
+        raise SweepError(f"{path}: seeds: give a non-empty list of integers, got {spec.get('seeds')!r}")
+    slurm = {k: v for k, v in (spec.get("slurm") or {}).items() if v is not None}
+    grid, points = _points(spec, path)
+    fixed = [f"{k}={format_value(v)}" for k, v in _flatten(spec.get("overrides") or {}).items()]
+    runs = _expand(path, name, configs, fixed, points, seeds, cli_overrides)
+    baseline = None
+    if spec.get("baseline") is not None:
+        pattern = _flatten(spec["baseline"])
+        found = variant_matching(runs, pattern)
+        if len(found) != 1:
+            raise SweepError(f"{path}: baseline {pattern} matches {len(found)} variants ({', '.join(found) or 'none'}); "
+                             f"it must match exactly one")
+        baseline = found[0]
+    sweep = Sweep(path, name, str(spec.get("description") or ""), configs, grid, seeds, baseline,
+                  slurm, runs, text, list(cli_overrides))
+    for i, finding in enumerate(_as_list(spec.get("findings"), path, "findings")):
+        _check_finding(sweep, finding, i)
+    return sweep
+
+
+def _read_spec(path: Path) -> tuple[str, dict[str, Any]]:
+    """The sweep file's text and its mapping, checked against :class:`SweepSpec`."""
     if not path.is_file():
         raise SweepError(f"{path}: sweep file not found")
     text = path.read_text()
@@ -203,12 +233,11 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
     if unknown:
         raise SweepError(f"{path}: unknown key(s) {', '.join(unknown)}; a sweep file has: {', '.join(SWEEP_KEYS)}")
-    spec = _validated(spec, path)
-    name = str(spec.get("name") or path.stem)
-    configs = [_resolve(str(c), path) for c in _as_list(spec.get("configs"), path, "configs")]
-    if not configs:
-        raise SweepError(f"{path}: configs: name at least one base experiment config")
-    fixed = _flatten(spec.get("overrides") or {})
+    return text, _validated(spec, path)
+
+
+def _points(spec: dict[str, Any], path: Path) -> tuple[dict[str, list], list[dict[str, Any]]]:
+    """The grid (flattened keys) and its points: every combination, minus ``exclude``, plus ``include``."""
     grid = _flatten(spec.get("grid") or {})
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
@@ -219,23 +248,21 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
         if stray:
             raise SweepError(f"{path}: exclude: {', '.join(stray)} not a grid key; grid keys: {', '.join(grid)}")
     include = [_flatten(i) for i in _as_list(spec.get("include"), path, "include")]
-    seeds = spec.get("seeds", [0])
-    seeds = seeds if isinstance(seeds, list) else [seeds]
-    if not seeds or not all(isinstance(s, int) for s in seeds):
-        raise SweepError(f"{path}: seeds: give a non-empty list of integers, got {spec.get('seeds')!r}")
-    slurm = {k: v for k, v in (spec.get("slurm") or {}).items() if v is not None}
-
     points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else [{}]
     points = [p for p in points if not any(_matches(p, pattern) for pattern in exclude)]
     points += [{k: v for k, v in extra.items()} for extra in include]
     if not points or (not grid and not include):
         raise SweepError(f"{path}: the grid is empty (every combination excluded, or no grid and no include)")
+    return grid, points
 
+
+def _expand(path: Path, name: str, configs: list[Path], fixed: list[str], points: list[dict[str, Any]],
+            seeds: list[int], cli_overrides: Sequence[str]) -> list[SweepRun]:
+    """One run per point and seed, each config loaded (and so validated) now; run names unique."""
     runs: list[SweepRun] = []
-    base = [f"{k}={format_value(v)}" for k, v in fixed.items()]
     for point in points:
         for seed in seeds:
-            overrides = [*base, *(f"{k}={format_value(v)}" for k, v in point.items()), f"seed={seed}",
+            overrides = [*fixed, *(f"{k}={format_value(v)}" for k, v in point.items()), f"seed={seed}",
                          f"run.experiment={name}", *cli_overrides]
             try:
                 cfg = load_config(configs, overrides)
@@ -253,21 +280,7 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
             raise SweepError(f"{path}: two variants get the run name {run.name!r} "
                              f"({seen[run.name].point} and {run.point}); make the grid values distinct")
         seen[run.name] = run
-
-    baseline = None
-    if spec.get("baseline") is not None:
-        pattern = _flatten(spec["baseline"])
-        found = variant_matching(runs, pattern)
-        if len(found) != 1:
-            raise SweepError(f"{path}: baseline {pattern} matches {len(found)} variants ({', '.join(found) or 'none'}); "
-                             f"it must match exactly one")
-        baseline = found[0]
-    sweep = Sweep(path, name, str(spec.get("description") or ""), configs, grid, seeds, baseline,
-                  slurm, runs, text, list(cli_overrides))
-    for i, finding in enumerate(_as_list(spec.get("findings"), path, "findings")):
-        _check_finding(sweep, finding, i)
-    return sweep
-
+    return runs
 
 
 def _validated(spec: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -144,9 +144,9 @@ def test_translation_report_tests_bleu_gives_chrf_and_rebuilds_from_its_folder(t
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
 
 
-def test_report_of_runs_known_only_from_an_earlier_report_json(tmp_path, monkeypatch):
-    """Reports built before run files were kept: their per-run values are read back from
-    report.json, and the page says so."""
+def _report_from_an_earlier_json(tmp_path, monkeypatch, run_entry):
+    """A relu-vs-swiglu sweep over seeds 0 and 1 with no run files, and a report folder whose
+    report.json lists ``run_entry(run)`` for each run; returns (sweep, report folder)."""
     sweep_file = tmp_path / "s.yaml"
     sweep_file.write_text(BASE + "name: old\ngrid: {model.ffn: [relu, swiglu]}\nseeds: [0, 1]\n"
                           "baseline: {model.ffn: relu}\n")
@@ -154,10 +154,17 @@ def test_report_of_runs_known_only_from_an_earlier_report_json(tmp_path, monkeyp
     sweep = load_sweep(sweep_file, [f"run.root={tmp_path}/runs"])
     out = tmp_path / "report"
     out.mkdir()
-    runs = [{"name": r.name, "variant": r.variant, "seed": r.seed, "state": "completed",
-             "metrics": {"test/ppl": 100.0 - 10 * (r.variant.endswith("swiglu")) + r.seed, "val/ppl": 90.0,
-                         "test/bpb": 1.5}} for r in sweep.runs]
+    runs = [{"name": r.name, "variant": r.variant, "seed": r.seed, **run_entry(r)} for r in sweep.runs]
     (out / "report.json").write_text(json.dumps({"name": "old", "cli_overrides": [], "runs": runs}))
+    return sweep, out
+
+
+def test_report_of_runs_known_only_from_an_earlier_report_json(tmp_path, monkeypatch):
+    """Reports built before run files were kept: their per-run values are read back from
+    report.json, and the page says so."""
+    sweep, out = _report_from_an_earlier_json(tmp_path, monkeypatch, lambda r: {
+        "state": "completed", "metrics": {"test/ppl": 100.0 - 10 * (r.variant.endswith("swiglu")) + r.seed,
+                                          "val/ppl": 90.0, "test/bpb": 1.5}})
     text = build(sweep, out).read_text()
     assert "4 of these runs were read from an earlier `report.json` only" in text
     summary = json.loads((out / "report.json").read_text())
@@ -171,16 +178,7 @@ def test_report_of_runs_known_only_from_an_earlier_report_json(tmp_path, monkeyp
 def test_runs_an_earlier_report_listed_as_missing_are_not_adopted(tmp_path, monkeypatch):
     """A report built while a sweep was running lists its pending runs as missing: rebuilding it
     later must not present them as runs whose files were lost."""
-    sweep_file = tmp_path / "s.yaml"
-    sweep_file.write_text(BASE + "name: old\ngrid: {model.ffn: [relu, swiglu]}\nseeds: [0]\n"
-                          "baseline: {model.ffn: relu}\n")
-    monkeypatch.chdir(tmp_path)
-    sweep = load_sweep(sweep_file, [f"run.root={tmp_path}/runs"])
-    out = tmp_path / "report"
-    out.mkdir()
-    runs = [{"name": r.name, "variant": r.variant, "seed": r.seed, "state": "missing", "metrics": {}}
-            for r in sweep.runs]
-    (out / "report.json").write_text(json.dumps({"name": "old", "cli_overrides": [], "runs": runs}))
+    sweep, out = _report_from_an_earlier_json(tmp_path, monkeypatch, lambda r: {"state": "missing", "metrics": {}})
     text = build(sweep, out).read_text()
     assert "read from an earlier" not in text
     assert {r["state"] for r in json.loads((out / "report.json").read_text())["runs"]} == {"missing"}
