@@ -150,7 +150,7 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
         peak = cpu_peak_flops(Path(cfg.data.cache_dir))
     resume_state = ResumeState()
     loggers = [JsonlLogger(run_dir)]
-    if cfg.logger == "wandb":
+    if cfg.logger == "wandb" and lead:  # only the lead process touches W&B (and its wandb_id file)
         loggers.append(_wandb_logger(cfg, run_dir, extra, resume_from))
         resume_state.wandb_id = _saved_wandb_id(run_dir)
     if resume_from is None:
@@ -240,7 +240,7 @@ def _fit_and_test(cfg: RunConfig, trainer: L.Trainer, task, data, resume_from: O
         on_error("interrupted" if isinstance(err, (*INTERRUPTIONS, SIGTERMException)) else "failed", err)
         raise
     finally:
-        if cfg.logger == "wandb":
+        if cfg.logger == "wandb" and lead:
             import wandb
 
             where = _wandb_where(wandb.run)

@@ -110,3 +110,18 @@ def test_translations_are_written_one_example_per_line(tmp_path):
     assert (tmp_path / "test.src").read_text() == "ein Satz\nzwei\n"
     with pytest.raises(ValueError, match="1 hypotheses"):
         write_translations(tmp_path, ["a", "b"], ["a", "b"], ["a"])
+
+
+@pytest.mark.slow
+def test_a_process_of_rank_above_zero_leaves_wandb_alone(tmp_path, monkeypatch):
+    """``srun ... ablate train ... trainer.num_nodes=N`` starts every rank with the default
+    logger: a rank above 0 must neither start a W&B run nor write the ``wandb_id`` file (it used
+    to read the id of Lightning's placeholder experiment and raise ``TypeError``)."""
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = load_config([ROOT / "configs" / "experiments" / "lm-bible.yaml", SMOKE],
+                      [f"run.root={tmp_path}", "logger=wandb", f"data.cache_dir={tmp_path}/cache",
+                       "trainer.max_steps=4"])
+    result = train(cfg)
+    assert result["state"] == "completed"
+    assert not (cfg.run_dir / "wandb_id").exists() and not (cfg.run_dir / "wandb").exists()
