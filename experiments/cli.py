@@ -81,11 +81,11 @@ def _sweep_run(args: argparse.Namespace) -> int:
     from experiments.launchers import run_named
     from experiments.sweep import SweepError, load_sweep
 
-    names = [o.split("=", 1)[1] for o in args.overrides if o.startswith("run=")]
-    overrides = [o for o in args.overrides if not o.startswith("run=")]
+    names = [o.split("=", 1)[1] for o in args.overrides if o.startswith("sweep_run=")]
+    overrides = [o for o in args.overrides if not o.startswith("sweep_run=")]
     try:
         if len(names) != 1:
-            raise SweepError("give the run as run=<name>")
+            raise SweepError("give the run as sweep_run=<name>")
         argv = run_named(load_sweep(args.sweep, overrides), names[0])
     except SweepError as err:
         print(f"ablate sweep-run: {err}", file=sys.stderr)
@@ -95,17 +95,28 @@ def _sweep_run(args: argparse.Namespace) -> int:
     return run_command(argv[1:])
 
 
-def _status(args: argparse.Namespace) -> int:
-    from experiments.status import status_table
+def _on_sweep(args: argparse.Namespace, prog: str, then) -> int:
+    """``then(sweep)`` on the loaded sweep; a bad sweep file: its message and exit code 2."""
     from experiments.sweep import SweepError
 
     try:
         sweep = _load_sweep(args)
     except SweepError as err:
-        print(f"ablate status: {err}", file=sys.stderr)
+        print(f"{prog}: {err}", file=sys.stderr)
         return 2
-    print(status_table(sweep)[0])
-    return 0
+    return then(sweep)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from experiments.status import status_table
+
+    return _on_sweep(args, "ablate status", lambda sweep: print(status_table(sweep)[0]) or 0)
+
+
+def _wandb_view(args: argparse.Namespace) -> int:
+    from experiments.wandb_view import command
+
+    return _on_sweep(args, "ablate wandb-view", lambda sweep: command(sweep, args.out))
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -128,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "architecture variants: train, sweep, report, reproduce, bench.")
     parser.add_argument("--version", action="version", version=f"ablate {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_components, _add_train, _add_sweep, _add_sweep_run, _add_status, _add_bench,
-                _add_report, _add_reproduce):
+    for add in (_add_demo, _add_components, _add_train, _add_sweep, _add_sweep_run, _add_status, _add_wandb_view,
+                _add_bench, _add_report, _add_reproduce):
         add(commands)
     return parser
 
@@ -191,7 +202,7 @@ def _add_sweep(commands) -> None:
 def _add_sweep_run(commands) -> None:
     sweep_run = commands.add_parser("sweep-run", help="train one run of a sweep by name (used by W&B agents)")
     sweep_run.add_argument("sweep", metavar="SWEEP.yaml")
-    sweep_run.add_argument("overrides", nargs="*", metavar="run=NAME | key=value")
+    sweep_run.add_argument("overrides", nargs="*", metavar="sweep_run=NAME | key=value")
     sweep_run.set_defaults(func=_sweep_run)
 
 
@@ -200,6 +211,14 @@ def _add_status(commands) -> None:
     status.add_argument("sweep", metavar="SWEEP.yaml")
     status.add_argument("overrides", nargs="*", metavar="key=value", help="as given to ablate sweep")
     status.set_defaults(func=_status)
+
+
+def _add_wandb_view(commands) -> None:
+    view = commands.add_parser("wandb-view", help="a saved W&B workspace for a sweep (offline: its spec as JSON)")
+    view.add_argument("sweep", metavar="SWEEP.yaml")
+    view.add_argument("overrides", nargs="*", metavar="key=value", help="as given to ablate sweep")
+    view.add_argument("--out", help="where to write the spec (default <run.root>/<sweep>/wandb-view.json)")
+    view.set_defaults(func=_wandb_view)
 
 
 def _add_bench(commands) -> None:

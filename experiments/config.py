@@ -53,6 +53,12 @@ class WandbSection:
     project: str = "ablate"
     entity: Optional[str] = None
     tags: List[str] = field(default_factory=list)
+    group: Optional[str] = None  # default: the variant (the run name without -s<seed>)
+    job_type: Optional[str] = None  # default: the sweep, else the experiment
+    sweep: Optional[str] = None  # set by the sweep launchers: the sweep's name
+    baseline: bool = False  # set by the sweep launchers for the runs of the sweep's baseline
+    table_rows: int = 50  # test translations (or 4 LM continuations) logged as a W&B Table; 0: none
+    log_checkpoints: bool = False  # upload the final checkpoint as a W&B model artifact
 
 
 def _trainer_defaults() -> Dict[str, Any]:

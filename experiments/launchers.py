@@ -324,13 +324,14 @@ def run_slurm(sweep: Sweep, retry_failed: bool = False, wait: bool = False) -> i
 # ----------------------------------------------------------------------------------------- wandb
 
 def wandb_sweep_config(sweep: Sweep, python: str = "python") -> dict[str, Any]:
-    """The W&B grid sweep over the sweep's runs: one parameter, ``run``, whose values are the run
-    names; each agent call runs ``ablate sweep-run SWEEP.yaml run=<name>``, which trains exactly
-    that run (same name, directory, overrides and run id as the other launchers)."""
+    """The W&B grid sweep over the sweep's runs: one parameter, ``sweep_run``, whose values are
+    the run names (named so that it does not overwrite the config's ``run`` section in W&B); each
+    agent call runs ``ablate sweep-run SWEEP.yaml sweep_run=<name>``, which trains exactly that
+    run (same name, directory, overrides and run id as the other launchers)."""
     return {"name": sweep.name, "method": "grid", "program": "experiments/cli.py",
             "command": ["${env}", python, "-m", "experiments.cli", "sweep-run", str(sweep.path), *sweep.cli_overrides,
                         "${args_no_hyphens}"],
-            "parameters": {"run": {"values": [r.name for r in sweep.runs]}}}
+            "parameters": {"sweep_run": {"values": [r.name for r in sweep.runs]}}}
 
 
 def run_named(sweep: Sweep, name: str) -> list[str]:

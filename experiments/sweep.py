@@ -212,6 +212,7 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
             raise SweepError(f"{path}: baseline {pattern} matches {len(found)} variants ({', '.join(found) or 'none'}); "
                              f"it must match exactly one")
         baseline = found[0]
+        runs = [_as_baseline(r) if r.variant == baseline else r for r in runs]
     sweep = Sweep(path, name, str(spec.get("description") or ""), configs, grid, seeds, baseline,
                   slurm, runs, text, list(cli_overrides))
     for i, finding in enumerate(_as_list(spec.get("findings"), path, "findings")):
@@ -263,7 +264,7 @@ def _expand(path: Path, name: str, configs: list[Path], fixed: list[str], points
     for point in points:
         for seed in seeds:
             overrides = [*fixed, *(f"{k}={format_value(v)}" for k, v in point.items()), f"seed={seed}",
-                         f"run.experiment={name}", *cli_overrides]
+                         f"run.experiment={name}", f"wandb.sweep={name}", *cli_overrides]
             try:
                 cfg = load_config(configs, overrides)
             except ConfigError as err:
@@ -281,6 +282,12 @@ def _expand(path: Path, name: str, configs: list[Path], fixed: list[str], points
                              f"({seen[run.name].point} and {run.point}); make the grid values distinct")
         seen[run.name] = run
     return runs
+
+
+def _as_baseline(run: SweepRun) -> SweepRun:
+    """A run of the baseline variant, marked so in W&B (``wandb.*`` is not part of the run id)."""
+    cfg = dataclasses.replace(run.cfg, wandb=dataclasses.replace(run.cfg.wandb, baseline=True))
+    return dataclasses.replace(run, overrides=[*run.overrides, "wandb.baseline=true"], cfg=cfg)
 
 
 def _validated(spec: dict[str, Any], path: Path) -> dict[str, Any]:

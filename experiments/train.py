@@ -21,7 +21,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 
-from experiments.config import RunConfig, run_id, to_yaml, wandb_has_credentials
+from experiments import wandb_log
+from experiments.config import RunConfig, run_id, to_yaml
 from experiments.rundir import EXIT_LOCKED, RunLock, RunLocked, read_status, write_status
 from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
@@ -31,43 +32,6 @@ from lit.specs import task_spec
 from lit.system import cpu_peak_flops, environment
 
 INTERRUPTIONS = (KeyboardInterrupt, SystemExit)
-
-
-def _saved_wandb_id(run_dir: Path) -> Optional[str]:
-    id_file = run_dir / "wandb_id"
-    return id_file.read_text().strip() if id_file.is_file() else None
-
-
-def _checkpoint_wandb_id(path: Path) -> Optional[str]:
-    """The W&B run id a checkpoint carries (when the ``wandb_id`` file was lost)."""
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    for key, value in state.get("callbacks", {}).items():
-        if key.startswith("ResumeState"):
-            return value.get("wandb_id")
-    return None
-
-
-def _wandb_logger(cfg: RunConfig, run_dir: Path, extra: dict, resume_from: Optional[Path]):
-    from lightning.pytorch.loggers import WandbLogger
-
-    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
-        os.environ["WANDB_MODE"] = "offline"  # never prompt, never wait on the network
-    id_file = run_dir / "wandb_id"
-    wandb_id = _saved_wandb_id(run_dir)
-    if wandb_id is None and resume_from is not None:
-        wandb_id = _checkpoint_wandb_id(resume_from)
-        if wandb_id:
-            id_file.write_text(wandb_id)
-    m = cfg.model
-    logger = WandbLogger(
-        project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.run_name, group=cfg.run.experiment,
-        tags=[*m.components().values(), *cfg.wandb.tags], save_dir=str(run_dir),
-        id=wandb_id, resume="allow" if wandb_id else None,
-        config={**dataclasses.asdict(cfg), **extra},
-    )
-    if wandb_id is None and os.environ.get("WANDB_MODE") != "disabled":
-        id_file.write_text(logger.experiment.id)
-    return logger
 
 
 def _runs_on_cpu(cfg: RunConfig) -> bool:
@@ -150,9 +114,10 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
         peak = cpu_peak_flops(Path(cfg.data.cache_dir))
     resume_state = ResumeState()
     loggers = [JsonlLogger(run_dir)]
-    if cfg.logger == "wandb" and lead:  # only the lead process touches W&B (and its wandb_id file)
-        loggers.append(_wandb_logger(cfg, run_dir, extra, resume_from))
-        resume_state.wandb_id = _saved_wandb_id(run_dir)
+    use_wandb = cfg.logger == "wandb" and lead  # only the lead process touches W&B (and its wandb_id file)
+    if use_wandb:
+        loggers.append(wandb_log.make_logger(cfg, run_dir, extra, resume_from))
+        resume_state.wandb_id = wandb_log.saved_id(run_dir)
     if resume_from is None:
         loggers[0].log_metrics({f"params/{k}": v for k, v in params.items()}, step=0)
     throughput = ThroughputMonitor(cfg.perf.warmup_steps, cfg.perf.every_n_steps, peak)
@@ -166,9 +131,16 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
 
     status = write_status if lead else (lambda *args, **kwargs: None)
     status(run_dir, "running", step=checkpoint_step(resume_from) if resume_from else 0, run_id=rid)
-    metrics, where = _fit_and_test(cfg, trainer, task, data, resume_from, lead, guard,
-                                   on_error=lambda state, err: status(run_dir, state, step=trainer.global_step,
-                                                                      run_id=rid, error=repr(err)))
+
+    def on_error(state: str, err: BaseException) -> None:
+        status(run_dir, state, step=trainer.global_step, run_id=rid, error=repr(err))
+        if use_wandb:
+            code = 143 if type(err).__name__ == "SIGTERMException" else wandb_log.EXIT_CODES[state]
+            wandb_log.finish(read_status(run_dir), run_dir / "metrics.jsonl", code)
+
+    metrics = _fit_and_test(cfg, trainer, task, data, resume_from, lead, guard, on_error)
+    if use_wandb and guard.message is None:
+        _log_to_wandb(cfg, task, data, trainer.global_step, rid)
     train_s, test_s = resume_state.elapsed, metrics.pop("test_s")
     metrics["train_s"] = train_s
     metrics["wall_s"] = train_s + test_s
@@ -178,6 +150,9 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
            metrics={**resume_state.saved_metrics, **metrics}, signature=getattr(task, "bleu_signature", None),
            params=params, resumed_from_step=resume_state.resumed_from_step,
            environment=environment("cpu" if _runs_on_cpu(cfg) else "gpu"))
+    where = None
+    if use_wandb:  # the summary is status.json's result; diverged: a non-zero exit code
+        where = wandb_log.finish(read_status(run_dir), run_dir / "metrics.jsonl", wandb_log.EXIT_CODES[state])
     metrics = {**resume_state.saved_metrics, **metrics,
                "state": state, "run_dir": str(run_dir), "params": params["total"], "run_id": rid}
     _summary(cfg, metrics, guard.message, where)
@@ -213,12 +188,25 @@ def _resume_point(cfg: RunConfig, lead: bool) -> Optional[Path]:
     return resume_from
 
 
+def _log_to_wandb(cfg: RunConfig, task, data, step: int, rid: str) -> None:
+    """What people look at beside the numbers: test translations or LM continuations as a
+    Table, and the final checkpoint as an artifact when asked for."""
+    rows = cfg.wandb.table_rows
+    if "test" in getattr(task, "last_hypotheses", {}):
+        wandb_log.log_translations(data.sources["test"], data.references["test"], task.last_hypotheses["test"],
+                                   step, rows)
+    elif "test" in getattr(data, "streams", {}):
+        wandb_log.log_continuations(task.model, data.tokenizer, data.streams["test"], step, min(rows, 4))
+    if cfg.wandb.log_checkpoints:
+        wandb_log.log_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"), cfg, rid)
+
+
 def _fit_and_test(cfg: RunConfig, trainer: L.Trainer, task, data, resume_from: Optional[Path], lead: bool,
-                  guard: DivergenceGuard, on_error) -> tuple[dict[str, float], Optional[str]]:
+                  guard: DivergenceGuard, on_error) -> dict[str, float]:
     """Fit, then test unless the run diverged. Returns the final metrics (``test_s``: seconds
-    spent testing) and where W&B keeps the run; ``on_error(state, err)`` records a failed or
-    interrupted run before the exception goes on."""
-    test_s, where = 0.0, None
+    spent testing); ``on_error(state, err)`` records a failed or interrupted run before the
+    exception goes on."""
+    test_s = 0.0
     # the training RNG stream starts from the seed, whatever ran since the model was built
     # (a CPU peak measured or read from the cache, a W&B start): runs of one config are identical
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -239,13 +227,7 @@ def _fit_and_test(cfg: RunConfig, trainer: L.Trainer, task, data, resume_from: O
 
         on_error("interrupted" if isinstance(err, (*INTERRUPTIONS, SIGTERMException)) else "failed", err)
         raise
-    finally:
-        if cfg.logger == "wandb" and lead:
-            import wandb
-
-            where = _wandb_where(wandb.run)
-            wandb.finish()  # one W&B run per job
-    return {**metrics, "test_s": test_s}, where
+    return {**metrics, "test_s": test_s}
 
 
 def write_translations(run_dir: Path, sources: Sequence[str], references: Sequence[str],
@@ -283,15 +265,6 @@ def run_command(items: Sequence[str], prog: str = "ablate train") -> int:
         print(f"{prog}: {err}", file=sys.stderr)
         return 2
     return 0 if result["state"] == "completed" else 1
-
-
-def _wandb_where(run) -> Optional[str]:
-    """How to see the W&B run: its page when online, the sync command when offline."""
-    if run is None or os.environ.get("WANDB_MODE") == "disabled":
-        return None
-    if run.settings.mode == "offline":
-        return f"W&B offline: wandb sync {Path(run.dir).parent}"
-    return f"W&B: {run.url}"
 
 
 def _summary(cfg: RunConfig, metrics: dict[str, Any], problem: Optional[str], where: Optional[str]) -> None:

@@ -1,5 +1,6 @@
 """Sweep files: expansion, validation, launch planning; the local launcher end to end (slow)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -135,12 +136,25 @@ def test_wandb_agents_run_exactly_the_sweeps_runs():
     sweep = load_sweep(SMOKE, ["run.root=elsewhere"])
     config = wandb_sweep_config(sweep)
     assert config["method"] == "grid"
-    assert config["parameters"]["run"]["values"] == [r.name for r in sweep.runs]
+    assert list(config["parameters"]) == ["sweep_run"]  # not `run`: that would overwrite the config's run section
+    assert config["parameters"]["sweep_run"]["values"] == [r.name for r in sweep.runs]
     assert config["command"][-3:] == [str(SMOKE), "run.root=elsewhere", "${args_no_hyphens}"]
-    argv = run_named(sweep, sweep.runs[2].name)  # what `ablate sweep-run SMOKE run=<name>` trains
+    argv = run_named(sweep, sweep.runs[2].name)  # what `ablate sweep-run SMOKE sweep_run=<name>` trains
     assert argv == sweep.runs[2].command(sweep.configs) and f"run.name={sweep.runs[2].name}" in argv
     with pytest.raises(SweepError, match="no run named"):
         run_named(sweep, "nope")
+
+
+def test_sweep_runs_name_their_sweep_and_baseline_for_wandb_and_keep_their_ids():
+    from experiments.config import run_id
+
+    sweep = load_sweep(SMOKE)
+    assert sweep.baseline is not None
+    for run in sweep.runs:
+        assert run.cfg.wandb.sweep == sweep.name and run.cfg.wandb.baseline == (run.variant == sweep.baseline)
+        assert ("wandb.baseline=true" in run.overrides) == (run.variant == sweep.baseline)
+        plain = dataclasses.replace(run.cfg, wandb=dataclasses.replace(run.cfg.wandb, sweep=None, baseline=False))
+        assert run_id(plain) == run.run_id  # W&B settings are not part of what a run computes
 
 
 def test_cpu_workers_split_the_cores_and_keep_the_users_settings(monkeypatch):

@@ -1,0 +1,229 @@
+"""W&B for one run. The run directory stays the source of truth; W&B gets a copy laid out for
+comparison:
+
+- ``group`` = the variant (the run name without ``-s<seed>``), so the seeds of a variant fold
+  into one line with a band; ``job_type`` = the sweep (the experiment for a single run).
+- Top-level config keys ``variant``, ``sweep``, ``seed``, ``is_baseline``, ``run_id`` and one per
+  component slot (``norm``, ``norm_position``, ``position``, ``ffn``, ``attention``), beside the
+  whole resolved config.
+- ``val/loss`` and ``val/ppl`` summarise as min, ``val/bleu`` as max, against
+  ``trainer/global_step``.
+- At the end, the summary gets the numbers ``status.json`` holds (with ``state``, the BLEU
+  signature and the run id), then ``finish`` gets an exit code that is non-zero for failed,
+  interrupted and diverged runs.
+- Tables: 50 test translations with sentence BLEU, or a few greedy continuations of test
+  prompts; the final checkpoint as an artifact with ``wandb.log_checkpoints=true``.
+- A resumed run keeps its W&B id and sends only the steps beyond those its killed segment
+  already sent (read back from W&B's own files), so each step is in the W&B history once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from experiments.config import RunConfig, wandb_has_credentials
+from experiments.wandb_records import run_segments, sent_metrics
+
+STEP_KEY = "trainer/global_step"
+SUMMARIES = {"val/loss": "min", "val/ppl": "min", "val/bleu": "max"}  # best-of summaries
+EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 1, "interrupted": 130}  # SIGTERM: 143
+
+
+def variant_name(cfg: RunConfig) -> str:
+    """The run name without its ``-s<seed>`` suffix: what the seeds of one variant share."""
+    return re.sub(rf"-s{cfg.seed}$", "", cfg.run_name)
+
+
+def run_config(cfg: RunConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    """The W&B config: keys to group and filter by first, then the whole resolved config."""
+    keys = {"variant": variant_name(cfg), "sweep": cfg.wandb.sweep, "seed": cfg.seed,
+            "is_baseline": cfg.wandb.baseline, **cfg.model.components()}
+    return {**keys, **dataclasses.asdict(cfg), **extra}
+
+
+def saved_id(run_dir: Path) -> Optional[str]:
+    id_file = run_dir / "wandb_id"
+    return id_file.read_text().strip() if id_file.is_file() else None
+
+
+def _checkpoint_id(path: Path) -> Optional[str]:
+    """The W&B run id a checkpoint carries (when the ``wandb_id`` file was lost)."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    for key, value in state.get("callbacks", {}).items():
+        if key.startswith("ResumeState"):
+            return value.get("wandb_id")
+    return None
+
+
+def make_logger(cfg: RunConfig, run_dir: Path, extra: dict[str, Any], resume_from: Optional[Path]):
+    """The run's Lightning W&B logger (online with credentials, else offline), its W&B run
+    started and the ``wandb_id`` file written."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
+        os.environ["WANDB_MODE"] = "offline"  # never prompt, never wait on the network
+    id_file = run_dir / "wandb_id"
+    wandb_id = saved_id(run_dir)
+    if wandb_id is None and resume_from is not None:
+        wandb_id = _checkpoint_id(resume_from)
+        if wandb_id:
+            id_file.write_text(wandb_id)
+    sent = sent_metrics(run_segments(run_dir, wandb_id)) if wandb_id and resume_from is not None else set()
+
+    class OncePerStep(WandbLogger):
+        """Leaves out the (step, metric) values an earlier segment of this run already sent to
+        W&B (the resumed run computes them again, identically)."""
+
+        def log_metrics(self, metrics, step=None):
+            if step is not None and sent:
+                metrics = {k: v for k, v in metrics.items() if (step, k) not in sent}
+                if not metrics:
+                    return
+            super().log_metrics(metrics, step)
+
+    logger = OncePerStep(
+        project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.run_name,
+        group=cfg.wandb.group or variant_name(cfg), job_type=cfg.wandb.job_type or cfg.wandb.sweep or cfg.run.experiment,
+        tags=[*cfg.model.components().values(), *cfg.wandb.tags], save_dir=str(run_dir),
+        id=wandb_id, resume="allow" if wandb_id else None, config=run_config(cfg, extra),
+        mode=os.environ.get("WANDB_MODE"),  # read now: W&B's settings outlive a run in a long process
+    )
+    if os.environ.get("WANDB_MODE") != "disabled":
+        experiment = logger.experiment  # starts the W&B run
+        for key, summary in SUMMARIES.items():
+            experiment.define_metric(key, step_metric=STEP_KEY, summary=summary)
+        if wandb_id is None:
+            id_file.write_text(experiment.id)
+    return logger
+
+
+def where(run) -> Optional[str]:
+    """How to see the W&B run: its page when online, the sync command when offline."""
+    if run is None or os.environ.get("WANDB_MODE") == "disabled":
+        return None
+    if run.settings.mode == "offline":
+        return f"W&B offline: wandb sync {Path(run.dir).parent}"
+    return f"W&B: {run.url}"
+
+
+def summary(status: dict[str, Any], metrics_path: Path) -> dict[str, Any]:
+    """The W&B summary of a run: the final numbers of ``status.json``, with ``state``, the BLEU
+    signature, the run id and the parameter count; the best-of metrics as ``{min|max, last}``
+    over the run's ``metrics.jsonl``."""
+    final = dict(status.get("metrics") or {})
+    out: dict[str, Any] = {k: v for k, v in final.items() if k not in SUMMARIES}
+    history: dict[str, list[float]] = {}
+    if metrics_path.is_file():
+        for line in metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            for key in SUMMARIES:
+                if key in record:
+                    history.setdefault(key, []).append(record[key])
+    for key, how in SUMMARIES.items():
+        if key in final or key in history:
+            values = history.get(key) or [final[key]]
+            out[key] = {how: (min if how == "min" else max)(values), "last": final.get(key, values[-1])}
+    params = status.get("params") or {}
+    out.update({"state": status.get("state"), "run_id": status.get("run_id"), "step": status.get("step"),
+                "bleu_signature": status.get("signature"), "params": params.get("total"),
+                "message": status.get("message")})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def finish(status: dict[str, Any], metrics_path: Path, exit_code: int) -> Optional[str]:
+    """Write the summary, finish the W&B run with ``exit_code``; returns where to see it."""
+    import wandb
+
+    run = wandb.run
+    if run is None:
+        return None
+    seen = where(run)
+    run.summary.update(summary(status, metrics_path))
+    wandb.finish(exit_code=exit_code)
+    return seen
+
+
+def log_translations(sources: Sequence[str], references: Sequence[str], hypotheses: Sequence[str],
+                     step: int, rows: int) -> None:
+    """The first ``rows`` test examples as a W&B Table (source, reference, hypothesis, sentence BLEU)."""
+    import wandb
+    from sacrebleu.metrics import BLEU
+
+    if wandb.run is None or rows <= 0:
+        return
+    bleu = BLEU(effective_order=True)
+    data = [[s, r, h, round(bleu.sentence_score(h, [r]).score, 2)]
+            for s, r, h in list(zip(sources, references, hypotheses))[:rows]]
+    table = wandb.Table(columns=["source", "reference", "hypothesis", "sentence_bleu"], data=data)
+    wandb.run.log({"test/translations": table, STEP_KEY: step})
+
+
+@torch.no_grad()
+def log_continuations(model, tokenizer, stream: torch.Tensor, step: int, rows: int, prompt_tokens: int = 8,
+                      new_tokens: int = 24) -> None:
+    """Greedy continuations of the first ``rows`` test examples' opening ``prompt_tokens`` tokens,
+    as a W&B Table (prompt, continuation, reference)."""
+    import wandb
+
+    from variants.decoding import greedy_generate
+
+    if wandb.run is None or rows <= 0:
+        return
+    eos = tokenizer.eos_id
+    examples, current = [], []
+    for token in stream.tolist():
+        if token == eos:
+            if len(current) > prompt_tokens:
+                examples.append(current)
+            current = []
+            if len(examples) == rows:
+                break
+        else:
+            current.append(token)
+    if not examples:
+        return
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    limit = getattr(model.cfg, "max_seq_len", prompt_tokens + new_tokens)
+    new_tokens = max(1, min(new_tokens, limit - prompt_tokens))
+    prompts = torch.tensor([[eos] + ids[:prompt_tokens] for ids in examples], device=device)
+    out = greedy_generate(model, prompts, new_tokens).tolist()
+    model.train(was_training)
+    data = []
+    for ids, generated in zip(examples, out):
+        generated = generated[:generated.index(eos)] if eos in generated else generated
+        data.append([tokenizer.decode(ids[:prompt_tokens]), tokenizer.decode(generated),
+                     tokenizer.decode(ids[prompt_tokens:prompt_tokens + new_tokens])])
+    table = wandb.Table(columns=["prompt", "continuation", "reference"], data=data)
+    wandb.run.log({"test/continuations": table, STEP_KEY: step})
+
+
+def log_checkpoint(path: Path, cfg: RunConfig, run_id: str) -> None:
+    """The final checkpoint as a W&B model artifact (``model-<run name>``, alias ``final``)."""
+    import wandb
+
+    if wandb.run is None or path is None or not path.is_file():
+        return
+    artifact = wandb.Artifact(f"model-{cfg.run_name}", type="model",
+                              metadata={"run_id": run_id, "step": _step_of(path), **cfg.model.components()})
+    artifact.add_file(str(path))
+    artifact.add_file(str(cfg.run_dir / "config.yaml"))
+    if (cfg.run_dir / "tokenizer.json").is_file():
+        artifact.add_file(str(cfg.run_dir / "tokenizer.json"))
+    wandb.run.log_artifact(artifact, aliases=["final", "latest"])
+
+
+def _step_of(path: Path) -> Optional[int]:
+    found = re.search(r"step-(\d+)", path.name)
+    return int(found.group(1)) if found else None
