@@ -54,14 +54,20 @@ def _report(args: argparse.Namespace) -> int:
         if Path(args.sweep).is_dir():  # a committed report: rebuilt from its own folder
             if args.overrides or args.out:
                 raise SweepError(f"{args.sweep}: a report folder is rebuilt as it is (no overrides, no --out)")
-            path = rebuild(Path(args.sweep))
+            path, cfg = rebuild(Path(args.sweep)), None
         else:
             sweep = _load_sweep(args)
-            path = build(sweep, Path(args.out) if args.out else default_out(sweep))
+            path, cfg = build(sweep, Path(args.out) if args.out else default_out(sweep)), sweep.runs[0].cfg
     except SweepError as err:
         print(f"ablate report: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
+    if args.wandb_artifact:
+        from experiments.wandb_log import log_report
+
+        where = log_report(path.parent, cfg.wandb.project if cfg else "ablate", cfg.wandb.entity if cfg else None,
+                           Path(cfg.run.root if cfg else "runs"))
+        print(f"logged {path.parent} as the W&B artifact report-{path.parent.name} ({where})")
     return 0
 
 
@@ -240,6 +246,8 @@ def _add_report(commands) -> None:
                         help="a sweep file, or a report folder (reports/<name>) to rebuild from its own files")
     report.add_argument("overrides", nargs="*", metavar="key=value", help="as given to ablate sweep")
     report.add_argument("--out", default=None, help="output folder (default: reports/<sweep name>)")
+    report.add_argument("--wandb-artifact", action="store_true",
+                        help="also log the report folder to W&B as an artifact report-<sweep name>")
     report.set_defaults(func=_report)
 
 

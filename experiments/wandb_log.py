@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+from lightning.pytorch.loggers import WandbLogger
 
 from experiments.config import RunConfig, wandb_has_credentials
 from experiments.wandb_records import run_segments, sent_metrics
@@ -62,11 +63,25 @@ def _checkpoint_id(path: Path) -> Optional[str]:
     return None
 
 
+class OncePerStep(WandbLogger):
+    """Leaves out the (step, metric) values an earlier segment of this run already sent to W&B
+    (the resumed run computes them again, identically)."""
+
+    def __init__(self, *args, sent: set[tuple[int, str]] = frozenset(), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent = set(sent)
+
+    def log_metrics(self, metrics, step=None):
+        if step is not None and self.sent:
+            metrics = {k: v for k, v in metrics.items() if (step, k) not in self.sent}
+            if not metrics:
+                return
+        super().log_metrics(metrics, step)
+
+
 def make_logger(cfg: RunConfig, run_dir: Path, extra: dict[str, Any], resume_from: Optional[Path]):
     """The run's Lightning W&B logger (online with credentials, else offline), its W&B run
     started and the ``wandb_id`` file written."""
-    from lightning.pytorch.loggers import WandbLogger
-
     if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
         os.environ["WANDB_MODE"] = "offline"  # never prompt, never wait on the network
     id_file = run_dir / "wandb_id"
@@ -75,20 +90,8 @@ def make_logger(cfg: RunConfig, run_dir: Path, extra: dict[str, Any], resume_fro
         wandb_id = _checkpoint_id(resume_from)
         if wandb_id:
             id_file.write_text(wandb_id)
-    sent = sent_metrics(run_segments(run_dir, wandb_id)) if wandb_id and resume_from is not None else set()
-
-    class OncePerStep(WandbLogger):
-        """Leaves out the (step, metric) values an earlier segment of this run already sent to
-        W&B (the resumed run computes them again, identically)."""
-
-        def log_metrics(self, metrics, step=None):
-            if step is not None and sent:
-                metrics = {k: v for k, v in metrics.items() if (step, k) not in sent}
-                if not metrics:
-                    return
-            super().log_metrics(metrics, step)
-
     logger = OncePerStep(
+        sent=sent_metrics(run_segments(run_dir, wandb_id)) if wandb_id and resume_from is not None else set(),
         project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.run_name,
         group=cfg.wandb.group or variant_name(cfg), job_type=cfg.wandb.job_type or cfg.wandb.sweep or cfg.run.experiment,
         tags=[*cfg.model.components().values(), *cfg.wandb.tags], save_dir=str(run_dir),
@@ -227,3 +230,21 @@ def log_checkpoint(path: Path, cfg: RunConfig, run_id: str) -> None:
 def _step_of(path: Path) -> Optional[int]:
     found = re.search(r"step-(\d+)", path.name)
     return int(found.group(1)) if found else None
+
+
+def log_report(folder: Path, project: str, entity: Optional[str], save_dir: Path) -> Optional[str]:
+    """A report folder as the W&B artifact ``report-<folder name>`` (type ``report``), logged
+    from a run of job type ``report`` kept under ``save_dir/wandb``; returns where to see it."""
+    import wandb
+
+    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
+        os.environ["WANDB_MODE"] = "offline"
+    save_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=project, entity=entity, name=f"report-{folder.name}", job_type="report",
+                     dir=str(save_dir), mode=os.environ.get("WANDB_MODE"), config={"report": folder.name})
+    artifact = wandb.Artifact(f"report-{folder.name}", type="report")
+    artifact.add_dir(str(folder))
+    run.log_artifact(artifact, aliases=["latest"])
+    seen = where(run)
+    run.finish()
+    return seen

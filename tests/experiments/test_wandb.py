@@ -190,3 +190,43 @@ def test_publishing_a_workspace_without_its_package_says_what_to_install(monkeyp
     monkeypatch.setitem(sys.modules, "wandb_workspaces", None)
     with pytest.raises(ViewError, match=r"pip install 'ablate\[wandb\]'"):
         to_workspace(view_spec(load_sweep(ROOT / "configs" / "sweeps" / "smoke.yaml")))
+
+
+@pytest.mark.slow
+def test_two_processes_make_one_wandb_run(tmp_path):
+    """DDP over two CPU processes: only rank 0 logs to W&B, so there is one W&B run and each
+    step is in its history once."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    args = [str(ROOT / "configs" / "experiments" / "lm-bible.yaml"), str(SMOKE), f"run.root={tmp_path}",
+            f"data.cache_dir={tmp_path}/cache", "trainer.max_steps=10", "trainer.accelerator=cpu",
+            "trainer.devices=2", "trainer.strategy=ddp_spawn", "trainer.log_every_n_steps=2"]
+    done = subprocess.run([sys.executable, "-m", "experiments.cli", "train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = tmp_path.glob("lm-bible/*")
+    (run,) = run_segments(run_dir, (run_dir / "wandb_id").read_text().strip(), wait_s=30)
+    assert run.exit_code == 0 and run.summary["state"] == "completed"
+    steps = [row["trainer/global_step"] for row in run.history if "train/loss" in row]
+    assert steps and len(steps) == len(set(steps))
+
+
+def test_a_report_folder_is_logged_as_an_artifact(tmp_path, monkeypatch):
+    from experiments.wandb_log import log_report
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folder = tmp_path / "reports" / "some-sweep"
+    (folder / "runs" / "a-s0").mkdir(parents=True)
+    (folder / "README.md").write_text("# some-sweep\n")
+    (folder / "runs" / "a-s0" / "status.json").write_text("{}")
+    where = log_report(folder, "ablate", None, tmp_path / "runs")
+    assert where.startswith("W&B offline: wandb sync")
+    (run,) = [read_run(f, wait_s=30) for f in (tmp_path / "runs" / "wandb").glob("offline-run-*")]
+    assert run.job_type == "report" and run.exit_code == 0
+    (artifact,) = run.artifacts
+    assert (artifact["name"], artifact["type"]) == ("report-some-sweep", "report")
+    assert sorted(artifact["files"]) == ["README.md", "runs/a-s0/status.json"]
+    assert not (folder / "wandb").exists()
