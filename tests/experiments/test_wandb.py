@@ -230,3 +230,18 @@ def test_a_report_folder_is_logged_as_an_artifact(tmp_path, monkeypatch):
     assert (artifact["name"], artifact["type"]) == ("report-some-sweep", "report")
     assert sorted(artifact["files"]) == ["README.md", "runs/a-s0/status.json"]
     assert not (folder / "wandb").exists()
+
+
+@pytest.mark.slow
+def test_a_diverged_run_does_not_show_as_finished(tmp_path, monkeypatch):
+    from experiments.train import train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = load_config([ROOT / "configs" / "experiments" / "lm-bible.yaml", SMOKE],
+                      [f"run.root={tmp_path}", "logger=wandb", f"data.cache_dir={tmp_path}/cache",
+                       "trainer.max_steps=20", "task.lr=1.0e+38"])
+    assert train(cfg)["state"] == "diverged"
+    (run,) = run_segments(cfg.run_dir, (cfg.run_dir / "wandb_id").read_text().strip(), wait_s=30)
+    assert run.exit_code == 1 and run.summary["state"] == "diverged"
+    assert "non-finite" in run.summary["message"]
+    assert "test/continuations" not in run.summary  # no samples from a diverged model
