@@ -38,8 +38,17 @@ def _sweep(args: argparse.Namespace) -> int:
     from experiments.launchers import launch
     from experiments.sweep import SweepError
 
+    from experiments.config import ConfigError, check_runnable_here, check_trainer
+
     try:
         sweep = _load_sweep(args)
+        for run in sweep.runs:  # every run's Trainer settings before any run starts
+            try:
+                check_trainer(run.cfg.trainer)
+                if args.launcher == "local":
+                    check_runnable_here(run.cfg.trainer)
+            except ConfigError as err:
+                raise SweepError(f"{sweep.path}: run {run.name}: {err}") from None
         return launch(sweep, args.launcher, args.workers, args.retry_failed, args.gpus_per_run, args.wait)
     except SweepError as err:
         print(f"ablate sweep: {err}", file=sys.stderr)

@@ -81,6 +81,11 @@ class RunConfig:
     wandb: WandbSection = field(default_factory=WandbSection)
 
     def __post_init__(self) -> None:
+        for key in ("name", "experiment"):  # a directory name under run.root, never a path out of it
+            value = getattr(self.run, key)
+            if value is not None and (not value or value in (".", "..") or "/" in value or "\\" in value):
+                raise ValueError(f"key 'run.{key}': {value!r} must be one directory name (no path separator, "
+                                 f"not '.' or '..'): runs stay inside run.root")
         if self.logger not in LOGGERS:
             raise ValueError(f"unknown logger {self.logger!r}; choices: {', '.join(LOGGERS)}")
         expected = task_spec(self.task.name).model_kind
@@ -162,3 +167,81 @@ def wandb_has_credentials() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
+
+
+def _trainer_hints() -> dict[str, Any]:
+    """``lightning.Trainer``'s arguments and their type hints (imports Lightning: called only
+    where a run is about to start)."""
+    import typing
+
+    from lightning.pytorch import Trainer
+
+    return typing.get_type_hints(Trainer.__init__)
+
+
+def _fits(value: Any, hint: Any) -> Optional[bool]:
+    """Whether a YAML value fits a type hint; None when the hint is not one a YAML value can be
+    checked against (a class of Lightning's own, a list of callbacks)."""
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if origin is typing.Union:
+        found = [_fits(value, a) for a in args]
+        return True if any(found) else (None if None in found else False)
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, dict) or hint in (list, dict):
+        return isinstance(value, origin or hint) or None
+    return None
+
+
+def check_trainer(trainer: Dict[str, Any]) -> None:
+    """The ``trainer.*`` keys against ``lightning.Trainer``'s signature: unknown keys (with the
+    nearest names), values of the wrong type, negative ``limit_*`` fractions or counts."""
+    import difflib
+
+    hints = _trainer_hints()
+    for key, value in trainer.items():
+        if key not in hints or key in ("logger", "callbacks", "plugins", "default_root_dir",
+                                       "enable_checkpointing", "use_distributed_sampler"):
+            known = [k for k in hints if k != "return"]
+            near = difflib.get_close_matches(key, known, n=3)
+            why = ("is set by ablate itself" if key in hints else "is not a lightning.Trainer argument")
+            raise ConfigError(f"key 'trainer.{key}': {why}" + (f"; did you mean {', '.join(near)}?"
+                                                                 if near and key not in hints else ""))
+        if _fits(value, hints[key]) is False:
+            raise ConfigError(f"key 'trainer.{key}': {value!r} is not a {_describe_hint(hints[key])}")
+        if key.startswith("limit_") and isinstance(value, (int, float)) and value < 0:
+            raise ConfigError(f"key 'trainer.{key}': {value!r} must be 0 or more (a count of batches or a fraction)")
+
+
+def _describe_hint(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def check_runnable_here(trainer: Dict[str, Any]) -> None:
+    """The accelerator the run asks for exists on this machine (checked where the run starts,
+    before any data work; a sweep for a cluster is loaded on machines without one)."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
+        raise ConfigError(f"key 'trainer.accelerator': {accelerator!r} but this machine has no CUDA device "
+                          f"(use auto or cpu)")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("key 'trainer.accelerator': 'mps' but this machine has no MPS device (use auto or cpu)")
+    if accelerator == "tpu":
+        from lightning.pytorch.accelerators import XLAAccelerator
+
+        if not XLAAccelerator.is_available():
+            raise ConfigError("key 'trainer.accelerator': 'tpu' but this machine has no TPU (use auto or cpu)")

@@ -31,7 +31,12 @@ from lit.metrics import one_line
 from lit.specs import task_spec
 from lit.system import cpu_peak_flops, environment
 
-INTERRUPTIONS = (KeyboardInterrupt, SystemExit)
+INTERRUPTIONS = (KeyboardInterrupt, SystemExit)  # Lightning's SIGTERMException is a SystemExit
+
+
+def interrupt_code(err: BaseException) -> int:
+    """The exit code of an interrupted run: 143 after SIGTERM, 130 after Ctrl-C (SIGINT)."""
+    return 143 if type(err).__name__ == "SIGTERMException" else 130
 
 
 def _runs_on_cpu(cfg: RunConfig) -> bool:
@@ -46,8 +51,11 @@ def _is_rank_zero() -> bool:
 
 
 def _check_same_run(cfg: RunConfig, rid: str) -> None:
-    previous = read_status(cfg.run_dir).get("run_id")
-    if previous and previous != rid:
+    status = read_status(cfg.run_dir)
+    previous = status.get("run_id")
+    never_started = (status.get("state") == "failed" and not status.get("step")
+                     and not any((cfg.run_dir / "checkpoints").glob("*.ckpt")))
+    if previous and previous != rid and not never_started:  # a run refused at its start holds nothing
         raise RunMismatch(
             f"{cfg.run_dir} holds a run of another configuration (run id {previous}, this one is {rid}); "
             f"choose another run.root or run.name, or delete that directory")
@@ -135,7 +143,7 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     def on_error(state: str, err: BaseException) -> None:
         status(run_dir, state, step=trainer.global_step, run_id=rid, error=repr(err))
         if use_wandb:
-            code = 143 if type(err).__name__ == "SIGTERMException" else wandb_log.EXIT_CODES[state]
+            code = interrupt_code(err) if state == "interrupted" else wandb_log.EXIT_CODES[state]
             wandb_log.finish(read_status(run_dir), run_dir / "metrics.jsonl", code)
 
     metrics = _fit_and_test(cfg, trainer, task, data, resume_from, lead, guard, on_error)
@@ -223,9 +231,10 @@ def _fit_and_test(cfg: RunConfig, trainer: L.Trainer, task, data, resume_from: O
                                    task.last_hypotheses["test"])
             test_s = time.time() - test_start
     except BaseException as err:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        on_error("interrupted" if isinstance(err, (*INTERRUPTIONS, SIGTERMException)) else "failed", err)
+        interrupted = isinstance(err, INTERRUPTIONS)
+        on_error("interrupted" if interrupted else "failed", err)
+        if interrupted:  # exit as a process stopped by the signal does, never 0 (Lightning's SIGTERM exit)
+            raise SystemExit(interrupt_code(err)) from err
         raise
     return {**metrics, "test_s": test_s}
 
@@ -249,12 +258,23 @@ def run_command(items: Sequence[str], prog: str = "ablate train") -> int:
     run, ``EXIT_LOCKED`` when another live process runs it."""
     import sys
 
-    from experiments.config import ConfigError, load_config
+    from experiments.config import ConfigError, check_runnable_here, check_trainer, load_config
 
     try:
         cfg = load_config([a for a in items if "=" not in a], [a for a in items if "=" in a])
     except ConfigError as err:
         print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+    try:
+        check_trainer(cfg.trainer)
+        check_runnable_here(cfg.trainer)
+    except ConfigError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        previous = read_status(cfg.run_dir)
+        if previous["state"] == "pending" or (previous["state"] == "failed" and previous.get("run_id") == run_id(cfg)):
+            # a sweep shows the run as failed, with this error, rather than pending
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            write_status(cfg.run_dir, "failed", step=0, run_id=run_id(cfg), error=str(err))
         return 2
     try:
         result = train(cfg)

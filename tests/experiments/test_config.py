@@ -70,3 +70,73 @@ def test_run_ids_and_names_survive_keys_added_with_the_old_behaviour():
     assert run_id(default) == "126e6e2b7a"
     assert default.run_name == "layernorm-pre-learned-gelu-s0"
     assert run_id(load_config([], ["model.attention=mha"])) == "126e6e2b7a"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run.name=../../escape", "must be one directory name"),
+    ("run.name=a/b", "must be one directory name"),
+    ("run.experiment=..", "must be one directory name"),
+])
+def test_run_names_stay_inside_the_run_root(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([ROOT / "configs" / "experiments" / "lm-bible.yaml"], [override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_step=5", r"not a lightning.Trainer argument; did you mean max_steps"),
+    ("trainer.max_steps=abc", r"'abc' is not a <class 'int'>"),
+    ("trainer.limit_val_batches=-5", "must be 0 or more"),
+    ("trainer.enable_progress_bar=maybe", "'maybe' is not"),
+    ("trainer.precision=17", "17 is not"),
+    ("trainer.callbacks=[]", "is set by ablate itself"),
+])
+def test_trainer_keys_are_refused_before_any_work(tmp_path, capsys, override, message):
+    """Checked against lightning.Trainer's signature before the tokenizer or the CPU peak: exit
+    code 2, the key named, no data cache written; the run shows as failed (never pending)."""
+    from experiments.config import check_trainer
+    from experiments.rundir import read_status
+
+    cfg = load_config([ROOT / "configs" / "experiments" / "lm-bible.yaml"], [override])
+    with pytest.raises(ConfigError, match=message):
+        check_trainer(cfg.trainer)
+    args = [str(ROOT / "configs" / "experiments" / "lm-bible.yaml"), override, f"run.root={tmp_path}/runs",
+            f"data.cache_dir={tmp_path}/cache", "logger=none"]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"key 'trainer.{override.split('=')[0].split('.')[1]}'" in err and "Traceback" not in err
+    assert not (tmp_path / "cache").exists()
+    (status,) = (tmp_path / "runs").glob("*/*/status.json")
+    assert read_status(status.parent)["state"] == "failed"
+
+
+def test_the_shipped_trainer_settings_pass_the_check():
+    from experiments.config import check_trainer
+
+    for path in sorted((ROOT / "configs" / "experiments").glob("*.yaml")):
+        check_trainer(load_config([path]).trainer)
+
+
+def test_an_accelerator_this_machine_lacks_is_refused_before_any_work():
+    import torch
+
+    from experiments.config import check_runnable_here
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        check_runnable_here({"accelerator": "gpu"})
+    check_runnable_here({"accelerator": "cpu"})
+
+
+def test_a_bad_include_fails_the_whole_sweep_up_front(tmp_path, capsys):
+    sweep = tmp_path / "bad.yaml"
+    sweep.write_text(f"""
+name: bad
+configs: [{ROOT / 'configs' / 'experiments' / 'lm-bible.yaml'}, {ROOT / 'configs' / 'debug' / 'smoke.yaml'}]
+grid: {{model.ffn: [gelu]}}
+include: [{{model.ffn: relu, trainer.max_step: 5}}]
+""")
+    assert main(["sweep", str(sweep), f"run.root={tmp_path}/runs", "logger=none"]) == 2
+    err = capsys.readouterr().err
+    assert "run layernorm-pre-learned-relu-max_step5-s0" in err and "did you mean max_steps" in err
+    assert not (tmp_path / "runs").exists()

@@ -125,3 +125,44 @@ def test_a_process_of_rank_above_zero_leaves_wandb_alone(tmp_path, monkeypatch):
     result = train(cfg)
     assert result["state"] == "completed"
     assert not (cfg.run_dir / "wandb_id").exists() and not (cfg.run_dir / "wandb").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signalled_run_exits_non_zero_and_reads_interrupted(tmp_path, signum, code):
+    """Lightning ends a SIGTERM-ed fit with an exit code of 0 and a Ctrl-C-ed one with 1; ablate
+    exits as a process stopped by the signal does, so shells and Slurm never read success."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [str(ROOT / "configs" / "experiments" / "lm-bible.yaml"), str(SMOKE), f"run.root={tmp_path}",
+            "logger=none", f"data.cache_dir={tmp_path}/cache", "trainer.max_steps=2000", "checkpoint.every_n_steps=5",
+            "trainer.val_check_interval=1000"]
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "train", *args], cwd=ROOT,
+                            env={**os.environ, "WANDB_MODE": "disabled"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("lm-bible/*/checkpoints/step-*.ckpt")):
+        assert time.time() < deadline and proc.poll() is None, "the run never checkpointed"
+        time.sleep(0.1)
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err[-2000:]
+    (run_dir,) = tmp_path.glob("lm-bible/*")
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_a_run_refused_at_its_start_leaves_its_directory_to_the_fixed_config(tmp_path):
+    from experiments.cli import main
+
+    args = [str(ROOT / "configs" / "experiments" / "lm-bible.yaml"), str(SMOKE), f"run.root={tmp_path}",
+            "logger=none", f"data.cache_dir={tmp_path}/cache"]
+    assert main(["train", *args, "trainer.max_steps=abc"]) == 2
+    (run_dir,) = tmp_path.glob("lm-bible/*")
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+    assert main(["train", *args, "trainer.max_steps=4"]) == 0  # a different run id, but nothing to lose
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
