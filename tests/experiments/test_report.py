@@ -5,7 +5,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from experiments.report import build, delta, mean_std, rebuild, Record

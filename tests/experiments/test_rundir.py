@@ -11,7 +11,7 @@ from experiments.rundir import RunLock, RunLocked, lock_holder, read_status, wri
 
 
 def test_second_lock_on_a_run_is_refused(tmp_path):
-    with RunLock(tmp_path) as lock:
+    with RunLock(tmp_path):
         assert lock_holder(tmp_path)["pid"] == os.getpid()
         with pytest.raises(RunLocked, match=f"pid {os.getpid()}"):
             RunLock(tmp_path).acquire()
