@@ -112,7 +112,8 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            check_yaml_mapping(path, "config file")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))  # its loader: 1e-3 is a float
         except OmegaConfBaseException as err:
             raise ConfigError(f"{path}: {_describe(err)}") from None
     for item in overrides:
@@ -133,6 +134,27 @@ _NOT_IN_RUN_ID = ("run.root", "logger", "wandb", "perf", "checkpoint", "data.cac
 # Keys added after runs were made, with the value that computes what those runs computed: left out
 # of the run id at that value, so existing run directories keep their ids (and resume).
 _ADDED_LATER = {"model.attention": "mha"}
+
+
+def check_yaml_mapping(path: Path, what: str) -> None:
+    """A YAML file that must hold a mapping, checked with the safe loader (no ``!!python`` tags):
+    any problem is a :class:`ConfigError` naming the file, and the line where YAML gives one."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: not readable (permission denied)") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} holds a mapping of keys at its top level, not a {type(data).__name__}")
 
 
 def run_id(cfg: RunConfig) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
@@ -17,16 +18,31 @@ def headline_metrics(task: str) -> tuple[str, str]:
     return task_spec(task).headline
 
 
+def metric_lines(path: Path) -> list[tuple[str, Optional[dict]]]:
+    """Each line of a ``metrics.jsonl`` with its JSON record (None for a line cut short by a kill
+    or holding bytes that are not UTF-8: skipped, the latter with a warning)."""
+    out, undecodable = [], 0
+    for raw in Path(path).read_bytes().splitlines():
+        try:
+            line = raw.decode("utf-8")
+            out.append((line, json.loads(line)))
+        except UnicodeDecodeError:
+            undecodable += 1
+        except json.JSONDecodeError:
+            out.append((line, None))
+    if undecodable:
+        warnings.warn(f"{path}: {undecodable} line(s) that are not UTF-8 were skipped")
+    return out
+
+
 def metric_records(run_dir: Path):
-    """The JSON records of a run's ``metrics.jsonl`` (a line cut short by a kill is skipped)."""
+    """The JSON records of a run's ``metrics.jsonl`` (torn or undecodable lines are skipped)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return
-    for line in path.read_text().splitlines():
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for _line, record in metric_lines(path):
+        if isinstance(record, dict):
+            yield record
 
 
 def last_logged(run_dir: Path, key: str) -> Optional[float]:

@@ -10,7 +10,6 @@ id all come back, so the final metrics equal those of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 import warnings
@@ -23,8 +22,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 
 from experiments import wandb_log
 from experiments.config import RunConfig, run_id, to_yaml
+from experiments.status import metric_lines
 from experiments.rundir import EXIT_LOCKED, RunLock, RunLocked, read_status, write_status
 from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor
+from lit.data.sources import DataError
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
                                latest_checkpoint, remove_partial_writes)
 from lit.metrics import one_line
@@ -71,13 +72,8 @@ def _keep_metrics_up_to(run_dir: Path, step: int) -> None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except json.JSONDecodeError:  # a line cut short by the kill
-            continue
+    kept = [line for line, record in metric_lines(path)  # torn or undecodable lines are dropped
+            if isinstance(record, dict) and record.get("step", 0) <= step]
     tmp = path.with_name("metrics.jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)
@@ -269,15 +265,11 @@ def run_command(items: Sequence[str], prog: str = "ablate train") -> int:
         check_trainer(cfg.trainer)
         check_runnable_here(cfg.trainer)
     except ConfigError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
-        previous = read_status(cfg.run_dir)
-        if previous["state"] == "pending" or (previous["state"] == "failed" and previous.get("run_id") == run_id(cfg)):
-            # a sweep shows the run as failed, with this error, rather than pending
-            cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            write_status(cfg.run_dir, "failed", step=0, run_id=run_id(cfg), error=str(err))
-        return 2
+        return _refused_at_start(cfg, err, prog)
     try:
         result = train(cfg)
+    except DataError as err:  # raised before training starts: the data, not the code
+        return _refused_at_start(cfg, err, prog)
     except RunLocked as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return EXIT_LOCKED
@@ -285,6 +277,19 @@ def run_command(items: Sequence[str], prog: str = "ablate train") -> int:
         print(f"{prog}: {err}", file=sys.stderr)
         return 2
     return 0 if result["state"] == "completed" else 1
+
+
+def _refused_at_start(cfg: RunConfig, err: Exception, prog: str) -> int:
+    """A run refused before it trained (its Trainer settings, its data): the message, exit code 2,
+    and a ``failed`` status with the error, so that a sweep shows it as failed, not pending."""
+    import sys
+
+    print(f"{prog}: {err}", file=sys.stderr)
+    previous = read_status(cfg.run_dir)
+    if previous["state"] == "pending" or (previous["state"] == "failed" and previous.get("run_id") == run_id(cfg)):
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        write_status(cfg.run_dir, "failed", step=0, run_id=run_id(cfg), error=str(err))
+    return 2
 
 
 def _summary(cfg: RunConfig, metrics: dict[str, Any], problem: Optional[str], where: Optional[str]) -> None:

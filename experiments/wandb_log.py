@@ -20,7 +20,6 @@ comparison:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from experiments.config import RunConfig, wandb_has_credentials
+from experiments.status import metric_records
 from experiments.wandb_records import run_segments, sent_metrics
 
 STEP_KEY = "trainer/global_step"
@@ -123,15 +123,10 @@ def summary(status: dict[str, Any], metrics_path: Path) -> dict[str, Any]:
     final = dict(status.get("metrics") or {})
     out: dict[str, Any] = {k: v for k, v in final.items() if k not in SUMMARIES}
     history: dict[str, list[float]] = {}
-    if metrics_path.is_file():
-        for line in metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            for key in SUMMARIES:
-                if key in record:
-                    history.setdefault(key, []).append(record[key])
+    for record in metric_records(metrics_path.parent):
+        for key in SUMMARIES:
+            if key in record:
+                history.setdefault(key, []).append(record[key])
     for key, how in SUMMARIES.items():
         if key in final or key in history:
             values = history.get(key) or [final[key]]

@@ -40,8 +40,20 @@ def read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        lines = [line.rstrip("\r\n").strip() for line in f]
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            lines = [line.rstrip("\r\n").strip() for line in f]
+    except UnicodeDecodeError as err:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    raise DataError(f"{path}:{number}: not UTF-8 text (byte {bad.start + 1} of the line: "
+                                    f"{bad.reason}); convert the file, e.g. iconv -f latin1 -t utf-8") from None
+        raise DataError(f"{path}: not UTF-8 text ({err.reason})") from None
+    except PermissionError:
+        raise DataError(f"{path}: not readable (permission denied)") from None
     for number, line in enumerate(lines, 1):
         if not line:
             raise DataError(f"{path}:{number}: empty line")

@@ -140,3 +140,33 @@ include: [{{model.ffn: relu, trainer.max_step: 5}}]
     err = capsys.readouterr().err
     assert "run layernorm-pre-learned-relu-max_step5-s0" in err and "did you mean max_steps" in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"model:\n  d_model: [1, 2\n", r"bad\.yaml:3:1: not valid YAML"),
+    (b"42\n", "holds a mapping of keys at its top level, not a int"),
+    (b"- a\n- b\n", "not a list"),
+    (b'model: !!python/object/apply:os.system ["echo hi"]\n', r"bad\.yaml:1:8: not valid YAML: could not determine a constructor"),
+    (b"model:\n  d_model: \xe9\n", r"bad\.yaml: not UTF-8 text"),
+])
+def test_a_bad_yaml_file_is_named_with_its_line_and_no_traceback(tmp_path, capsys, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config([ROOT / "configs" / "experiments" / "lm-bible.yaml", bad])
+    assert main(["train", str(bad), f"run.root={tmp_path}/runs"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_data_error_is_a_message_with_exit_code_2_and_a_failed_run(tmp_path, capsys):
+    from experiments.rundir import read_status
+
+    for split in ("train", "val", "test"):
+        (tmp_path / f"{split}.txt").write_bytes("one\ncaf\u00e9\n".encode("latin-1"))
+    args = [str(ROOT / "configs" / "experiments" / "lm-bible.yaml"), "data.source=text", f"data.path={tmp_path}",
+            f"run.root={tmp_path}/runs", f"data.cache_dir={tmp_path}/cache", "logger=none"]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert "train.txt:2: not UTF-8 text" in err and "Traceback" not in err
+    (status,) = (tmp_path / "runs").glob("*/*/status.json")
+    assert read_status(status.parent)["state"] == "failed" and "not UTF-8" in read_status(status.parent)["error"]

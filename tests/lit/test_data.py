@@ -94,6 +94,18 @@ def test_empty_line_names_file_and_line(tmp_path):
         load_text(DataConfig(source="text", path=str(tmp_path)), "val")
 
 
+@pytest.mark.parametrize("name", ["val.txt", "val.txt.gz"])
+def test_a_file_that_is_not_utf8_names_file_and_line(tmp_path, name):
+    import gzip
+
+    data = "one\ntwo\n".encode() * 3000 + "caf\u00e9\n".encode("latin-1")  # past the first read buffer
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    from lit.data.sources import read_lines
+
+    with pytest.raises(DataError, match=r"val\.txt(\.gz)?:6001: not UTF-8 text \(byte 4 of the line"):
+        read_lines(tmp_path / name)
+
+
 def test_missing_file_and_missing_multi30k_are_clear(tmp_path):
     with pytest.raises(DataError, match="test.txt: file not found"):
         load_text(DataConfig(source="text", path=str(tmp_path)), "test")
