@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -27,7 +28,7 @@ from experiments.rundir import EXIT_LOCKED, RunLock, RunLocked, read_status, wri
 from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor
 from lit.data.sources import DataError
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
-                               latest_checkpoint, remove_partial_writes)
+                               latest_checkpoint, remove_partial_writes, saved_resume_state)
 from lit.metrics import one_line
 from lit.specs import task_spec
 from lit.system import cpu_peak_flops, environment
@@ -51,14 +52,35 @@ def _is_rank_zero() -> bool:
     return all(int(os.environ.get(var) or 0) == 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
-def _check_same_run(cfg: RunConfig, rid: str) -> None:
-    status = read_status(cfg.run_dir)
-    previous = status.get("run_id")
+CONFIG_HEADER = re.compile(r"^# run_id: (\w+)$", re.M)
+
+
+def recorded_run_ids(run_dir: Path) -> dict[str, str]:
+    """The run ids a run directory records, by file: ``status.json``, the header of
+    ``config.yaml`` and the newest complete checkpoint (files from before ids were recorded
+    there say nothing)."""
+    ids = {}
+    status = read_status(run_dir)
     never_started = (status.get("state") == "failed" and not status.get("step")
-                     and not any((cfg.run_dir / "checkpoints").glob("*.ckpt")))
-    if previous and previous != rid and not never_started:  # a run refused at its start holds nothing
+                     and not any((run_dir / "checkpoints").glob("*.ckpt")))
+    if status.get("run_id") and not never_started:  # a run refused at its start holds nothing
+        ids["status.json"] = status["run_id"]
+    config = run_dir / "config.yaml"
+    if config.is_file() and (found := CONFIG_HEADER.search(config.read_text(encoding="utf-8", errors="replace"))):
+        ids["config.yaml"] = found.group(1)
+    newest = latest_checkpoint(run_dir / "checkpoints")
+    if newest is not None and (saved := saved_resume_state(newest).get("run_id")):
+        ids[f"checkpoints/{newest.name}"] = saved
+    return ids
+
+
+def _check_same_run(cfg: RunConfig, rid: str) -> None:
+    """Refuse, before touching anything, a directory whose files record another run id."""
+    other = {where: found for where, found in recorded_run_ids(cfg.run_dir).items() if found != rid}
+    if other:
+        names = ", ".join(f"{where} has {found}" for where, found in other.items())
         raise RunMismatch(
-            f"{cfg.run_dir} holds a run of another configuration (run id {previous}, this one is {rid}); "
+            f"{cfg.run_dir} holds a run of another configuration ({names}; this one is {rid}); "
             f"choose another run.root or run.name, or delete that directory")
 
 
@@ -103,7 +125,7 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     run_dir, lead = cfg.run_dir, _is_rank_zero()  # lead: the one process that writes the run's files
     run_dir.mkdir(parents=True, exist_ok=True)
     if lead:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        (run_dir / "config.yaml").write_text(f"# run_id: {rid}\n" + to_yaml(cfg))
         data.tokenizer.save(run_dir / "tokenizer.json")  # decode or rescore the run later with the same vocabulary
 
     task = task_spec(cfg.task.name).module(cfg.model, cfg.task, data)
@@ -116,7 +138,7 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     peak = cfg.perf.peak_flops
     if peak is None and _runs_on_cpu(cfg):  # measured before W&B starts its service process
         peak = cpu_peak_flops(Path(cfg.data.cache_dir))
-    resume_state = ResumeState()
+    resume_state = ResumeState(run_id=rid)
     loggers = [JsonlLogger(run_dir)]
     use_wandb = cfg.logger == "wandb" and lead  # only the lead process touches W&B (and its wandb_id file)
     if use_wandb:

@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import WandbLogger
 from experiments.config import RunConfig, wandb_has_credentials
 from experiments.status import metric_records
 from experiments.wandb_records import run_segments, sent_metrics
+from lit.checkpointing import saved_resume_state
 
 STEP_KEY = "trainer/global_step"
 SUMMARIES = {"val/loss": "min", "val/ppl": "min", "val/bleu": "max"}  # best-of summaries
@@ -52,15 +53,6 @@ def run_config(cfg: RunConfig, extra: dict[str, Any]) -> dict[str, Any]:
 def saved_id(run_dir: Path) -> Optional[str]:
     id_file = run_dir / "wandb_id"
     return id_file.read_text().strip() if id_file.is_file() else None
-
-
-def _checkpoint_id(path: Path) -> Optional[str]:
-    """The W&B run id a checkpoint carries (when the ``wandb_id`` file was lost)."""
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    for key, value in state.get("callbacks", {}).items():
-        if key.startswith("ResumeState"):
-            return value.get("wandb_id")
-    return None
 
 
 class OncePerStep(WandbLogger):
@@ -87,7 +79,7 @@ def make_logger(cfg: RunConfig, run_dir: Path, extra: dict[str, Any], resume_fro
     id_file = run_dir / "wandb_id"
     wandb_id = saved_id(run_dir)
     if wandb_id is None and resume_from is not None:
-        wandb_id = _checkpoint_id(resume_from)
+        wandb_id = saved_resume_state(resume_from).get("wandb_id")  # the wandb_id file was lost
         if wandb_id:
             id_file.write_text(wandb_id)
     logger = OncePerStep(

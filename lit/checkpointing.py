@@ -170,10 +170,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class ResumeState(L.Callback):
-    """RNG states, elapsed training time and the W&B run id, saved in every checkpoint."""
+    """RNG states, elapsed training time, the run id and the W&B run id, saved in every checkpoint."""
 
-    def __init__(self, wandb_id: Optional[str] = None) -> None:
+    def __init__(self, wandb_id: Optional[str] = None, run_id: Optional[str] = None) -> None:
         self.wandb_id = wandb_id
+        self.run_id = run_id
         self.saved_metrics: dict[str, float] = {}  # the logged metrics at the checkpoint resumed from
         self._trainer: Optional[L.Trainer] = None
         self.elapsed_before = 0.0  # training seconds of earlier segments of this run
@@ -199,7 +200,8 @@ class ResumeState(L.Callback):
         metrics = {}
         if self._trainer is not None:
             metrics = {k: float(v) for k, v in self._trainer.callback_metrics.items() if v.numel() == 1}
-        return {"rng": rng, "elapsed_s": self.elapsed, "wandb_id": self.wandb_id, "metrics": metrics}
+        return {"rng": rng, "elapsed_s": self.elapsed, "wandb_id": self.wandb_id, "run_id": self.run_id,
+                "metrics": metrics}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._pending_rng = state.get("rng")
@@ -219,3 +221,13 @@ class ResumeState(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._step_rng = torch.get_rng_state()
+
+
+def saved_resume_state(path: Path) -> dict[str, Any]:
+    """What :class:`ResumeState` saved in a checkpoint (run id, W&B id, ...), read without
+    loading the weights into memory; {} when it holds none."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    for key, value in state.get("callbacks", {}).items():
+        if key.startswith("ResumeState"):
+            return dict(value)
+    return {}

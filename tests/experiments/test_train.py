@@ -166,3 +166,37 @@ def test_a_run_refused_at_its_start_leaves_its_directory_to_the_fixed_config(tmp
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
     assert main(["train", *args, "trainer.max_steps=4"]) == 0  # a different run id, but nothing to lose
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_directory_of_another_run_is_refused_by_any_of_its_files_and_left_untouched(tmp_path, capsys):
+    """status.json, the config.yaml header and the newest checkpoint each record the run id: a
+    config with another id is refused (exit 2, both ids named) even with status.json deleted, and
+    nothing in the directory changes."""
+    import shutil
+
+    from experiments.cli import main
+
+    args = [str(ROOT / "configs" / "experiments" / "lm-bible.yaml"), str(SMOKE), f"run.root={tmp_path}",
+            "logger=none", f"data.cache_dir={tmp_path}/cache", "trainer.max_steps=4", "checkpoint.every_n_steps=2"]
+    assert main(["train", *args]) == 0
+    (run_dir,) = tmp_path.glob("lm-bible/*")
+    first = json.loads((run_dir / "status.json").read_text())["run_id"]
+    assert (run_dir / "config.yaml").read_text().startswith(f"# run_id: {first}\n")
+
+    def snapshot():
+        return {p.relative_to(run_dir): (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*")
+                if p.is_file()}
+
+    (run_dir / "status.json").unlink()
+    for removed in ("status.json", "checkpoints"):  # then the config.yaml header alone
+        if removed == "checkpoints":
+            shutil.rmtree(run_dir / "checkpoints")
+        before = snapshot()
+        capsys.readouterr()
+        assert main(["train", *args, "task.lr=5e-4"]) == 2
+        err = capsys.readouterr().err
+        assert "holds a run of another configuration" in err and first in err
+        assert ("checkpoints/step-00000004.ckpt has" in err) == (removed == "status.json")
+        assert "config.yaml has" in err
+        assert snapshot() == before
