@@ -134,6 +134,18 @@ def _wandb_view(args: argparse.Namespace) -> int:
     return _on_sweep(args, "ablate wandb-view", lambda sweep: command(sweep, args.out))
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from experiments.use import generate_command
+
+    return generate_command(args)
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from experiments.use import translate_command
+
+    return translate_command(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from benchmarks.run import main_from_args
 
@@ -155,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ablate {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_components, _add_train, _add_sweep, _add_sweep_run, _add_status, _add_wandb_view,
-                _add_bench, _add_report, _add_reproduce):
+                _add_bench, _add_report, _add_reproduce, _add_generate, _add_translate):
         add(commands)
     return parser
 
@@ -226,6 +238,28 @@ def _add_status(commands) -> None:
     status.add_argument("sweep", metavar="SWEEP.yaml")
     status.add_argument("overrides", nargs="*", metavar="key=value", help="as given to ablate sweep")
     status.set_defaults(func=_status)
+
+
+def _add_generate(commands) -> None:
+    gen = commands.add_parser("generate", help="continue a prompt with a trained LM run (its newest checkpoint)")
+    gen.add_argument("run_dir", metavar="RUN_DIR", help="e.g. runs/lm-bible/layernorm-pre-rope-gelu-s0")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=50)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus: the smallest set reaching this mass")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    gen.set_defaults(func=_generate)
+
+
+def _add_translate(commands) -> None:
+    tr = commands.add_parser("translate", help="translate stdin, one source per line, with a trained "
+                                               "translation run (its newest checkpoint)")
+    tr.add_argument("run_dir", metavar="RUN_DIR", help="e.g. runs/cpu-mt-multi30k/layernorm-pre-rope-gelu-s0")
+    tr.add_argument("--beam", type=int, default=4, help="1: greedy")
+    tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    tr.set_defaults(func=_translate)
 
 
 def _add_wandb_view(commands) -> None:

@@ -1,4 +1,8 @@
-"""Greedy and beam-search decoding with the KV cache.
+"""Greedy, sampled and beam-search decoding with the KV cache.
+
+Sampling draws each token from ``softmax(logits / temperature)`` restricted to the ``top_k``
+most likely tokens and to the nucleus (``top_p``: the smallest set of most likely tokens whose
+probability reaches ``top_p``), from a caller's ``torch.Generator`` so that a seed repeats.
 
 Beam search scores a finished hypothesis by its summed log-probability divided by
 ``length ** length_penalty`` (fairseq's convention; the length counts the ``<eos>``), takes an
@@ -92,6 +96,48 @@ def greedy_generate(model, prompt: torch.Tensor, max_new_tokens: int) -> torch.T
     for _ in range(max_new_tokens):
         hidden = model.hidden(step, cache, padded)[:, -1:]  # the head reads the last position only
         step = model.logits(hidden)[:, -1].argmax(-1, keepdim=True)
+        out.append(step)
+        padded = False
+    return torch.cat(out, dim=1)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """``logits`` (..., V) with every token outside the top ``top_k`` and outside the nucleus
+    (the smallest set of most likely tokens whose probability reaches ``top_p``) set to -inf;
+    tokens tied with the k-th are kept. The most likely token always stays."""
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if top_k < logits.size(-1):
+            kth = logits.topk(top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        ordered, order = logits.sort(dim=-1, descending=True)
+        mass = ordered.softmax(-1).cumsum(-1)
+        outside = (mass - ordered.softmax(-1)) >= top_p  # the mass before a token already reaches p
+        logits = logits.masked_fill(outside.scatter(-1, order, outside), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample_generate(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: int | None = None, top_p: float | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Continue (B, T) prompts of a decoder-only LM by ``max_new_tokens`` sampled tokens.
+    ``temperature`` 0 is greedy decoding."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be 0 or more, got {temperature}")
+    cache = model.new_cache(prompt.size(0), prompt.size(1) + max_new_tokens)
+    step, out, padded = prompt, [], None
+    for _ in range(max_new_tokens):
+        logits = model.logits(model.hidden(step, cache, padded)[:, -1:])[:, -1].float()
+        if temperature == 0:
+            step = logits.argmax(-1, keepdim=True)
+        else:
+            probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+            step = torch.multinomial(probs, 1, generator=generator)
         out.append(step)
         padded = False
     return torch.cat(out, dim=1)

@@ -1,0 +1,130 @@
+"""Use a trained run: ``ablate generate RUN_DIR --prompt TEXT`` continues a prompt with an LM
+run; ``ablate translate RUN_DIR < sources.txt`` translates with a translation run. Both read the
+run's own ``config.yaml``, ``tokenizer.json`` and newest checkpoint, on CPU or GPU."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from experiments.config import ConfigError, RunConfig, load_config
+from lit.checkpointing import latest_checkpoint
+from lit.tokenizer import TextTokenizer
+from variants import build_model
+
+TABLE_POSITIONS = ("learned", "sinusoidal")  # position schemes with a fixed-size table
+
+
+class UseError(ValueError):
+    """A run directory that cannot be used this way; the message says why."""
+
+
+@dataclass
+class LoadedRun:
+    cfg: RunConfig
+    tokenizer: TextTokenizer
+    model: torch.nn.Module
+    checkpoint: Path
+
+
+def load_run(run_dir: str | Path, device: Optional[str] = None) -> LoadedRun:
+    """The run's model (weights of its newest checkpoint, evaluation mode) and tokenizer."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "tokenizer.json"):
+        if not (run_dir / name).is_file():
+            raise UseError(f"{run_dir}: no {name}; is this a run directory (runs/<experiment>/<run>)?")
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        raise UseError(f"{run_dir}: no complete checkpoint in checkpoints/ (the run has not saved one yet)")
+    try:
+        cfg = load_config([run_dir / "config.yaml"])
+    except ConfigError as err:
+        raise UseError(f"{run_dir}: {err}") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(cfg.model)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    return LoadedRun(cfg, TextTokenizer.load(run_dir / "tokenizer.json"), model.to(device).eval(), checkpoint)
+
+
+def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 50, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0) -> str:
+    """The continuation of ``prompt`` (sampled; ``temperature`` 0 is greedy), up to ``<eos>``."""
+    from variants.decoding import sample_generate
+
+    if run.cfg.model.kind != "lm":
+        raise UseError(f"{run.cfg.run_name} is a {run.cfg.task.name} run: use ablate translate")
+    tok = run.tokenizer
+    ids = [tok.eos_id] + tok.encode(prompt)  # training streams put <eos> before every example
+    limit = run.cfg.model.max_seq_len
+    if run.cfg.model.position in TABLE_POSITIONS and len(ids) + max_new_tokens > limit:
+        raise UseError(f"the prompt ({len(ids)} tokens) plus --max-new-tokens {max_new_tokens} exceeds the "
+                       f"{limit} positions of this run's {run.cfg.model.position} position table")
+    device = next(run.model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = sample_generate(run.model, torch.tensor([ids], device=device), max_new_tokens, temperature, top_k,
+                          top_p, generator)[0].tolist()
+    return tok.decode(out)
+
+
+def translate(run: LoadedRun, sources: Iterable[str], beam: int = 4, batch_size: int = 32,
+              max_len: Optional[int] = None) -> Iterable[str]:
+    """One detokenized translation per source line, in order (beam search; ``beam`` 1 is greedy)."""
+    from variants.decoding import beam_translate, greedy_translate
+
+    if run.cfg.model.kind != "seq2seq":
+        raise UseError(f"{run.cfg.run_name} is a {run.cfg.task.name} run: use ablate generate")
+    tok, limit = run.tokenizer, run.cfg.model.max_seq_len
+    max_len = max_len or run.cfg.task.max_decode_len
+    device = next(run.model.parameters()).device
+    batch: list[list[int]] = []
+
+    def flush():
+        width = max(map(len, batch))
+        src = torch.full((len(batch), width), tok.pad_id, dtype=torch.long)
+        for i, ids in enumerate(batch):
+            src[i, :len(ids)] = torch.tensor(ids)
+        src = src.to(device)
+        if beam > 1:
+            hyps = beam_translate(run.model, src, tok.bos_id, tok.eos_id, max_len, beam=beam,
+                                  length_penalty=run.cfg.task.length_penalty)
+        else:
+            hyps = greedy_translate(run.model, src, tok.bos_id, tok.eos_id, max_len)
+        batch.clear()
+        return [tok.decode(h) for h in hyps]
+
+    for number, line in enumerate(sources, 1):
+        ids = tok.encode(line.rstrip("\n")) + [tok.eos_id]
+        if len(ids) > limit:
+            raise UseError(f"input line {number} has {len(ids)} tokens, more than model.max_seq_len={limit}")
+        batch.append(ids)
+        if len(batch) == batch_size:
+            yield from flush()
+    if batch:
+        yield from flush()
+
+
+def generate_command(args) -> int:
+    try:
+        run = load_run(args.run_dir, args.device)
+        print(args.prompt + generate(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                                     args.top_p, args.seed))
+    except (UseError, ValueError) as err:
+        print(f"ablate generate: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def translate_command(args) -> int:
+    try:
+        run = load_run(args.run_dir, args.device)
+        for line in translate(run, sys.stdin, args.beam):
+            print(line, flush=True)
+    except (UseError, ValueError) as err:
+        print(f"ablate translate: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,70 @@
+"""`ablate generate` and `ablate translate` on real (tiny) trained runs."""
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.cli import main
+from experiments.use import UseError, generate, load_run, translate
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "debug" / "smoke.yaml"
+
+
+def _train(tmp_path, experiment, *extra):
+    args = [str(ROOT / "configs" / "experiments" / f"{experiment}.yaml"), str(SMOKE), f"run.root={tmp_path}",
+            "logger=none", f"data.cache_dir={tmp_path}/cache", *extra]
+    assert main(["train", *args]) == 0
+    (run_dir,) = tmp_path.glob(f"{experiment}/*")
+    return run_dir
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
+    assert main(["generate", str(tmp_path), "--prompt", "x"]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generate_with_an_lm_run(tmp_path, capsys):
+    from variants.decoding import greedy_generate
+
+    run_dir = _train(tmp_path, "lm-bible", "trainer.max_steps=20")
+    run = load_run(run_dir, "cpu")
+    tok = run.tokenizer
+    prompt = "And God said"
+    ids = torch.tensor([[tok.eos_id] + tok.encode(prompt)])
+    assert generate(run, prompt, 8, temperature=0.0) == tok.decode(greedy_generate(run.model, ids, 8)[0].tolist())
+    assert generate(run, prompt, 8, top_p=0.9, seed=5) == generate(run, prompt, 8, top_p=0.9, seed=5)
+
+    capsys.readouterr()
+    assert main(["generate", str(run_dir), "--prompt", prompt, "--max-new-tokens", "8", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == prompt + generate(run, prompt, 8, temperature=0.0) + "\n"
+    assert main(["generate", str(run_dir), "--prompt", prompt, "--max-new-tokens", "1000"]) == 2
+    assert "learned position table" in capsys.readouterr().err
+    assert main(["translate", str(run_dir)]) == 2
+    assert "use ablate generate" in capsys.readouterr().err
+
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+        ckpt.unlink()
+    with pytest.raises(UseError, match="no complete checkpoint"):
+        load_run(run_dir)
+
+
+@pytest.mark.slow
+def test_translate_with_a_translation_run_gives_the_runs_own_test_hypotheses(tmp_path, capsys, monkeypatch):
+    run_dir = _train(tmp_path, "mt-bible-de-en", "trainer.max_steps=40")
+    run = load_run(run_dir, "cpu")
+    sources = (run_dir / "test.src").read_text(encoding="utf-8").splitlines()[:6]
+    hypotheses = (run_dir / "test.hyp").read_text(encoding="utf-8").splitlines()[:6]
+    assert list(translate(run, sources, beam=run.cfg.task.beam_size, batch_size=4)) == hypotheses
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(s + "\n" for s in sources)))
+    capsys.readouterr()
+    assert main(["translate", str(run_dir), "--beam", str(run.cfg.task.beam_size)]) == 0
+    assert capsys.readouterr().out.splitlines() == hypotheses
+    assert main(["generate", str(run_dir), "--prompt", "x"]) == 2
+    assert "use ablate translate" in capsys.readouterr().err
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
