@@ -28,6 +28,10 @@ def test_every_shipped_sweep_expands(path):
     assert len(names) == len(set(names)) == len({r.run_id for r in sweep.runs})
     assert sweep.baseline in sweep.variants
     assert all(r.cfg.run.experiment == sweep.name and r.cfg.seed in sweep.seeds for r in sweep.runs)
+    from experiments.config import check_trainer
+
+    for run in sweep.runs:  # what `ablate sweep` checks before starting any run
+        check_trainer(run.cfg.trainer)
     n_variants = len(sweep.variants)
     assert len(sweep.runs) == n_variants * len(sweep.seeds)
 
