@@ -141,15 +141,18 @@ def test_a_signalled_run_exits_non_zero_and_reads_interrupted(tmp_path, signum, 
     args = [str(ROOT / "configs" / "experiments" / "lm-bible.yaml"), str(SMOKE), f"run.root={tmp_path}",
             "logger=none", f"data.cache_dir={tmp_path}/cache", "trainer.max_steps=2000", "checkpoint.every_n_steps=5",
             "trainer.val_check_interval=1000"]
+    # a job started in the background (CI) inherits SIGINT ignored; the run gets the default back,
+    # as a command started from a terminal has it
     proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "train", *args], cwd=ROOT,
                             env={**os.environ, "WANDB_MODE": "disabled"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list(tmp_path.glob("lm-bible/*/checkpoints/step-*.ckpt")):
         assert time.time() < deadline and proc.poll() is None, "the run never checkpointed"
         time.sleep(0.1)
     proc.send_signal(getattr(signal, signum))
-    _, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]
     (run_dir,) = tmp_path.glob("lm-bible/*")
     assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
