@@ -307,10 +307,10 @@ def _refused_at_start(cfg: RunConfig, err: Exception, prog: str) -> int:
     import sys
 
     print(f"{prog}: {err}", file=sys.stderr)
-    previous = read_status(cfg.run_dir)
-    if previous["state"] == "pending" or (previous["state"] == "failed" and previous.get("run_id") == run_id(cfg)):
+    previous, rid = read_status(cfg.run_dir), run_id(cfg)
+    if previous["state"] == "pending" or (previous["state"] == "failed" and previous.get("run_id") == rid):
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        write_status(cfg.run_dir, "failed", step=0, run_id=run_id(cfg), error=str(err))
+        write_status(cfg.run_dir, "failed", step=0, run_id=rid, error=str(err))
     return 2
 
 

@@ -71,11 +71,16 @@ class OncePerStep(WandbLogger):
         super().log_metrics(metrics, step)
 
 
+def _offline_without_credentials() -> None:
+    """W&B logs offline when there are no credentials: never a prompt, never a wait on the network."""
+    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
+        os.environ["WANDB_MODE"] = "offline"
+
+
 def make_logger(cfg: RunConfig, run_dir: Path, extra: dict[str, Any], resume_from: Optional[Path]):
     """The run's Lightning W&B logger (online with credentials, else offline), its W&B run
     started and the ``wandb_id`` file written."""
-    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
-        os.environ["WANDB_MODE"] = "offline"  # never prompt, never wait on the network
+    _offline_without_credentials()
     id_file = run_dir / "wandb_id"
     wandb_id = saved_id(run_dir)
     if wandb_id is None and resume_from is not None:
@@ -224,8 +229,7 @@ def log_report(folder: Path, project: str, entity: Optional[str], save_dir: Path
     from a run of job type ``report`` kept under ``save_dir/wandb``; returns where to see it."""
     import wandb
 
-    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
-        os.environ["WANDB_MODE"] = "offline"
+    _offline_without_credentials()
     save_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=project, entity=entity, name=f"report-{folder.name}", job_type="report",
                      dir=str(save_dir), mode=os.environ.get("WANDB_MODE"), config={"report": folder.name})

@@ -76,9 +76,10 @@ def to_workspace(spec: dict[str, Any], entity: Optional[str] = None):
                         runset_settings=runs)
 
 
-def build_view(sweep: Sweep, out: Optional[Path] = None) -> tuple[Path, Optional[str]]:
+def build_view(sweep: Sweep, out: Optional[Path] = None) -> tuple[Path, Optional[str], Optional[str]]:
     """Write the spec (``out``, default ``<run root>/<sweep>/wandb-view.json``); online, save the
-    workspace too. Returns the spec's path and the workspace URL (None offline)."""
+    workspace too. Returns the spec's path, the workspace URL (None offline) and why W&B was not
+    reachable (None online)."""
     from experiments.launchers import wandb_reachable
 
     spec = view_spec(sweep)
@@ -87,29 +88,27 @@ def build_view(sweep: Sweep, out: Optional[Path] = None) -> tuple[Path, Optional
     out.write_text(json.dumps(spec, indent=2) + "\n")
     problem = wandb_reachable()
     if problem:
-        return out, None
+        return out, None, problem
     import wandb
 
     entity = spec["entity"] or wandb.Api().default_entity
     workspace = to_workspace(spec, entity).save()
-    return out, workspace.url
+    return out, workspace.url, None
 
 
 def command(sweep: Sweep, out: Optional[str]) -> int:
     """The CLI: 0 when the view was written (and saved online), 2 when it cannot be."""
     import sys
 
-    from experiments.launchers import wandb_reachable
-
     try:
-        path, url = build_view(sweep, Path(out) if out else None)
+        path, url, problem = build_view(sweep, Path(out) if out else None)
     except ViewError as err:
         print(f"ablate wandb-view: {err}", file=sys.stderr)
         return 2
     if url:
         print(f"saved the W&B workspace {url} (spec: {path})")
     else:
-        print(f"W&B is not reachable ({wandb_reachable()}): wrote the workspace spec to {path}.\n"
+        print(f"W&B is not reachable ({problem}): wrote the workspace spec to {path}.\n"
               f"To publish it: upload the runs (wandb sync {sweep.root}/*/wandb/offline-run-*), then run "
               f"`ablate wandb-view {sweep.path}` again with W&B credentials (wandb login) and "
               f"pip install 'ablate[wandb]'.")
