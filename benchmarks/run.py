@@ -19,6 +19,7 @@ from benchmarks import report, suites
 from benchmarks.breakdown import sublayer_breakdown
 from benchmarks.config import SECTIONS, BenchConfig, gpu_config, tiny_config
 from benchmarks.measure import cpu_seconds, load_average, other_work
+from lit.errors import report_error
 from lit.system import (code_version, cpu_flags, cpu_model, device_peak_flops, matmul_peak, physical_cores,
                         versions)
 
@@ -210,7 +211,7 @@ def main_from_args(args: argparse.Namespace, command: Optional[str] = None) -> i
         try:
             parts = [json.loads(Path(p).read_text()) for p in args.merge]
         except (OSError, ValueError) as err:
-            print(f"ablate bench --merge: {err}", file=sys.stderr)
+            report_error("ablate bench --merge", err)
             return 2
         devices = {p["env"]["device_name"] for p in parts}
         if len(devices) > 1:
@@ -223,7 +224,7 @@ def main_from_args(args: argparse.Namespace, command: Optional[str] = None) -> i
         try:
             cfg = config_from_args(args)
         except ValueError as err:
-            print(f"ablate bench: {err}", file=sys.stderr)
+            report_error("ablate bench", err)
             return 2
         command = command or "ablate bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
         cfg = dataclasses.replace(cfg, notes=[*cfg.notes, *args.note])

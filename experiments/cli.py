@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from experiments.rundir import LAUNCHERS
+from lit.errors import DEBUG_ENV, report_error
 
 
 def _components(args: argparse.Namespace) -> int:
@@ -51,7 +53,7 @@ def _sweep(args: argparse.Namespace) -> int:
                 raise SweepError(f"{sweep.path}: run {run.name}: {err}") from None
         return launch(sweep, args.launcher, args.workers, args.retry_failed, args.gpus_per_run, args.wait)
     except SweepError as err:
-        print(f"ablate sweep: {err}", file=sys.stderr)
+        report_error("ablate sweep", err)
         return 2
 
 
@@ -68,7 +70,7 @@ def _report(args: argparse.Namespace) -> int:
             sweep = _load_sweep(args)
             path, cfg = build(sweep, Path(args.out) if args.out else default_out(sweep)), sweep.runs[0].cfg
     except SweepError as err:
-        print(f"ablate report: {err}", file=sys.stderr)
+        report_error("ablate report", err)
         return 2
     print(f"wrote {path}")
     if args.wandb_artifact:
@@ -87,7 +89,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     try:
         return reproduce(Path(args.report), args.root, args.workers, args.variant, args.seed)
     except (SweepError, FileNotFoundError) as err:
-        print(f"ablate reproduce: {err}", file=sys.stderr)
+        report_error("ablate reproduce", err)
         return 2
 
 
@@ -103,7 +105,7 @@ def _sweep_run(args: argparse.Namespace) -> int:
             raise SweepError("give the run as sweep_run=<name>")
         argv = run_named(load_sweep(args.sweep, overrides), names[0])
     except SweepError as err:
-        print(f"ablate sweep-run: {err}", file=sys.stderr)
+        report_error("ablate sweep-run", err)
         return 2
     from experiments.train import run_command
 
@@ -117,7 +119,7 @@ def _on_sweep(args: argparse.Namespace, prog: str, then) -> int:
     try:
         sweep = _load_sweep(args)
     except SweepError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
+        report_error(prog, err)
         return 2
     return then(sweep)
 
@@ -165,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablate", description="Controlled comparisons of Transformer "
                                      "architecture variants: train, sweep, report, reproduce, bench.")
     parser.add_argument("--version", action="version", version=f"ablate {_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback behind a refusal (also: ABLATE_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_components, _add_train, _add_sweep, _add_sweep_run, _add_status, _add_wandb_view,
                 _add_bench, _add_report, _add_reproduce, _add_generate, _add_translate):
@@ -181,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if args.debug:  # in the environment, so that the runs a sweep starts inherit it
+        os.environ[DEBUG_ENV] = "1"
     return args.func(args)
 
 

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lit.config import DataConfig, TaskConfig
 from lit.specs import task_spec
 from variants import ModelConfig
+from variants.registry import POSITIONS
 
 LOGGERS = ("wandb", "none")
 
@@ -92,6 +93,12 @@ class RunConfig:
         if self.model.kind != expected:
             raise ValueError(f"task.name={self.task.name!r} needs model.kind={expected!r}, "
                              f"got {self.model.kind!r}")
+        block = getattr(self.data, "block_size", None)
+        limit = POSITIONS.get(self.model.position).max_length(self.model)
+        if block is not None and limit is not None and block > limit:
+            raise ValueError(f"key 'data.block_size': {block} tokens per block, but position "
+                             f"{self.model.position!r} encodes at most {limit} (model.max_seq_len); "
+                             f"raise model.max_seq_len or shorten the blocks")
 
     @property
     def run_name(self) -> str:

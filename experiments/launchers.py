@@ -264,13 +264,34 @@ def _overhead(launches: Path) -> Optional[float]:
 
 # ----------------------------------------------------------------------------------------- slurm
 
+def devices_per_run(trainer: dict[str, Any]) -> int:
+    """The processes a run's ``trainer.devices`` asks for: Slurm must start one task for each
+    (Lightning checks that ``--ntasks-per-node`` equals ``devices``). ``auto`` and ``-1`` count as
+    one here, since the devices of a node are unknown until the job runs on it."""
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, (list, tuple)):
+        return max(1, len(devices))
+    if isinstance(devices, str):
+        devices = devices.strip()
+        if "," in devices:
+            return len([d for d in devices.split(",") if d.strip()])
+        devices = int(devices) if devices.isdigit() else 1
+    return devices if isinstance(devices, int) and devices > 0 else 1
+
+
 class _SlurmTask:
     """One run inside a Slurm array task; on preemption or time-out submitit calls
     :meth:`checkpoint`, which requeues the same command: the run resumes from its checkpoint."""
 
     def __call__(self, argv: list[str]) -> int:
+        import submitit
+
         from experiments.train import run_command  # the run itself, not the command line around it
 
+        if submitit.JobEnvironment().num_tasks > 1:  # one task per device: each task is one rank
+            # RANK, LOCAL_RANK, WORLD_SIZE and the rendezvous address, the same for every launcher
+            # (under Slurm, Lightning's SLURMEnvironment reads Slurm's own variables besides)
+            submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
         return run_command(argv[1:])
 
     def checkpoint(self, argv: list[str]):
@@ -292,8 +313,9 @@ def run_slurm(sweep: Sweep, retry_failed: bool = False, wait: bool = False) -> i
         return 0
     s = sweep.slurm
     executor = submitit.AutoExecutor(folder=sweep.root / ".submitit" / "%j", cluster=s.get("cluster"))
+    gpus_per_node = int(s.get("gpus_per_node", 1))
     params = {"name": f"ablate-{sweep.name}", "timeout_min": int(s.get("time_min", 240)),
-              "gpus_per_node": int(s.get("gpus_per_node", 1)), "tasks_per_node": 1, "nodes": 1,
+              "gpus_per_node": gpus_per_node, "tasks_per_node": 1, "nodes": 1,
               "slurm_array_parallelism": int(s.get("array_parallelism", len(todo)))}
     for key in ("cpus_per_task", "mem_gb"):
         if s.get(key) is not None:
@@ -301,11 +323,18 @@ def run_slurm(sweep: Sweep, retry_failed: bool = False, wait: bool = False) -> i
     for key in ("partition", "account", "qos", "constraint", "additional_parameters"):
         if s.get(key) is not None:
             params[f"slurm_{key}"] = s[key]
-    executor.update_parameters(**params)
     configs = [c.resolve() for c in sweep.configs]
-    jobs = executor.map_array(_SlurmTask(), [run.command(configs) for run in todo])
-    print(f"sweep {sweep.name}: submitted {len(jobs)} runs as job array {jobs[0].job_id.split('_')[0]} "
-          f"({executor.cluster}); logs in {sweep.root / '.submitit'}")
+    by_devices: dict[int, list[SweepRun]] = {}  # one job array per device count: Slurm starts one task per device
+    for run in todo:
+        by_devices.setdefault(devices_per_run(run.cfg.trainer), []).append(run)
+    todo, jobs = [], []
+    for n, runs in sorted(by_devices.items()):
+        executor.update_parameters(**{**params, "tasks_per_node": n,
+                                      "gpus_per_node": max(gpus_per_node, n) if gpus_per_node else 0})
+        todo += runs
+        jobs += executor.map_array(_SlurmTask(), [run.command(configs) for run in runs])
+        print(f"sweep {sweep.name}: submitted {len(runs)} runs as job array {jobs[-1].job_id.split('_')[0]} "
+              f"({executor.cluster}, {n} task(s) per run); logs in {sweep.root / '.submitit'}")
     for run, job in zip(todo, jobs):
         print(f"  {job.job_id}  {run.name}")
     print(f"follow with: ablate status {sweep.path}")

@@ -32,6 +32,10 @@ class RunLocked(RuntimeError):
     """The run is being executed by another live process."""
 
 
+class RunDirUnwritable(RuntimeError):
+    """The run directory (or its lock file) cannot be created or written."""
+
+
 def write_status(run_dir: Path, state: str, **extra: Any) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +50,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "status.json"
     try:
         status = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # never started, or cannot exist there
         return {"state": "pending"}
     except json.JSONDecodeError:
         return {"state": "interrupted", "error": f"{path}: unreadable"}
@@ -68,8 +72,12 @@ class RunLock:
         self.stale: Optional[dict] = None  # the previous holder's record, when it had died
 
     def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")
+        except OSError as err:  # a read-only directory or file system, a missing permission
+            where = err.filename or self.path
+            raise RunDirUnwritable(f"{where}: cannot write the run directory ({err.strerror})") from err
         for attempt in range(10):  # a status reader holds the lock for microseconds: try again briefly
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -24,12 +24,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from experiments import wandb_log
 from experiments.config import RunConfig, run_id, to_yaml
 from experiments.status import metric_lines
-from experiments.rundir import EXIT_LOCKED, RunLock, RunLocked, read_status, write_status
+from experiments.rundir import EXIT_LOCKED, RunDirUnwritable, RunLock, RunLocked, read_status, write_status
 from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor
 from lit.data.sources import DataError
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
                                latest_checkpoint, remove_partial_writes, saved_resume_state)
 from lit.metrics import one_line
+from lit.errors import report_error
 from lit.specs import task_spec
 from lit.system import cpu_peak_flops, environment
 
@@ -274,14 +275,12 @@ def run_command(items: Sequence[str], prog: str = "ablate train") -> int:
     """``ablate train`` on its arguments (config files and ``key=value`` overrides): 0 when the run
     completed, 1 when it failed or diverged, 2 for a config error or a directory holding another
     run, ``EXIT_LOCKED`` when another live process runs it."""
-    import sys
-
     from experiments.config import ConfigError, check_runnable_here, check_trainer, load_config
 
     try:
         cfg = load_config([a for a in items if "=" not in a], [a for a in items if "=" in a])
     except ConfigError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
+        report_error(prog, err)
         return 2
     try:
         check_trainer(cfg.trainer)
@@ -293,10 +292,10 @@ def run_command(items: Sequence[str], prog: str = "ablate train") -> int:
     except DataError as err:  # raised before training starts: the data, not the code
         return _refused_at_start(cfg, err, prog)
     except RunLocked as err:
-        print(f"{prog}: {err}", file=sys.stderr)
+        report_error(prog, err)
         return EXIT_LOCKED
-    except RunMismatch as err:
-        print(f"{prog}: {err}", file=sys.stderr)
+    except (RunMismatch, RunDirUnwritable) as err:
+        report_error(prog, err)
         return 2
     return 0 if result["state"] == "completed" else 1
 
@@ -304,13 +303,14 @@ def run_command(items: Sequence[str], prog: str = "ablate train") -> int:
 def _refused_at_start(cfg: RunConfig, err: Exception, prog: str) -> int:
     """A run refused before it trained (its Trainer settings, its data): the message, exit code 2,
     and a ``failed`` status with the error, so that a sweep shows it as failed, not pending."""
-    import sys
-
-    print(f"{prog}: {err}", file=sys.stderr)
+    report_error(prog, err)
     previous, rid = read_status(cfg.run_dir), run_id(cfg)
     if previous["state"] == "pending" or (previous["state"] == "failed" and previous.get("run_id") == rid):
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        write_status(cfg.run_dir, "failed", step=0, run_id=rid, error=str(err))
+        try:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            write_status(cfg.run_dir, "failed", step=0, run_id=rid, error=str(err))
+        except OSError:  # an unwritable directory: the message above is all there is
+            pass
     return 2
 
 

@@ -13,6 +13,7 @@ import torch
 
 from experiments.config import ConfigError, RunConfig, load_config
 from lit.checkpointing import latest_checkpoint
+from lit.errors import report_error
 from lit.tokenizer import TextTokenizer
 from variants import build_model
 
@@ -114,7 +115,7 @@ def generate_command(args) -> int:
         print(args.prompt + generate(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
                                      args.top_p, args.seed))
     except (UseError, ValueError) as err:
-        print(f"ablate generate: {err}", file=sys.stderr)
+        report_error("ablate generate", err)
         return 2
     return 0
 
@@ -125,6 +126,6 @@ def translate_command(args) -> int:
         for line in translate(run, sys.stdin, args.beam):
             print(line, flush=True)
     except (UseError, ValueError) as err:
-        print(f"ablate translate: {err}", file=sys.stderr)
+        report_error("ablate translate", err)
         return 2
     return 0

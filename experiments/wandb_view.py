@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from experiments.sweep import Sweep
 from experiments.wandb_log import STEP_KEY
+from lit.errors import report_error
 from lit.specs import task_spec
 
 THROUGHPUT = "perf/tokens_per_s_median"
@@ -98,12 +99,11 @@ def build_view(sweep: Sweep, out: Optional[Path] = None) -> tuple[Path, Optional
 
 def command(sweep: Sweep, out: Optional[str]) -> int:
     """The CLI: 0 when the view was written (and saved online), 2 when it cannot be."""
-    import sys
 
     try:
         path, url, problem = build_view(sweep, Path(out) if out else None)
     except ViewError as err:
-        print(f"ablate wandb-view: {err}", file=sys.stderr)
+        report_error("ablate wandb-view", err)
         return 2
     if url:
         print(f"saved the W&B workspace {url} (spec: {path})")

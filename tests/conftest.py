@@ -1,4 +1,5 @@
-import pytest
+import lightning  # noqa: F401 - imported before any test captures stderr: Lightning's log handler
+import pytest      # keeps the real stream, not a test's capture that is closed when the test ends
 import torch
 
 

@@ -33,6 +33,7 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -45,6 +46,12 @@ class PositionScheme(nn.Module):
 
     def __init__(self, cfg) -> None:
         super().__init__()
+
+    @staticmethod
+    def max_length(cfg) -> Optional[int]:
+        """The longest sequence a scheme built from ``cfg`` can encode; None: any length. Known
+        from the config alone, so a run asking for longer sequences is refused before it starts."""
+        return None
 
     def check_length(self, length: int) -> None:
         """Raise ``ValueError`` if sequences of ``length`` tokens cannot be encoded."""
@@ -95,6 +102,10 @@ class Learned(PositionScheme):
         super().__init__(cfg)
         self.max_seq_len = cfg.max_seq_len
         self.table = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+
+    @staticmethod
+    def max_length(cfg) -> Optional[int]:
+        return cfg.max_seq_len
 
     def check_length(self, length):
         if length > self.max_seq_len:

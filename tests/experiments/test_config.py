@@ -42,6 +42,7 @@ def test_layers_merge_left_to_right_then_overrides(tmp_path):
     ("data.source=nowhere", "data.source"),
     ("logger=tensorboard", "logger"),
     ("model.norm", "dotted.key=value"),
+    ("data.block_size=300", "key 'data.block_size': 300 tokens per block, but position 'learned' encodes at most 256"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
@@ -170,3 +171,31 @@ def test_a_data_error_is_a_message_with_exit_code_2_and_a_failed_run(tmp_path, c
     assert "train.txt:2: not UTF-8 text" in err and "Traceback" not in err
     (status,) = (tmp_path / "runs").glob("*/*/status.json")
     assert read_status(status.parent)["state"] == "failed" and "not UTF-8" in read_status(status.parent)["error"]
+
+
+def test_blocks_longer_than_learned_positions_are_refused_at_load_and_others_extrapolate():
+    assert load_config([], ["model.position=learned", "model.max_seq_len=64", "data.block_size=64"])
+    for position in ("rope", "alibi", "sinusoidal", "none"):  # no table: any block length
+        assert load_config([], [f"model.position={position}", "model.max_seq_len=64", "data.block_size=512"])
+
+
+def test_an_unwritable_run_root_is_a_message_with_exit_code_2(tmp_path, capsys):
+    """A run root that cannot hold directories (here a plain file, which fails as root too)."""
+    root = tmp_path / "a-file"
+    root.write_text("not a directory\n")
+    args = [str(ROOT / "configs" / "experiments" / "lm-bible.yaml"), f"run.root={root}", "logger=none"]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the run directory (Not a directory)" in err and "Traceback" not in err
+    assert root.read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize("debug", [None, "--debug", "ABLATE_DEBUG=1"])
+def test_a_refusal_shows_its_traceback_only_when_debugging(capsys, monkeypatch, debug):
+    monkeypatch.delenv("ABLATE_DEBUG", raising=False)
+    if debug and debug.startswith("ABLATE_DEBUG"):
+        monkeypatch.setenv("ABLATE_DEBUG", "1")
+    assert main([*(["--debug"] if debug == "--debug" else []), "train", "model.norm=groupnorm"]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().splitlines()[-1].startswith("ablate train: ")  # the message is the last line
+    assert ("Traceback" in err) == (debug is not None)

@@ -296,6 +296,38 @@ slurm: {cluster: local, time_min: 10, gpus_per_node: 0}
     assert [read_status(r.run_dir)["state"] for r in sweep.runs] == ["completed", "completed"]
 
 
+@pytest.mark.parametrize("devices, n", [(1, 1), (2, 2), ("4", 4), ("auto", 1), (-1, 1), ([0, 1], 2), ("0,1,", 2)])
+def test_slurm_starts_one_task_per_device(devices, n):
+    from experiments.launchers import devices_per_run
+
+    assert devices_per_run({"devices": devices}) == n
+
+
+@pytest.mark.slow
+def test_a_two_device_run_under_the_slurm_launcher_runs_as_two_ranks(tmp_path):
+    """trainer.devices=2 gets tasks_per_node=2: two submitit tasks (local executor, CPU, gloo),
+    each one rank of one DDP run, which completes once."""
+    pytest.importorskip("submitit")
+    path = _write(tmp_path, BASE + """
+name: slurm-ddp
+overrides: {logger: none, trainer.max_steps: 6, trainer.val_check_interval: 6, checkpoint.every_n_steps: 6,
+            trainer.accelerator: cpu, trainer.devices: 2, trainer.strategy: ddp}
+grid: {model.ffn: [gelu]}
+slurm: {cluster: local, time_min: 10, gpus_per_node: 0}
+""")
+    result = _ablate("sweep", path, f"run.root={tmp_path}/runs", f"data.cache_dir={tmp_path}/cache",
+                     "--launcher", "slurm", "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 runs as job array" in result.stdout and "2 task(s) per run" in result.stdout
+    (run,) = load_sweep(path, [f"run.root={tmp_path}/runs"]).runs
+    assert read_status(run.run_dir)["state"] == "completed"
+    records = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "train/loss" in r]
+    assert steps == sorted(set(steps))  # one writer: each step once
+    logs = "".join(p.read_text() for p in (tmp_path / "runs" / "slurm-ddp" / ".submitit").rglob("*_log.*"))
+    assert "MEMBER: 1/2" in logs and "MEMBER: 2/2" in logs  # Lightning's line from each of the two ranks
+
+
 def test_overrides_may_follow_the_options(tmp_path):
     from experiments.cli import main
 
