@@ -200,6 +200,17 @@ class LanguageModelTask(TaskModule):
         return self.count_flops(self.tokens_in(batch), batch["inputs"].size(1))
 
 
+def _validation_follows(trainer) -> bool:
+    """Whether the training loop validates right after the current batch (Lightning's own test)."""
+    loop = trainer.fit_loop
+    if not trainer.training or loop.epoch_loop.val_loop.skip:
+        return False
+    try:
+        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+    except (AttributeError, TypeError):  # a Lightning whose loop differs: count what has run
+        return False
+
+
 class TranslationTask(TaskModule):
     """Teacher-forced training; BLEU from greedy decoding at validation, beam search at test."""
 
@@ -259,6 +270,16 @@ class TranslationTask(TaskModule):
         super().on_validation_epoch_end()
         if not self.trainer.sanity_checking:
             self.val_runs += 1
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The validation count travels with the checkpoint, so that a resumed run decodes at the
+        same validations as an uninterrupted one. A checkpoint is written after its step's batch
+        and before the validation due at that step; Lightning does not repeat that validation on
+        resume, so it is counted as done."""
+        checkpoint["val_runs"] = self.val_runs + int(_validation_follows(self.trainer))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.val_runs = int(checkpoint.get("val_runs", 0))
 
     def tokens_in(self, batch) -> int:
         return int((batch["tgt_out"] != self.pad_id).sum())
