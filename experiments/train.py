@@ -201,17 +201,19 @@ def _prepare_data(cfg: RunConfig):
 
 
 def _resume_point(cfg: RunConfig, lead: bool) -> Optional[Path]:
-    """The newest complete checkpoint (None: start afresh); the metrics logged after it are
-    dropped, since the resumed run logs them again."""
+    """The newest complete checkpoint (None: start afresh); the metrics logged after it (all of
+    them when starting afresh, as after a kill before the first checkpoint) are dropped, since
+    the run logs them again."""
     ckpt_dir = cfg.run_dir / "checkpoints"
     if lead:
         remove_partial_writes(ckpt_dir)
     resume_from = latest_checkpoint(ckpt_dir)
+    step = -1
     if resume_from is not None:
         step = checkpoint_step(resume_from)
         print(f"resuming {cfg.run.experiment}/{cfg.run_name} from {resume_from} (step {step})")
-        if lead:
-            _keep_metrics_up_to(cfg.run_dir, step)
+    if lead:
+        _keep_metrics_up_to(cfg.run_dir, step)
     return resume_from
 
 

@@ -27,3 +27,16 @@ def test_resume_trims_the_metrics_past_its_checkpoint_and_drops_undecodable_line
     with pytest.warns(UserWarning):
         _keep_metrics_up_to(tmp_path, 5)
     assert path.read_text() == '{"step": 1}\n{"step": 5}\n'
+
+
+def test_a_run_started_afresh_drops_what_a_killed_attempt_logged(tmp_path):
+    """Killed before its first checkpoint, a run starts again from step 0: the steps its first
+    attempt logged are logged again, so the old lines go (found by the fault-injection sweep)."""
+    from experiments.config import load_config
+    from experiments.train import _resume_point
+
+    cfg = load_config([], [f"run.root={tmp_path}", "logger=none"])
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "metrics.jsonl").write_text('{"step": 4, "train/loss": 6.0}\n{"step": 9, "train/lo')
+    assert _resume_point(cfg, lead=True) is None
+    assert (cfg.run_dir / "metrics.jsonl").read_text() == ""

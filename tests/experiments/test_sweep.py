@@ -253,6 +253,7 @@ def test_killed_worker_resumes_and_a_diverged_run_is_marked(tmp_path):
     diverged = read_status(sweep.runs[2].run_dir)
     assert diverged["state"] == "diverged"
     assert "non-finite at step" in diverged["message"] and "last finite loss" in diverged["message"]
+    assert "last gradient norms before clipping" in diverged["message"]
     assert read_status(sweep.runs[1].run_dir)["state"] == "completed"
 
     again = _ablate(*args)
@@ -337,3 +338,91 @@ def test_overrides_may_follow_the_options(tmp_path):
     assert f"run.root={tmp_path}/runs logger=none" in text and "0 of 4 runs finished" in text
     with pytest.raises(SystemExit):
         main(["report", str(SMOKE), "--bogus"])
+
+
+def _chaos_sweep(tmp_path):
+    """12 tiny runs: 6 variants x 2 seeds, each checkpointing every 10 of its 60 steps."""
+    return _write(tmp_path, BASE + """
+name: chaos
+overrides: {logger: none, trainer.max_steps: 60, trainer.val_check_interval: 20, checkpoint.every_n_steps: 10,
+            model.dropout: 0.1, trainer.enable_progress_bar: false}
+grid: {model.position: [learned, rope, alibi], model.ffn: [gelu, relu]}
+seeds: [0, 1]
+""")
+
+
+def _final(run):
+    status = read_status(run.run_dir)
+    records = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
+    tests = [r for r in records if any(k.startswith("test/") for k in r)]
+    kept = {k: v for k, v in status["metrics"].items() if k.startswith(("val/", "test/", "train/loss"))}
+    return status, losses, tests, kept
+
+
+@pytest.mark.slow
+def test_a_sweep_under_random_kill9_of_its_workers_ends_as_if_never_interrupted(tmp_path):
+    """Fault injection: while a 3-worker sweep runs, a chaos loop SIGKILLs a random running run
+    every few seconds (a bounded number of times); the sweep is rerun until it reports every run
+    finished. Each run then completed once, logged each step once, and ends with the metrics of
+    the same sweep run without interruption."""
+    import random
+
+    path = _chaos_sweep(tmp_path)
+    common = [f"data.cache_dir={tmp_path}/cache", "--workers", "3"]
+    reference = _ablate("sweep", path, f"run.root={tmp_path}/ref", *common, timeout=1200)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    sweep = load_sweep(path, [f"run.root={tmp_path}/runs"])
+    ref_runs = load_sweep(path, [f"run.root={tmp_path}/ref"]).runs
+    assert len(sweep.runs) == 12
+
+    chaos, kills, invocations = random.Random(0), [], 0
+    while True:
+        invocations += 1
+        assert invocations <= 12, f"still not finished after {invocations - 1} invocations"
+        proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "sweep", str(path),
+                                 f"run.root={tmp_path}/runs", *common], cwd=ROOT,
+                                env={**os.environ, "WANDB_MODE": "disabled"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        while proc.poll() is None:
+            time.sleep(chaos.uniform(1.0, 4.0))
+            if len(kills) >= 10:
+                continue
+            holders = []
+            for run in sweep.runs:
+                try:
+                    holders.append((run.name, json.loads((run.run_dir / "run.lock").read_text())["pid"]))
+                except (OSError, ValueError, KeyError):
+                    continue  # not started, finished, or its lock half-written
+            alive = [(name, pid) for name, pid in holders if _alive(pid) and pid != proc.pid]
+            if alive:
+                name, pid = chaos.choice(alive)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(name)
+                except ProcessLookupError:
+                    pass
+        out = proc.stdout.read()
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == 1 and "killed by signal 9" in out, out
+    assert len(kills) >= 5, f"the chaos loop found too few runs to kill: {kills}"
+
+    for run, ref in zip(sweep.runs, ref_runs):
+        status, losses, tests, kept = _final(run)
+        ref_status, ref_losses, ref_tests, ref_kept = _final(ref)
+        assert status["state"] == "completed" and status["step"] == 60, (run.name, status)
+        assert [s for s, _ in losses] == [s for s, _ in ref_losses] == sorted({s for s, _ in losses}), run.name
+        assert [v for _, v in losses] == pytest.approx([v for _, v in ref_losses], abs=1e-5), run.name
+        assert len(tests) == len(ref_tests) == 1, run.name  # tested once
+        assert set(kept) == set(ref_kept) and kept == pytest.approx(ref_kept, abs=1e-5), run.name
+    again = _ablate("sweep", path, f"run.root={tmp_path}/runs", *common)
+    assert again.returncode == 0 and "12 done" in again.stdout and "start " not in again.stdout, again.stdout
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
