@@ -103,6 +103,7 @@ class DivergenceGuard(L.Callback):
     def __init__(self) -> None:
         self.last_finite: Optional[float] = None
         self.diverged_at: Optional[int] = None
+        self.grad_norms: list[float] = []  # the last global gradient norms before clipping
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -111,13 +112,17 @@ class DivergenceGuard(L.Callback):
             self.last_finite = value
             return
         self.diverged_at = trainer.global_step
+        self.grad_norms = [float(n) for n in getattr(pl_module, "grad_norms", ())]
         trainer.should_stop = True
 
     @property
     def message(self) -> Optional[str]:
         if self.diverged_at is None:
             return None
-        return f"loss became non-finite at step {self.diverged_at}; last finite loss {self.last_finite}"
+        text = f"loss became non-finite at step {self.diverged_at}; last finite loss {self.last_finite}"
+        if self.grad_norms:
+            text += "; last gradient norms before clipping " + ", ".join(f"{n:.4g}" for n in self.grad_norms)
+        return text
 
 
 class JsonlLogger(Logger):

@@ -14,6 +14,7 @@ Reported metrics follow the standard definitions:
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Optional
 
 import lightning as L
@@ -53,6 +54,10 @@ class TaskModule(L.LightningModule):
         # buffers over the others', and checkpoints need not hold them.
         self.split_sums: dict[str, tuple[SumMetric, SumMetric]] = {}
         self._compiled_losses = None
+        # gradient health: the last global norms (device tensors, read only when a run diverges),
+        # and how many of the optimizer steps so far clipping acted on
+        self.grad_norms: deque[torch.Tensor] = deque(maxlen=4)
+        self.clip_steps, self._clipped, self._clipped_before = 0, None, 0
 
     def compile_losses(self) -> None:
         """Run every step's model, head and loss through ``torch.compile`` (``perf.compile``);
@@ -127,6 +132,48 @@ class TaskModule(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer else 1
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(self.cfg, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Logs the global gradient norm before clipping (``train/grad_norm``), then clips as the
+        Trainer asks; by norm, with the norm just measured, which is what ``clip_grad_norm_``
+        computes (the same clipped gradients, one reduction instead of two). Nothing here reads
+        the device: the norm is logged as a tensor and the clip count stays on the device."""
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        self.log("train/grad_norm", norm)
+        self.grad_norms.append(norm.detach())
+        if not gradient_clip_val:
+            return
+        if gradient_clip_algorithm not in (None, "norm"):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        acted = (norm + 1e-6 > gradient_clip_val).long()  # clip_grad_norm_'s own test
+        self._clipped = acted if self._clipped is None else self._clipped + acted
+        self.clip_steps += 1
+        torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+
+    def clip_fraction(self) -> Optional[float]:
+        """The share of optimizer steps whose gradients clipping scaled down (None: no clipping)."""
+        if not self.clip_steps:
+            return None
+        return self._clipped_count() / self.clip_steps
+
+    def _clipped_count(self) -> int:
+        return self._clipped_before + (int(self._clipped) if self._clipped is not None else 0)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["grad_health"] = {"clip_steps": self.clip_steps, "clipped": self._clipped_count()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("grad_health") or {}
+        self.clip_steps, self._clipped_before = int(saved.get("clip_steps", 0)), int(saved.get("clipped", 0))
+        self._clipped = None
+
+    def on_train_end(self) -> None:
+        if (fraction := self.clip_fraction()) is not None:
+            self.trainer.callback_metrics["train/clip_fraction"] = torch.tensor(fraction)
 
     def _fused_ok(self) -> bool:
         """The fused AdamW kernel (about 3x faster steps on CPU), except under Lightning's
@@ -276,9 +323,11 @@ class TranslationTask(TaskModule):
         same validations as an uninterrupted one. A checkpoint is written after its step's batch
         and before the validation due at that step; Lightning does not repeat that validation on
         resume, so it is counted as done."""
+        super().on_save_checkpoint(checkpoint)
         checkpoint["val_runs"] = self.val_runs + int(_validation_follows(self.trainer))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.val_runs = int(checkpoint.get("val_runs", 0))
 
     def tokens_in(self, batch) -> int:
