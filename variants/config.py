@@ -42,6 +42,8 @@ class ModelConfig:
     bias: bool = True  # biases in linear layers and LayerNorm
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
+    t5_num_buckets: int = 32  # position 't5': buckets of relative distance
+    t5_max_distance: int = 128  # position 't5': distances from here on share the last bucket
     pad_id: Optional[int] = 0  # None: no token is padding
     tie_embeddings: bool = True  # output head shares the (joint) token embedding
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model)
@@ -67,6 +69,12 @@ class ModelConfig:
                 f"position 'rope' needs an even head dimension, but d_model / n_heads = "
                 f"{self.d_model} / {self.n_heads} = {self.head_dim}"
             )
+        if self.position == "t5":
+            if self.t5_num_buckets < 4:
+                raise ValueError(f"t5_num_buckets must be at least 4, got {self.t5_num_buckets}")
+            if self.t5_max_distance <= self.t5_num_buckets // 2:
+                raise ValueError(f"t5_max_distance ({self.t5_max_distance}) must exceed t5_num_buckets / 2 "
+                                 f"({self.t5_num_buckets // 2}), where the log-spaced buckets begin")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.norm_eps <= 0:

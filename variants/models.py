@@ -50,6 +50,7 @@ class Stack(nn.Module):
         self.causal = causal
         self.head_dim = cfg.head_dim
         self.position = POSITIONS.build(cfg.position, cfg)
+        self.position.causal = causal
         self.embed_norm = NORMS.build(cfg.norm, cfg) if cfg.embed_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(n_layers))

@@ -28,6 +28,9 @@ References:
   GPT-NeoX and Hugging Face LLaMA; the interleaved layout is the same function after a fixed
   permutation of q/k weights).
 - ALiBi: Press et al. 2022, "Train Short, Test Long", arXiv:2108.12409.
+- T5 relative position bias: Raffel et al. 2020, "Exploring the Limits of Transfer Learning with
+  a Unified Text-to-Text Transformer", JMLR 21(140), section 2.1; buckets as in Mesh TensorFlow
+  and Hugging Face's ``T5Attention`` (tested equal).
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ from variants.registry import POSITIONS
 
 
 class PositionScheme(nn.Module):
-    """Base class: every hook is a no-op."""
+    """Base class: every hook is a no-op. ``causal`` is set by the stack that owns the scheme
+    (decoder and LM stacks: True; encoders: False), for schemes whose bias differs between them."""
+
+    causal: bool = False
 
     def __init__(self, cfg) -> None:
         super().__init__()
@@ -185,3 +191,48 @@ class ALiBi(PositionScheme):
             return score - slopes[h] * (q_idx - kv_idx).abs()
 
         return distance_penalty
+
+
+def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool = True, num_buckets: int = 32,
+                             max_distance: int = 128) -> torch.Tensor:
+    """T5's bucket (a long tensor of the same shape) of each key-minus-query distance.
+
+    Bidirectional, half the buckets are for keys after the query, half for the rest; causal,
+    all are for keys at or before the query (keys after it share bucket 0, and the mask hides
+    them). Within a side, the first half of its buckets hold distances 0, 1, 2, ... one each;
+    the rest cover the distances up to ``max_distance`` on a log scale, and every longer
+    distance falls in the side's last bucket, so the bias is defined at any length.
+    """
+    relative_position = relative_position.long()
+    side = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        side = (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    exact = num_buckets // 2
+    log_scaled = (torch.log(distance.clamp(min=1).float() / exact) / math.log(max_distance / exact)
+                  * (num_buckets - exact))
+    far = (exact + log_scaled.long()).clamp(max=num_buckets - 1)
+    return side + torch.where(distance < exact, distance, far)
+
+
+@POSITIONS.register("t5")
+class T5Bias(PositionScheme):
+    """A learned scalar per head for each bucket of key-minus-query distance, added to the
+    self-attention scores (``t5_num_buckets`` buckets up to ``t5_max_distance``). One table per
+    stack: the bias is computed once per forward pass and every layer of the stack adds it, as
+    in T5. Positions are the absolute token indices, so under a KV cache they continue from the
+    cache and the bias is the full pass's. It has no in-kernel form here (a learned bias needs
+    gradients through the kernel's ``score_mod``): on GPUs it is folded into SDPA's mask."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.num_buckets, self.max_distance = cfg.t5_num_buckets, cfg.t5_max_distance
+        self.bias = nn.Embedding(self.num_buckets, cfg.n_heads)
+
+    def score_bias(self, q_pos, k_pos):
+        relative = k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)  # (B, Tq, Tk)
+        buckets = relative_position_bucket(relative, not self.causal, self.num_buckets, self.max_distance)
+        return self.bias(buckets).permute(0, 3, 1, 2)  # (B, H, Tq, Tk)

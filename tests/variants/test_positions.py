@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tests.variants.helpers import tiny_config
-from variants.positions import ALiBi, Learned, NoPosition, Rotary, Sinusoidal, alibi_slopes, apply_rotary
+from variants.positions import (ALiBi, Learned, NoPosition, Rotary, Sinusoidal, T5Bias, alibi_slopes, apply_rotary,
+                                relative_position_bucket)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -236,3 +237,65 @@ def test_a_new_position_scheme_plugs_in():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "plugin ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# T5 relative position bias (Raffel et al. 2020)
+
+
+@pytest.mark.parametrize("num_buckets, max_distance", [(32, 128), (8, 20), (64, 256), (4, 3)])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_t5_buckets_are_hugging_faces(bidirectional, num_buckets, max_distance):
+    t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
+    relative = torch.arange(-1000, 1001).view(1, -1)
+    expected = t5.T5Attention._relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    assert torch.equal(relative_position_bucket(relative, bidirectional, num_buckets, max_distance), expected)
+
+
+def test_t5_buckets_by_hand():
+    """Bidirectional, 32 buckets: 0-7 exact for keys at or before the query, 16-23 after it; log
+    spaced beyond; everything from max_distance on in the last bucket of its side."""
+    buckets = relative_position_bucket(torch.tensor([0, -1, -7, -8, -127, -128, -5000, 1, 7, 128, 5000]), True, 32, 128)
+    assert buckets.tolist()[:3] == [0, 1, 7] and buckets.tolist()[7:9] == [17, 23]
+    assert 8 <= buckets[3] <= 15 and buckets[4] == 15 and buckets[5] == buckets[6] == 15
+    assert buckets[9] == buckets[10] == 31
+    causal = relative_position_bucket(torch.tensor([3, 1, 0, -1, -15, -16, -200]), False, 32, 128)
+    assert causal.tolist()[:5] == [0, 0, 0, 1, 15] and 16 <= causal[5] <= 31 and causal[6] == 31
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_t5_bias_is_the_learned_scalar_of_each_bucket(causal):
+    scheme = T5Bias(tiny_config(d_model=24, n_heads=3, position="t5", t5_num_buckets=8, t5_max_distance=16))
+    scheme.causal = causal
+    torch.nn.init.normal_(scheme.bias.weight)
+    q_pos = torch.tensor([[2, 3, 4], [0, 1, 1]])
+    k_pos = torch.tensor([[0, 1, 2, 3, 4, 30], [0, 0, 1, 1, 2, 9]])
+    bias = scheme.score_bias(q_pos, k_pos)
+    assert bias.shape == (2, 3, 3, 6)
+    for b in range(2):
+        for i in range(3):
+            for j in range(6):
+                rel = torch.tensor(k_pos[b, j].item() - q_pos[b, i].item())
+                bucket = relative_position_bucket(rel, not causal, 8, 16)
+                torch.testing.assert_close(bias[b, :, i, j], scheme.bias.weight[bucket])
+
+
+@pytest.mark.parametrize("kind", ["lm", "seq2seq"])
+def test_t5_bias_is_one_table_per_stack_shared_by_its_layers(kind):
+    """As in T5: each stack learns one bias table (num_buckets x heads), which every layer adds;
+    the encoder's is bidirectional, the decoder's causal."""
+    from variants import build_model
+
+    model = build_model(tiny_config(kind, position="t5", n_layers=3))
+    tables = {name: p for name, p in model.named_parameters() if name.endswith("position.bias.weight")}
+    assert len(tables) == (1 if kind == "lm" else 2)
+    assert all(p.shape == (32, model.cfg.n_heads) for p in tables.values())
+    stacks = [m for m in model.modules() if isinstance(m, T5Bias)]
+    assert sorted(s.causal for s in stacks) == ([True] if kind == "lm" else [False, True])
+
+
+def test_t5_config_is_checked():
+    with pytest.raises(ValueError, match="t5_num_buckets"):
+        tiny_config(position="t5", t5_num_buckets=2)
+    with pytest.raises(ValueError, match="t5_max_distance"):
+        tiny_config(position="t5", t5_num_buckets=32, t5_max_distance=16)
