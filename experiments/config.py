@@ -99,6 +99,11 @@ class RunConfig:
             raise ValueError(f"key 'data.block_size': {block} tokens per block, but position "
                              f"{self.model.position!r} encodes at most {limit} (model.max_seq_len); "
                              f"raise model.max_seq_len or shorten the blocks")
+        decode = getattr(self.task, "max_decode_len", None) if expected == "seq2seq" else None
+        if decode is not None and limit is not None and decode > limit:
+            raise ValueError(f"key 'task.max_decode_len': translations of up to {decode} tokens, but position "
+                             f"{self.model.position!r} encodes at most {limit} (model.max_seq_len); "
+                             f"raise model.max_seq_len or lower task.max_decode_len")
 
     @property
     def run_name(self) -> str:

@@ -179,6 +179,17 @@ def test_blocks_longer_than_learned_positions_are_refused_at_load_and_others_ext
         assert load_config([], [f"model.position={position}", "model.max_seq_len=64", "data.block_size=512"])
 
 
+def test_translations_longer_than_learned_positions_are_refused_at_load():
+    """Greedy and beam decoding place up to task.max_decode_len target tokens: a learned table
+    must hold them, or the run would fail at its first validation, after training."""
+    mt = ROOT / "configs" / "experiments" / "mt-bible-de-en.yaml"
+    assert load_config([mt], ["model.position=learned", "model.max_seq_len=64", "task.max_decode_len=64"])
+    with pytest.raises(ConfigError, match="key 'task.max_decode_len': translations of up to 65 tokens, but "
+                                          "position 'learned' encodes at most 64"):
+        load_config([mt], ["model.position=learned", "model.max_seq_len=64", "task.max_decode_len=65"])
+    assert load_config([mt], ["model.position=rope", "model.max_seq_len=64", "task.max_decode_len=500"])
+
+
 def test_an_unwritable_run_root_is_a_message_with_exit_code_2(tmp_path, capsys):
     """A run root that cannot hold directories (here a plain file, which fails as root too)."""
     root = tmp_path / "a-file"
