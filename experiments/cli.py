@@ -142,6 +142,12 @@ def _generate(args: argparse.Namespace) -> int:
     return generate_command(args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from experiments.use import export_command
+
+    return export_command(args)
+
+
 def _translate(args: argparse.Namespace) -> int:
     from experiments.use import translate_command
 
@@ -171,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the traceback behind a refusal (also: ABLATE_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_components, _add_train, _add_sweep, _add_sweep_run, _add_status, _add_wandb_view,
-                _add_bench, _add_report, _add_reproduce, _add_generate, _add_translate):
+                _add_bench, _add_report, _add_reproduce, _add_generate, _add_translate,
+                _add_export):
         add(commands)
     return parser
 
@@ -266,6 +273,14 @@ def _add_translate(commands) -> None:
     tr.add_argument("--beam", type=int, default=4, help="1: greedy")
     tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     tr.set_defaults(func=_translate)
+
+
+def _add_export(commands) -> None:
+    ex = commands.add_parser("export", help="write a trained run as a Hugging Face transformers model directory "
+                                            "(GPT-2, LLaMA, BLOOM or Marian compositions)")
+    ex.add_argument("run_dir", metavar="RUN_DIR", help="e.g. runs/demo-lm/layernorm-pre-learned-gelu-s0")
+    ex.add_argument("--hf", required=True, metavar="OUT_DIR", help="the directory to write")
+    ex.set_defaults(func=_export)
 
 
 def _add_wandb_view(commands) -> None:

@@ -14,7 +14,7 @@ import torch
 from experiments.config import ConfigError, RunConfig, load_config
 from lit.checkpointing import latest_checkpoint
 from lit.errors import report_error
-from lit.tokenizer import TextTokenizer
+from lit.tokenizer import BOS, EOS, PAD, TextTokenizer
 from variants import build_model
 
 TABLE_POSITIONS = ("learned", "sinusoidal")  # position schemes with a fixed-size table
@@ -107,6 +107,41 @@ def translate(run: LoadedRun, sources: Iterable[str], beam: int = 4, batch_size:
             yield from flush()
     if batch:
         yield from flush()
+
+
+def export_hf(run: LoadedRun, out: str | Path) -> str:
+    """Write the run as a Hugging Face model directory (weights, config, generation config and
+    tokenizer) that ``transformers``' ``Auto*.from_pretrained(out)`` loads; returns its class name."""
+    from transformers import PreTrainedTokenizerFast
+
+    from variants.interop import to_hf
+
+    tok, out = run.tokenizer, Path(out)
+    hf_model = to_hf(run.model.float().cpu(), bos_id=tok.bos_id, eos_id=tok.eos_id)
+    generation = hf_model.generation_config
+    generation.bos_token_id, generation.eos_token_id, generation.pad_token_id = tok.bos_id, tok.eos_id, tok.pad_id
+    if run.cfg.model.kind == "seq2seq":
+        generation.decoder_start_token_id = tok.bos_id  # our decoders start from <bos>
+    out.mkdir(parents=True, exist_ok=True)
+    hf_model.save_pretrained(out)
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(run.checkpoint.parent.parent / "tokenizer.json"),
+                                   pad_token=PAD, bos_token=BOS, eos_token=EOS)
+    fast.save_pretrained(out)
+    return type(hf_model).__name__
+
+
+def export_command(args) -> int:
+    try:
+        run = load_run(args.run_dir, "cpu")
+        name = export_hf(run, args.hf)
+    except (UseError, ValueError, NotImplementedError) as err:
+        report_error("ablate export", err)
+        return 2
+    except ImportError as err:
+        report_error("ablate export", f"{err}; install it with pip install 'ablate[hf]'")
+        return 2
+    print(f"wrote {name} and its tokenizer to {args.hf}")
+    return 0
 
 
 def generate_command(args) -> int:

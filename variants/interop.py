@@ -1,4 +1,5 @@
-"""Import Hugging Face ``transformers`` models into this project's compositions.
+"""Import Hugging Face ``transformers`` models into this project's compositions, and export the
+compositions that have an equivalent (:func:`to_hf`).
 
 ``from_hf(hf_model)`` reads ``hf_model.config`` and ``hf_model.state_dict()`` (it never imports
 ``transformers`` itself), picks the :class:`variants.ModelConfig` whose registry slots compute the
@@ -50,7 +51,7 @@ from variants.config import ModelConfig
 from variants.models import TransformerBase, build_model
 from variants.positions import Sinusoidal
 
-__all__ = ["from_hf", "SUPPORTED"]
+__all__ = ["from_hf", "to_hf", "SUPPORTED"]
 
 _FROM_CONFIG = object()  # sentinel: take pad_id from the Hugging Face config
 
@@ -355,3 +356,164 @@ def from_hf(hf_model, *, pad_id=_FROM_CONFIG) -> TransformerBase:
     model = build_model(cfg)
     model.load_state_dict(weights, strict=True)
     return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Export: the inverse of the converters above
+
+
+def _hidden_width(model: TransformerBase) -> int:
+    """The feed-forward hidden width, as built (the down projection's input)."""
+    stack = model.decoder
+    return stack.blocks[0].ffn.down.weight.shape[1]
+
+
+def _gpt2_config(cfg: ModelConfig, model: TransformerBase, common: dict):
+    from transformers import GPT2Config
+
+    activation = {v: k for k, v in _PLAIN_FFN.items() if k not in ("gelu_pytorch_tanh", "swish")}
+    return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model,
+                      n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=_hidden_width(model),
+                      activation_function=activation[cfg.ffn], layer_norm_epsilon=cfg.norm_eps,
+                      resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, **common)
+
+
+def _llama_config(cfg: ModelConfig, model: TransformerBase, common: dict):
+    from transformers import LlamaConfig
+
+    activation = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
+    return LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=_hidden_width(model),
+                       num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                       num_key_value_heads=cfg.n_heads, head_dim=cfg.head_dim, hidden_act=activation[cfg.ffn],
+                       max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+                       rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
+                       rope_theta=cfg.rope_base,  # where transformers < 5 reads it
+                       attention_bias=cfg.bias, mlp_bias=cfg.bias, attention_dropout=cfg.dropout, **common)
+
+
+def _bloom_config(cfg: ModelConfig, model: TransformerBase, common: dict):
+    from transformers import BloomConfig
+
+    return BloomConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, n_layer=cfg.n_layers,
+                       n_head=cfg.n_heads, layer_norm_epsilon=cfg.norm_eps,
+                       apply_residual_connection_post_layernorm=False, hidden_dropout=cfg.dropout,
+                       attention_dropout=cfg.dropout, **common)
+
+
+def _marian_config(cfg: ModelConfig, model: TransformerBase, common: dict):
+    from transformers import MarianConfig
+
+    activation = {v: k for k, v in _PLAIN_FFN.items() if k not in ("gelu_pytorch_tanh", "swish")}
+    width = _hidden_width(model)
+    return MarianConfig(vocab_size=cfg.vocab_size, decoder_vocab_size=cfg.vocab_size, d_model=cfg.d_model,
+                        encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
+                        encoder_attention_heads=cfg.n_heads, decoder_attention_heads=cfg.n_heads,
+                        encoder_ffn_dim=width, decoder_ffn_dim=width, activation_function=activation[cfg.ffn],
+                        max_position_embeddings=cfg.max_seq_len, scale_embedding=cfg.scale_embeddings,
+                        share_encoder_decoder_embeddings=True, dropout=cfg.dropout, attention_dropout=cfg.dropout,
+                        activation_dropout=0.0, decoder_start_token_id=common.pop("bos_token_id"), **common)
+
+
+# family -> (model kind, the slots it fixes, HF class name, config builder). The position
+# scheme picks the family; every other slot must then be the family's.
+_EXPORTS = {
+    "gpt2": ("lm", {"position": ("learned",), "norm_position": ("pre",), "norm": ("layernorm",),
+                    "ffn": ("gelu_tanh", "gelu", "relu", "silu"), "attention": ("mha",)},
+             "GPT2LMHeadModel", _gpt2_config),
+    "llama": ("lm", {"position": ("rope",), "norm_position": ("pre",), "norm": ("rmsnorm",),
+                     "ffn": ("swiglu", "geglu", "reglu"), "attention": ("mha",)},
+              "LlamaForCausalLM", _llama_config),
+    "bloom": ("lm", {"position": ("alibi",), "norm_position": ("pre",), "norm": ("layernorm",),
+                     "ffn": ("gelu_tanh",), "attention": ("mha",)},
+              "BloomForCausalLM", _bloom_config),
+    "marian": ("seq2seq", {"position": ("sinusoidal",), "norm_position": ("post",), "norm": ("layernorm",),
+                           "ffn": ("gelu_tanh", "gelu", "relu", "silu"), "attention": ("mha",)},
+               "MarianMTModel", _marian_config),
+}
+# fields the round trip must give back unchanged (the rest are sizes, set from the model)
+_ROUND_TRIP = ("kind", "norm", "norm_position", "position", "ffn", "attention", "bias", "norm_eps", "embed_norm",
+               "scale_embeddings", "tie_embeddings", "rope_base", "d_model", "n_heads", "vocab_size")
+
+
+def export_family(cfg: ModelConfig) -> str:
+    """The Hugging Face family ``cfg``'s composition exports to; ``NotImplementedError`` naming
+    the component (slot and entry) that has no equivalent."""
+    for family, (kind, slots, _, _) in _EXPORTS.items():
+        if kind == cfg.kind and cfg.position in slots["position"]:
+            for slot, allowed in slots.items():
+                if getattr(cfg, slot) not in allowed:
+                    raise NotImplementedError(
+                        f"{slot} {getattr(cfg, slot)!r} has no equivalent in {_EXPORTS[family][2]} (the export "
+                        f"for position {cfg.position!r}), which needs {slot} in {', '.join(map(repr, allowed))}")
+            return family
+    positions = ", ".join(f"{slots['position'][0]} ({name})" for name, (kind, slots, *_rest) in _EXPORTS.items()
+                          if kind == cfg.kind)
+    raise NotImplementedError(f"position {cfg.position!r} has no Hugging Face equivalent for a {cfg.kind} model "
+                              f"here; exportable positions: {positions}")
+
+
+def _probe(hf_model) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
+    """The HF state dict with every trainable tensor replaced by its elements' global indices
+    (float64, exact), tied tensors sharing theirs; other tensors (fixed sinusoid tables,
+    buffers) keep their values. Returns it and key -> (first index, element count)."""
+    trainable = {name: p for name, p in hf_model.named_parameters(remove_duplicate=False) if p.requires_grad}
+    probe, spans, by_storage, start = {}, {}, {}, 0
+    for key, tensor in hf_model.state_dict(keep_vars=True).items():
+        if key not in trainable:
+            probe[key] = tensor.detach()
+            continue
+        storage = trainable[key].data_ptr()
+        if storage not in by_storage:
+            by_storage[storage] = (start, tensor.numel())
+            start += tensor.numel()
+        first, count = by_storage[storage]
+        spans[key] = (first, count)
+        probe[key] = torch.arange(first, first + count, dtype=torch.float64).view(tensor.shape)
+    return probe, spans
+
+
+def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optional[int] = None):
+    """A Hugging Face ``transformers`` model (fp32, CPU, eval mode) computing the same function
+    as ``model``: ``GPT2LMHeadModel`` (learned positions, Pre-LN LayerNorm), ``LlamaForCausalLM``
+    (RoPE, Pre-LN RMSNorm, gated feed-forward), ``BloomForCausalLM`` (ALiBi with an embedding
+    norm) or ``MarianMTModel`` (sinusoids, Post-LN). Other compositions raise
+    ``NotImplementedError`` naming the component without an equivalent.
+
+    The weights are placed by running the import converter of the family backwards: each HF
+    tensor is filled with its elements' indices, the converter maps them to our layout, and our
+    weights are written to the indices found there. So export is exactly the inverse of the
+    tested import, and a weight left unplaced, or a setting that does not survive the round trip
+    (``from_hf`` of the result), fails loudly."""
+    import transformers
+
+    cfg: ModelConfig = model.cfg
+    family = export_family(cfg)
+    _, _, class_name, build_config = _EXPORTS[family]
+    common = {"tie_word_embeddings": cfg.tie_embeddings, "pad_token_id": cfg.pad_id,
+              "bos_token_id": bos_id, "eos_token_id": eos_id}
+    hf_model = getattr(transformers, class_name)(build_config(cfg, model, dict(common))).float().eval()
+
+    probe, spans = _probe(hf_model)
+    _, convert = SUPPORTED[family]
+    src = _Weights(probe)
+    back_cfg, indices = convert(hf_model.config, src, {"dropout": 0.0, "pad_id": cfg.pad_id,
+                                                       "tie_embeddings": cfg.tie_embeddings})
+    src.check_all_used()
+    for field in _ROUND_TRIP:
+        if getattr(back_cfg, field) != getattr(cfg, field):
+            raise NotImplementedError(f"{field}={getattr(cfg, field)!r} has no equivalent in {class_name} "
+                                      f"(its import gives {getattr(back_cfg, field)!r})")
+    ours = model.state_dict()
+    if set(indices) != set(ours):
+        raise NotImplementedError(f"weights without a place in {class_name}: {sorted(set(ours) - set(indices))}")
+    total = max((first + count for first, count in spans.values()), default=0)
+    values, placed = torch.empty(total), torch.zeros(total, dtype=torch.bool)
+    for key, where in indices.items():
+        flat = where.reshape(-1).long()
+        values[flat] = ours[key].detach().float().cpu().reshape(-1)
+        placed[flat] = True
+    if not bool(placed.all()):
+        raise NotImplementedError(f"{int((~placed).sum())} elements of {class_name} received no weight")
+    state = {key: values[first:first + count].view(probe[key].shape) for key, (first, count) in spans.items()}
+    hf_model.load_state_dict(state, strict=False)
+    return hf_model

@@ -68,3 +68,39 @@ def test_translate_with_a_translation_run_gives_the_runs_own_test_hypotheses(tmp
     assert main(["generate", str(run_dir), "--prompt", "x"]) == 2
     assert "use ablate translate" in capsys.readouterr().err
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+
+
+@pytest.mark.slow
+def test_export_an_lm_run_to_hugging_face(tmp_path, capsys):
+    """`ablate export RUN --hf OUT`: transformers loads the model and tokenizer with its Auto
+    classes; the logits are ours, greedy generation is `ablate generate --top-k 1`, the tokenizer
+    round-trips. A composition with no equivalent is refused, naming the component."""
+    transformers = pytest.importorskip("transformers")
+    run_dir = _train(tmp_path / "gpt2", "lm-bible", "trainer.max_steps=20")
+    out = tmp_path / "hf"
+    assert main(["export", str(run_dir), "--hf", str(out)]) == 0
+    assert "wrote GPT2LMHeadModel" in capsys.readouterr().out
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    run = load_run(run_dir, "cpu")
+    text = "And God said, Let there be light: and there was light."
+    ids = run.tokenizer.encode(text)
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+    assert tokenizer.decode(ids) == run.tokenizer.decode(ids) == text
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    inputs = torch.tensor([[run.tokenizer.eos_id] + ids])
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs).logits, run.model(inputs), atol=1e-4, rtol=0)
+
+    prompt = "And God said"
+    capsys.readouterr()
+    assert main(["generate", str(run_dir), "--prompt", prompt, "--max-new-tokens", "10", "--top-k", "1"]) == 0
+    ours = capsys.readouterr().out
+    prompt_ids = torch.tensor([[run.tokenizer.eos_id] + run.tokenizer.encode(prompt)])
+    theirs = model.generate(prompt_ids, max_new_tokens=10, do_sample=False)[0, prompt_ids.size(1):]
+    assert ours == prompt + tokenizer.decode(theirs, skip_special_tokens=True) + "\n"
+
+    t5_run = _train(tmp_path / "t5", "lm-bible", "trainer.max_steps=5", "model.position=t5")
+    assert main(["export", str(t5_run), "--hf", str(tmp_path / "t5-hf")]) == 2
+    assert "position 't5' has no Hugging Face equivalent" in capsys.readouterr().err
+    assert not (tmp_path / "t5-hf").exists()

@@ -300,3 +300,84 @@ def test_pad_id_override():
     assert from_hf(hf).cfg.pad_id is None  # GPT-2 has no pad token
     assert from_hf(hf, pad_id=7).cfg.pad_id == 7
     assert from_hf(bloom(pad_token_id=3), pad_id=None).cfg.pad_id is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Export (to_hf): the inverse of the import
+
+
+EXPORTABLE = {
+    "gpt2": dict(kind="lm", position="learned", norm="layernorm", norm_position="pre", ffn="gelu_tanh"),
+    "gpt2-relu-untied": dict(kind="lm", position="learned", norm="layernorm", norm_position="pre", ffn="relu",
+                             tie_embeddings=False),
+    "llama": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="swiglu", bias=False,
+                  rope_base=5000.0),
+    "llama-geglu-bias": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="geglu"),
+    "bloom": dict(kind="lm", position="alibi", norm="layernorm", norm_position="pre", ffn="gelu_tanh",
+                  embed_norm=True),
+    "marian": dict(kind="seq2seq", position="sinusoidal", norm="layernorm", norm_position="post", ffn="gelu",
+                   scale_embeddings=True),
+}
+
+
+def _ours(**fields):
+    from variants import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{"vocab_size": 61, "d_model": 32, "n_heads": 4, "n_layers": 2, "max_seq_len": 64,
+                         "dropout": 0.0, "pad_id": 0, **fields})
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # every weight away from its initial value (norm gains, biases too)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("name", list(EXPORTABLE))
+def test_export_computes_the_same_logits(name, tmp_path):
+    from variants.interop import to_hf
+
+    ours = _ours(**EXPORTABLE[name])
+    hf = to_hf(ours, bos_id=1, eos_id=2)
+    hf.save_pretrained(tmp_path)
+    loaded = getattr(transformers, type(hf).__name__).from_pretrained(tmp_path).eval()
+    src = torch.randint(3, 61, (2, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        if ours.cfg.kind == "lm":
+            expected, got = ours(src), loaded(input_ids=src).logits
+        else:
+            tgt = torch.randint(3, 61, (2, 7), generator=torch.Generator().manual_seed(2))
+            expected, got = ours(src, tgt), loaded(input_ids=src, decoder_input_ids=tgt).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    back = from_hf(loaded)  # and the import gives our weights back
+    for key, value in ours.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[key], value, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bloom"])
+def test_exported_greedy_generation_is_ours(name):
+    from variants.decoding import greedy_generate
+    from variants.interop import to_hf
+
+    ours = _ours(**EXPORTABLE[name])
+    hf = to_hf(ours, bos_id=1, eos_id=2)
+    prompt = torch.tensor([[2, 17, 33, 5, 40]])
+    expected = greedy_generate(ours, prompt, 12)[0].tolist()
+    got = hf.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=2, pad_token_id=0)[0, 5:].tolist()
+    assert got[:len(expected)] == expected and len(expected) > 0
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(kind="lm", position="t5"), "position 't5' has no Hugging Face equivalent for a lm model"),
+    (dict(kind="lm", position="learned", norm="rmsnorm"), "norm 'rmsnorm' has no equivalent in GPT2LMHeadModel"),
+    (dict(kind="lm", position="rope", norm="rmsnorm", ffn="gelu"), "ffn 'gelu' has no equivalent in LlamaForCausalLM"),
+    (dict(kind="lm", position="learned", norm_position="post"), "norm_position 'post'"),
+    (dict(kind="lm", position="learned", bias=False), "bias=False has no equivalent in GPT2LMHeadModel"),
+    (dict(kind="lm", position="alibi", ffn="gelu_tanh"), "embed_norm=False has no equivalent in BloomForCausalLM"),
+    (dict(kind="seq2seq", position="rope"), "position 'rope' has no Hugging Face equivalent for a seq2seq model"),
+], ids=["t5", "gpt2-rmsnorm", "llama-gelu", "gpt2-post-ln", "gpt2-no-bias", "bloom-no-embed-norm", "s2s-rope"])
+def test_compositions_without_an_equivalent_are_refused_by_name(fields, message):
+    from variants.interop import to_hf
+
+    with pytest.raises(NotImplementedError, match=message.replace("(", r"\(")):
+        to_hf(_ours(**fields))
