@@ -142,6 +142,12 @@ def _generate(args: argparse.Namespace) -> int:
     return generate_command(args)
 
 
+def _attention(args: argparse.Namespace) -> int:
+    from experiments.use import attention_command
+
+    return attention_command(args)
+
+
 def _export(args: argparse.Namespace) -> int:
     from experiments.use import export_command
 
@@ -178,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_components, _add_train, _add_sweep, _add_sweep_run, _add_status, _add_wandb_view,
                 _add_bench, _add_report, _add_reproduce, _add_generate, _add_translate,
-                _add_export):
+                _add_attention, _add_export):
         add(commands)
     return parser
 
@@ -273,6 +279,18 @@ def _add_translate(commands) -> None:
     tr.add_argument("--beam", type=int, default=4, help="1: greedy")
     tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     tr.set_defaults(func=_translate)
+
+
+def _add_attention(commands) -> None:
+    at = commands.add_parser("attention", help="attention maps of a trained run on a text, as PNG heatmaps "
+                                               "(every layer x head; translation: encoder, decoder and cross)")
+    at.add_argument("run_dir", metavar="RUN_DIR", help="e.g. runs/demo-mt/layernorm-pre-learned-gelu-s0")
+    at.add_argument("--text", required=True, help="LM: the text; translation: the source sentence")
+    at.add_argument("--layer", type=int, default=None, help="only this layer (from 0)")
+    at.add_argument("--head", type=int, default=None, help="only this head (from 0)")
+    at.add_argument("--out", default=None, help="directory for the PNGs (default RUN_DIR/attention)")
+    at.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    at.set_defaults(func=_attention)
 
 
 def _add_export(commands) -> None:

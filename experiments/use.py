@@ -1,6 +1,8 @@
 """Use a trained run: ``ablate generate RUN_DIR --prompt TEXT`` continues a prompt with an LM
-run; ``ablate translate RUN_DIR < sources.txt`` translates with a translation run. Both read the
-run's own ``config.yaml``, ``tokenizer.json`` and newest checkpoint, on CPU or GPU."""
+run; ``ablate translate RUN_DIR < sources.txt`` translates with a translation run; ``ablate
+attention RUN_DIR --text TEXT`` draws its attention maps; ``ablate export RUN_DIR --hf OUT``
+writes it as a Hugging Face model. All read the run's own ``config.yaml``, ``tokenizer.json`` and
+newest checkpoint, on CPU or GPU."""
 
 from __future__ import annotations
 
@@ -107,6 +109,105 @@ def translate(run: LoadedRun, sources: Iterable[str], beam: int = 4, batch_size:
             yield from flush()
     if batch:
         yield from flush()
+
+
+def _token_labels(tok: TextTokenizer, ids: list[int]) -> list[str]:
+    return [tok.tokenizer.decode([i], skip_special_tokens=False) or tok.tokenizer.id_to_token(i) for i in ids]
+
+
+def _pick(what: str, chosen: Optional[int], count: int) -> list[int]:
+    if chosen is None:
+        return list(range(count))
+    if not 0 <= chosen < count:
+        raise UseError(f"--{what} {chosen}: this run has {what}s 0..{count - 1}")
+    return [chosen]
+
+
+def _heatmaps(maps: torch.Tensor, rows: list[str], cols: list[str], layers: list[int], heads: list[int],
+              title: str, path: Path) -> Path:
+    """One panel per (layer, head) of ``maps`` (layers, H, queries, keys), queries down, keys across."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    side = 2.4 if len(layers) * len(heads) > 1 else 0.32 * max(len(rows), len(cols)) + 2
+    fig, axes = plt.subplots(len(layers), len(heads), figsize=(side * len(heads) + 0.8, side * len(layers) + 0.6),
+                             squeeze=False)
+    labelled = len(layers) * len(heads) == 1 or max(len(rows), len(cols)) <= 16
+    for r, layer in enumerate(layers):
+        for c, head in enumerate(heads):
+            ax = axes[r][c]
+            image = ax.imshow(maps[layer, head].cpu().numpy(), vmin=0.0, vmax=1.0, cmap="viridis",
+                              interpolation="nearest")
+            ax.set_title(f"layer {layer} head {head}", fontsize=8)
+            if labelled:
+                ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=6)
+                ax.set_yticks(range(len(rows)), rows, fontsize=6)
+            else:
+                ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def attention_figures(run: LoadedRun, text: str, out: str | Path, layer: Optional[int] = None,
+                      head: Optional[int] = None) -> list[Path]:
+    """PNG heatmaps of the run's attention on ``text``: every layer x head (or the one chosen).
+    LM: ``self_attention.png``. Translation: the model's greedy translation of ``text`` is fed
+    back as the target, and ``encoder_self_attention.png``, ``decoder_self_attention.png`` and
+    ``cross_attention.png`` (target x source) are written."""
+    from variants.decoding import greedy_translate
+    from variants.maps import attention_maps
+
+    tok, cfg, out = run.tokenizer, run.cfg.model, Path(out)
+    device = next(run.model.parameters()).device
+    name = run.cfg.run_name
+    if cfg.kind == "lm":
+        ids = [tok.eos_id] + tok.encode(text)
+        if cfg.position in TABLE_POSITIONS and len(ids) > cfg.max_seq_len:
+            raise UseError(f"the text ({len(ids)} tokens) exceeds the {cfg.max_seq_len} positions of this run's "
+                           f"{cfg.position} position table")
+        layers, heads = _pick("layer", layer, cfg.n_layers), _pick("head", head, cfg.n_heads)
+        maps = attention_maps(run.model, torch.tensor([ids], device=device))["self"][:, 0]
+        labels = _token_labels(tok, ids)
+        out.mkdir(parents=True, exist_ok=True)
+        return [_heatmaps(maps, labels, labels, layers, heads, f"{name}: self-attention", out / "self_attention.png")]
+    src = tok.encode(text) + [tok.eos_id]
+    if cfg.position in TABLE_POSITIONS and len(src) > cfg.max_seq_len:
+        raise UseError(f"the text ({len(src)} tokens) exceeds model.max_seq_len={cfg.max_seq_len}")
+    layers = _pick("layer", layer, max(cfg.encoder_layers, cfg.decoder_layers))
+    heads = _pick("head", head, cfg.n_heads)
+    src_t = torch.tensor([src], device=device)
+    hyp = greedy_translate(run.model, src_t, tok.bos_id, tok.eos_id, run.cfg.task.max_decode_len)[0]
+    tgt = [tok.bos_id] + list(hyp)
+    maps = attention_maps(run.model, src_t, torch.tensor([tgt], device=device))
+    src_labels, tgt_labels = _token_labels(tok, src), _token_labels(tok, tgt)
+    out.mkdir(parents=True, exist_ok=True)
+    translation = tok.decode(hyp)
+    written = []
+    for key, rows, cols, n in (("encoder", src_labels, src_labels, cfg.encoder_layers),
+                               ("decoder", tgt_labels, tgt_labels, cfg.decoder_layers),
+                               ("cross", tgt_labels, src_labels, cfg.decoder_layers)):
+        kept = [i for i in layers if i < n]
+        title = f"{name}: {key} attention" + (f" (target: {translation})" if key != "encoder" else "")
+        filename = f"{key}_self_attention.png" if key != "cross" else "cross_attention.png"
+        written.append(_heatmaps(maps[key][:, 0], rows, cols, kept, heads, title, out / filename))
+    return written
+
+
+def attention_command(args) -> int:
+    try:
+        run = load_run(args.run_dir, args.device)
+        for path in attention_figures(run, args.text, args.out or Path(args.run_dir) / "attention", args.layer,
+                                      args.head):
+            print(f"wrote {path}")
+    except (UseError, ValueError) as err:
+        report_error("ablate attention", err)
+        return 2
+    return 0
 
 
 def export_hf(run: LoadedRun, out: str | Path) -> str:

@@ -37,6 +37,7 @@ class AttentionInputs:
     score_mod: Optional[Callable] = None  # the position bias inside the kernel, instead of ``mask``
     cache: Optional["KVCache"] = None
     memory: Optional[torch.Tensor] = None  # cross-attention: encoder states (B, S, D)
+    record: Optional[list] = None  # attention maps asked for: each layer appends its probabilities
 
 
 def self_attention_inputs(position, positions: torch.Tensor, key_positions: torch.Tensor,
@@ -220,6 +221,21 @@ class KVCache:
                           for kv in self.cross]
 
 
+def attend_and_record(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
+    """SDPA written out (no dropout), appending the probabilities (B, H, Tq, Tk) to
+    ``inputs.record``. Used only when attention maps are asked for, never in training."""
+    scores = (q.float() @ k.float().transpose(-2, -1)) / q.size(-1) ** 0.5
+    if inputs.is_causal:  # SDPA's flag: top-left aligned, queries and keys of equal length
+        scores = scores.masked_fill(~torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril(),
+                                    float("-inf"))
+    elif inputs.mask is not None:
+        mask = inputs.mask
+        scores = scores + mask.float() if mask.is_floating_point() else scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    inputs.record.append(probs.detach())
+    return (probs.to(v.dtype) @ v)
+
+
 @ATTENTIONS.register("mha")
 class MultiHeadAttention(nn.Module):
     """Multi-head attention (Vaswani et al. 2017) on SDPA: self-attention with one fused
@@ -243,7 +259,9 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, inputs: AttentionInputs, layer: int = 0) -> torch.Tensor:
         """(B, T, D) -> (B, T, D); ``layer`` indexes the KV cache."""
         q, k, v = self._cross_qkv(x, inputs, layer) if self.cross else self._self_qkv(x, inputs, layer)
-        if inputs.score_mod is not None:  # the position bias inside a FlexAttention kernel
+        if inputs.record is not None:  # attention maps asked for (variants.maps): explicit softmax
+            y = attend_and_record(q, k, v, inputs)
+        elif inputs.score_mod is not None:  # the position bias inside a FlexAttention kernel
             y = flex_attention_with(q, k, v, inputs.score_mod, inputs.is_causal)
         else:
             mask = inputs.mask

@@ -8,6 +8,7 @@ newly registered component works in both model kinds without edits.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -49,6 +50,7 @@ class Stack(nn.Module):
         super().__init__()
         self.causal = causal
         self.head_dim = cfg.head_dim
+        self.recording: Optional[dict[str, list]] = None  # set by variants.maps.attention_maps only
         self.position = POSITIONS.build(cfg.position, cfg)
         self.position.causal = causal
         self.embed_norm = NORMS.build(cfg.norm, cfg) if cfg.embed_norm else None
@@ -79,11 +81,15 @@ class Stack(nn.Module):
                 new_valid = valid if valid is not None else torch.ones(B, T, dtype=torch.bool, device=x.device)
                 k_valid = torch.cat([cache.valid[:, : cache.length], new_valid], dim=1)  # (B, Tk)
             k_pos = torch.cat([cache.positions[:, : cache.length], positions.expand(B, T)], dim=1)
-        in_kernel = (flex_available(x.device, self.head_dim)
+        in_kernel = (flex_available(x.device, self.head_dim) and self.recording is None
                      and not (self.training and self.dropout.p > 0))  # the kernel has no dropout
         attn = self_attention_inputs(self.position, positions, k_pos, k_valid, causal=self.causal, cache=cache,
                                      in_kernel=in_kernel)
         cross = None if memory is None else cross_attention_inputs(positions, memory, memory_valid, cache)
+        if self.recording is not None:
+            attn = dataclasses.replace(attn, record=self.recording["self"])
+            if cross is not None:
+                cross = dataclasses.replace(cross, record=self.recording["cross"])
 
         x = self.position.add_to_embeddings(x, positions)
         if self.embed_norm is not None:

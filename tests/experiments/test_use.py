@@ -104,3 +104,27 @@ def test_export_an_lm_run_to_hugging_face(tmp_path, capsys):
     assert main(["export", str(t5_run), "--hf", str(tmp_path / "t5-hf")]) == 2
     assert "position 't5' has no Hugging Face equivalent" in capsys.readouterr().err
     assert not (tmp_path / "t5-hf").exists()
+
+
+@pytest.mark.slow
+def test_attention_maps_of_an_lm_run_and_a_translation_run(tmp_path, capsys):
+    """`ablate attention`: PNG heatmaps, a layer x head grid or one panel; a layer or head out
+    of range is refused with the valid range."""
+    from matplotlib.image import imread
+
+    lm_dir = _train(tmp_path / "lm", "lm-bible", "trainer.max_steps=5")
+    assert main(["attention", str(lm_dir), "--text", "In the beginning", "--out", str(tmp_path / "a")]) == 0
+    grid = imread(tmp_path / "a" / "self_attention.png")
+    assert main(["attention", str(lm_dir), "--text", "In the beginning", "--layer", "1", "--head", "0",
+                 "--out", str(tmp_path / "b")]) == 0
+    one = imread(tmp_path / "b" / "self_attention.png")
+    assert grid.shape[1] > one.shape[1]  # two layers x four heads against one panel
+    capsys.readouterr()
+    assert main(["attention", str(lm_dir), "--text", "x", "--layer", "2", "--out", str(tmp_path / "c")]) == 2
+    assert "--layer 2: this run has layers 0..1" in capsys.readouterr().err
+
+    mt_dir = _train(tmp_path / "mt", "mt-bible-de-en", "trainer.max_steps=5", "task.max_decode_len=8")
+    assert main(["attention", str(mt_dir), "--text", "Am Anfang schuf Gott Himmel und Erde."]) == 0
+    written = sorted(p.name for p in (mt_dir / "attention").iterdir())
+    assert written == ["cross_attention.png", "decoder_self_attention.png", "encoder_self_attention.png"]
+    assert all(imread(mt_dir / "attention" / name).ndim == 3 for name in written)
