@@ -136,28 +136,16 @@ def _wandb_view(args: argparse.Namespace) -> int:
     return _on_sweep(args, "ablate wandb-view", lambda sweep: command(sweep, args.out))
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from experiments.use import generate_command
+def _use(command: str):
+    """The handler of a command on a trained run (``experiments.use.<command>_command``), imported
+    when the command runs."""
 
-    return generate_command(args)
+    def handler(args: argparse.Namespace) -> int:
+        from experiments import use
 
+        return getattr(use, f"{command}_command")(args)
 
-def _attention(args: argparse.Namespace) -> int:
-    from experiments.use import attention_command
-
-    return attention_command(args)
-
-
-def _export(args: argparse.Namespace) -> int:
-    from experiments.use import export_command
-
-    return export_command(args)
-
-
-def _translate(args: argparse.Namespace) -> int:
-    from experiments.use import translate_command
-
-    return translate_command(args)
+    return handler
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -259,6 +247,10 @@ def _add_status(commands) -> None:
     status.set_defaults(func=_status)
 
 
+def _device_option(parser) -> None:
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
 def _add_generate(commands) -> None:
     gen = commands.add_parser("generate", help="continue a prompt with a trained LM run (its newest checkpoint)")
     gen.add_argument("run_dir", metavar="RUN_DIR", help="e.g. runs/lm-bible/layernorm-pre-rope-gelu-s0")
@@ -268,8 +260,8 @@ def _add_generate(commands) -> None:
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--top-p", type=float, default=None, help="nucleus: the smallest set reaching this mass")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    gen.set_defaults(func=_generate)
+    _device_option(gen)
+    gen.set_defaults(func=_use("generate"))
 
 
 def _add_translate(commands) -> None:
@@ -277,8 +269,8 @@ def _add_translate(commands) -> None:
                                                "translation run (its newest checkpoint)")
     tr.add_argument("run_dir", metavar="RUN_DIR", help="e.g. runs/cpu-mt-multi30k/layernorm-pre-rope-gelu-s0")
     tr.add_argument("--beam", type=int, default=4, help="1: greedy")
-    tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    tr.set_defaults(func=_translate)
+    _device_option(tr)
+    tr.set_defaults(func=_use("translate"))
 
 
 def _add_attention(commands) -> None:
@@ -289,8 +281,8 @@ def _add_attention(commands) -> None:
     at.add_argument("--layer", type=int, default=None, help="only this layer (from 0)")
     at.add_argument("--head", type=int, default=None, help="only this head (from 0)")
     at.add_argument("--out", default=None, help="directory for the PNGs (default RUN_DIR/attention)")
-    at.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    at.set_defaults(func=_attention)
+    _device_option(at)
+    at.set_defaults(func=_use("attention"))
 
 
 def _add_export(commands) -> None:
@@ -298,7 +290,7 @@ def _add_export(commands) -> None:
                                             "(GPT-2, LLaMA, BLOOM or Marian compositions)")
     ex.add_argument("run_dir", metavar="RUN_DIR", help="e.g. runs/demo-lm/layernorm-pre-learned-gelu-s0")
     ex.add_argument("--hf", required=True, metavar="OUT_DIR", help="the directory to write")
-    ex.set_defaults(func=_export)
+    ex.set_defaults(func=_use("export"))
 
 
 def _add_wandb_view(commands) -> None:
