@@ -139,7 +139,9 @@ class PeriodicCheckpoint(L.Callback):
         step = trainer.global_step
         if trainer.fit_loop._should_accumulate():  # mid gradient accumulation: the step is not done
             return
-        if step > 0 and step % self.every_n_steps == 0 and step != self._last_saved and not trainer.should_stop:
+        last = 0 < trainer.max_steps <= step  # the final checkpoint is written after the last validation
+        if step > 0 and step % self.every_n_steps == 0 and step != self._last_saved and not trainer.should_stop \
+                and not last:
             self._save(trainer)
 
     def on_train_end(self, trainer, pl_module):

@@ -22,11 +22,15 @@ from experiments.train import train
 
 class KillAfter(L.Callback):
     def on_train_batch_end(self, trainer, *args):
-        if sys.argv[1] != "test" and trainer.global_step == int(sys.argv[1]):
+        if sys.argv[1].isdigit() and trainer.global_step == int(sys.argv[1]):
             os.kill(os.getpid(), signal.SIGKILL)
 
     def on_test_start(self, trainer, *args):
         if sys.argv[1] == "test":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_validation_start(self, trainer, *args):
+        if sys.argv[1] == "last-validation" and trainer.global_step == trainer.max_steps:
             os.kill(os.getpid(), signal.SIGKILL)
 
 paths = [a for a in sys.argv[2:] if "=" not in a]
@@ -86,7 +90,11 @@ def reference(tmp_path_factory):
     ("lm-bible", 20, 50, True),  # the newest checkpoint is cut short: falls back to step 20
     ("mt-bible-de-en", 20, 35, False),  # token-budget batches, resumes from step 20
     ("lm-bible", 20, "test", False),  # killed while testing: resumes from the final checkpoint, tests only
-], ids=["lm-mid-epoch", "lm-epoch-end", "lm-truncated-checkpoint", "mt-mid-epoch", "lm-killed-in-test"])
+    # killed in the last validation: no checkpoint of the last step is written before it (Lightning
+    # would not repeat a validation due at a checkpoint's step), so it resumes from step 40
+    ("lm-bible", 20, "last-validation", False),
+], ids=["lm-mid-epoch", "lm-epoch-end", "lm-truncated-checkpoint", "mt-mid-epoch", "lm-killed-in-test",
+        "lm-killed-in-last-validation"])
 def test_kill9_then_rerun_equals_uninterrupted(reference, tmp_path, experiment, every, kill_after, corrupt_newest):
     root = tmp_path / "runs"
     killed = _run(experiment, root, f"checkpoint.every_n_steps={every}", kill_after=kill_after)
