@@ -4,7 +4,9 @@
   flushes it to disk and renames it into place: a checkpoint file either exists whole or not at
   all, whatever moment the process is killed.
 - :class:`PeriodicCheckpoint` saves ``step-<global step>.ckpt`` every ``every_n_steps`` optimizer
-  steps and when training ends, keeping the newest ``keep`` periodic ones.
+  steps and when training ends, keeping the newest ``keep`` periodic ones. A step that is followed
+  by a validation is saved at the end of that validation, so that the checkpoint holds its
+  metrics and a run killed during it repeats it on resume.
 - :func:`latest_checkpoint` picks the newest complete checkpoint (a truncated or corrupt file,
   e.g. from a full disk, is skipped with a warning).
 - :class:`ResumeState` carries the random-number generator states, the training time so far and
@@ -112,8 +114,27 @@ def checkpoint_step(path: Path) -> int:
     return _step_of(Path(path))
 
 
+def validation_follows(trainer) -> bool:
+    """Whether the training loop validates right after the current batch (Lightning's own test)."""
+    loop = trainer.fit_loop
+    if not trainer.training or loop.epoch_loop.val_loop.skip:
+        return False
+    try:
+        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+    except (AttributeError, TypeError):  # a Lightning whose loop differs: save at the batch end
+        return False
+
+
 class PeriodicCheckpoint(L.Callback):
-    """Saves every ``every_n_steps`` optimizer steps and at the end of training."""
+    """Saves every ``every_n_steps`` optimizer steps and at the end of training.
+
+    When a validation follows the step, the save waits for its end (as Lightning's own
+    ``ModelCheckpoint`` does for validation metrics). Lightning resumes a checkpoint written at
+    a batch's end *past* the validation due at that step, so a run killed during that validation
+    would lose its record; resumed from a checkpoint written after the validation, it has
+    nothing to repeat, and killed before that checkpoint exists, it repeats the step's
+    validation from the previous checkpoint.
+    """
 
     def __init__(self, directory: Path, every_n_steps: int, keep: int = 2, guard: Optional[L.Callback] = None) -> None:
         if every_n_steps < 1:
@@ -124,6 +145,7 @@ class PeriodicCheckpoint(L.Callback):
         self.guard = guard  # a DivergenceGuard: a diverged state is never saved
         self.final: Optional[Path] = None
         self._last_saved = -1  # global step of the last checkpoint written
+        self._after_validation = False  # a save is due at the end of the running validation
 
     def _save(self, trainer: L.Trainer) -> Path:
         path = self.directory / checkpoint_name(trainer.global_step)
@@ -142,7 +164,18 @@ class PeriodicCheckpoint(L.Callback):
         last = 0 < trainer.max_steps <= step  # the final checkpoint is written after the last validation
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_saved and not trainer.should_stop \
                 and not last:
-            self._save(trainer)
+            if validation_follows(trainer):
+                self._after_validation = True
+            else:
+                self._save(trainer)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not self._after_validation or trainer.sanity_checking:
+            return
+        self._after_validation = False
+        if trainer.should_stop or (self.guard is not None and self.guard.message is not None):
+            return  # stopping (diverged, or asked to): the end of training decides what is saved
+        self._save(trainer)
 
     def on_train_end(self, trainer, pl_module):
         """The final checkpoint, written after the last validation so that it carries the final

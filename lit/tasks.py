@@ -247,17 +247,6 @@ class LanguageModelTask(TaskModule):
         return self.count_flops(self.tokens_in(batch), batch["inputs"].size(1))
 
 
-def _validation_follows(trainer) -> bool:
-    """Whether the training loop validates right after the current batch (Lightning's own test)."""
-    loop = trainer.fit_loop
-    if not trainer.training or loop.epoch_loop.val_loop.skip:
-        return False
-    try:
-        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
-    except (AttributeError, TypeError):  # a Lightning whose loop differs: count what has run
-        return False
-
-
 class TranslationTask(TaskModule):
     """Teacher-forced training; BLEU from greedy decoding at validation, beam search at test."""
 
@@ -320,11 +309,10 @@ class TranslationTask(TaskModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The validation count travels with the checkpoint, so that a resumed run decodes at the
-        same validations as an uninterrupted one. A checkpoint is written after its step's batch
-        and before the validation due at that step; Lightning does not repeat that validation on
-        resume, so it is counted as done."""
+        same validations as an uninterrupted one (a step's checkpoint is written after the
+        validation due at that step, which is counted already)."""
         super().on_save_checkpoint(checkpoint)
-        checkpoint["val_runs"] = self.val_runs + int(_validation_follows(self.trainer))
+        checkpoint["val_runs"] = self.val_runs
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)

@@ -29,8 +29,8 @@ class KillAfter(L.Callback):
         if sys.argv[1] == "test":
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def on_validation_start(self, trainer, *args):
-        if sys.argv[1] == "last-validation" and trainer.global_step == trainer.max_steps:
+    def on_validation_batch_end(self, trainer, *args):
+        if sys.argv[1] == f"validation-{trainer.global_step}" and not trainer.sanity_checking:
             os.kill(os.getpid(), signal.SIGKILL)
 
 paths = [a for a in sys.argv[2:] if "=" not in a]
@@ -66,9 +66,9 @@ def _status(root):
     return json.loads(path.read_text())
 
 
-def _train_losses(root):
+def _losses(root, key="train/loss"):
     (path,) = root.glob("*/*/metrics.jsonl")
-    return [(r["step"], r["train/loss"]) for r in map(json.loads, path.read_text().splitlines()) if "train/loss" in r]
+    return [(r["step"], r[key]) for r in map(json.loads, path.read_text().splitlines()) if key in r]
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +90,14 @@ def reference(tmp_path_factory):
     ("lm-bible", 20, 50, True),  # the newest checkpoint is cut short: falls back to step 20
     ("mt-bible-de-en", 20, 35, False),  # token-budget batches, resumes from step 20
     ("lm-bible", 20, "test", False),  # killed while testing: resumes from the final checkpoint, tests only
-    # killed in the last validation: no checkpoint of the last step is written before it (Lightning
-    # would not repeat a validation due at a checkpoint's step), so it resumes from step 40
-    ("lm-bible", 20, "last-validation", False),
+    # killed in a validation due at a checkpoint's step: that step is saved only after its
+    # validation (Lightning would not repeat a validation due at a checkpoint's step), so the run
+    # resumes from the checkpoint before and validates that step again
+    ("lm-bible", 20, "validation-60", False),
+    ("lm-bible", 20, "validation-40", False),
+    ("mt-bible-de-en", 20, "validation-40", False),
 ], ids=["lm-mid-epoch", "lm-epoch-end", "lm-truncated-checkpoint", "mt-mid-epoch", "lm-killed-in-test",
-        "lm-killed-in-last-validation"])
+        "lm-killed-in-last-validation", "lm-killed-in-validation", "mt-killed-in-validation"])
 def test_kill9_then_rerun_equals_uninterrupted(reference, tmp_path, experiment, every, kill_after, corrupt_newest):
     root = tmp_path / "runs"
     killed = _run(experiment, root, f"checkpoint.every_n_steps={every}", kill_after=kill_after)
@@ -119,7 +122,8 @@ def test_kill9_then_rerun_equals_uninterrupted(reference, tmp_path, experiment, 
     keys = ["test/ppl"] if experiment == "lm-bible" else ["test/bleu", "val/bleu"]
     for key in keys:
         assert got["metrics"][key] == pytest.approx(ref["metrics"][key], abs=1e-5), key
-    # the training curve too: every step logged once, with the uninterrupted run's losses
-    ref_losses, losses = _train_losses(reference[experiment]), _train_losses(root)
-    assert [s for s, _ in losses] == [s for s, _ in ref_losses]
-    assert [v for _, v in losses] == pytest.approx([v for _, v in ref_losses], abs=1e-5)
+    # the curves too: every step and every validation logged once, with the uninterrupted run's values
+    for key in ("train/loss", "val/loss"):
+        ref_losses, losses = _losses(reference[experiment], key), _losses(root, key)
+        assert [s for s, _ in losses] == [s for s, _ in ref_losses], key
+        assert [v for _, v in losses] == pytest.approx([v for _, v in ref_losses], abs=1e-5), key
