@@ -161,8 +161,10 @@ class _LocalQueue:
     (its environment pins the GPUs or CPU threads); each start and end is reported and appended
     to ``launches.jsonl``."""
 
-    def __init__(self, sweep: Sweep, slots: list[dict[str, str]], progress: _Progress, python: str) -> None:
+    def __init__(self, sweep: Sweep, slots: list[dict[str, str]], progress: _Progress, python: str,
+                 warm: bool = True) -> None:
         self.sweep, self.slots, self.progress, self.python = sweep, slots, progress, python
+        self.warm = warm and python == sys.executable and _warm_available()
         self.free = list(range(len(slots)))
         self.active: dict[int, tuple[SweepRun, subprocess.Popen, float, Any]] = {}
         self.launches = sweep.root / "launches.jsonl"
@@ -201,8 +203,14 @@ class _LocalQueue:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         log = open(run.run_dir / "train.log", "ab")
         env = {**os.environ, **self.slots[slot], "PYTHONUNBUFFERED": "1"}
-        argv = [self.python, "-m", "experiments.cli", *run.command(self.sweep.configs)]
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        command = run.command(self.sweep.configs)
+        if self.warm:  # a child of the warm server: torch and Lightning already imported
+            from experiments.warm import start_run
+
+            proc = start_run(command, env, str(run.run_dir / "train.log"))
+        else:
+            argv = [self.python, "-m", "experiments.cli", *command]
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.active[slot] = (run, proc, time.time(), log)
         self.progress.event(f"{'resume' if resumed else 'start'} {run.name} (worker {slot}, pid {proc.pid})")
 
@@ -236,6 +244,13 @@ class _LocalQueue:
         with open(self.launches, "a") as f:
             f.write(json.dumps({"run": run.name, "state": state, "exit": code, "process_s": elapsed,
                                 "wall_s": (status.get("metrics") or {}).get("wall_s"), "end": time.time()}) + "\n")
+
+
+def _warm_available() -> bool:
+    import multiprocessing
+
+    return os.environ.get("ABLATE_COLD_RUNNER", "") in ("", "0") and \
+        "forkserver" in multiprocessing.get_all_start_methods()
 
 
 def _terminate(proc: subprocess.Popen, grace_s: float = 30.0) -> None:

@@ -168,9 +168,10 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     metrics = _fit_and_test(cfg, trainer, task, data, resume_from, lead, guard, on_error)
     if use_wandb and guard.message is None:
         _log_to_wandb(cfg, task, data, trainer.global_step, rid)
-    train_s, test_s = resume_state.elapsed, metrics.pop("test_s")
-    metrics["train_s"] = train_s
-    metrics["wall_s"] = train_s + test_s
+    # the segment clock runs from the start of fitting to now: testing is inside it, not after it
+    wall_s, test_s = resume_state.elapsed, metrics.pop("test_s")
+    metrics["train_s"] = wall_s - test_s
+    metrics["wall_s"] = wall_s
     metrics.update(throughput.medians())
     state = "diverged" if guard.message else "completed"
     status(run_dir, state, step=trainer.global_step, run_id=rid, message=guard.message,

@@ -426,3 +426,29 @@ def _alive(pid):
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+@pytest.mark.slow
+def test_the_warm_runner_gives_the_results_of_fresh_interpreters(tmp_path):
+    """Runs forked from the warm server (the default) end exactly as runs in fresh interpreters
+    (ABLATE_COLD_RUNNER=1): the same metrics, each run its own process and log."""
+    args = ["sweep", SMOKE, f"data.cache_dir={tmp_path}/cache", "trainer.max_steps=10",
+            "trainer.val_check_interval=10", "--workers", "2"]
+    warm = _ablate(*args, f"run.root={tmp_path}/warm")
+    cold = subprocess.run([sys.executable, "-m", "experiments.cli", *map(str, args), f"run.root={tmp_path}/cold"],
+                          cwd=ROOT, env={**os.environ, "WANDB_MODE": "disabled", "ABLATE_COLD_RUNNER": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert warm.returncode == cold.returncode == 0, warm.stdout + cold.stdout
+    assert "runner overhead" in warm.stdout
+    for root in ("warm", "cold"):
+        for run in load_sweep(SMOKE, [f"run.root={tmp_path}/{root}"]).runs:
+            assert "completed" in (run.run_dir / "train.log").read_text()
+    for a, b in zip(load_sweep(SMOKE, [f"run.root={tmp_path}/warm"]).runs,
+                    load_sweep(SMOKE, [f"run.root={tmp_path}/cold"]).runs):
+        got, expected = read_status(a.run_dir)["metrics"], read_status(b.run_dir)["metrics"]
+        for key in ("train/loss", "val/loss", "val/ppl", "test/ppl"):
+            assert got[key] == pytest.approx(expected[key], abs=1e-6), (a.name, key)
+    launches = [json.loads(line) for line in (tmp_path / "warm" / "smoke" / "launches.jsonl").read_text().splitlines()]
+    assert len(launches) == 4 and all(r["exit"] == 0 for r in launches)
+    pids = {line.split("pid ")[1].rstrip(")") for line in warm.stdout.splitlines() if "(worker" in line}
+    assert len(pids) == 4 and str(os.getpid()) not in pids  # a process of its own per run

@@ -39,7 +39,13 @@ def _check_run_dir(cfg, result, metric):
 
 @pytest.mark.slow
 def test_lm_bible_smoke(tmp_path):
+    import time
+
+    start = time.time()
     cfg, result = _run(tmp_path, "lm-bible", "model.position=rope", "model.ffn=swiglu")
+    metrics = json.loads((cfg.run_dir / "status.json").read_text())["metrics"]
+    # the run's clock covers fitting and testing once: inside the call, and more than training alone
+    assert metrics["train_s"] < metrics["wall_s"] <= time.time() - start
     _check_run_dir(cfg, result, "val/bpb")
     assert 1 < result["test/ppl"] < cfg.model.vocab_size * 10
     assert result["test/ppl_x1"] == pytest.approx(result["test/ppl"], rel=1e-4)
