@@ -38,11 +38,13 @@ def _load_sweep(args: argparse.Namespace):
 
 def _sweep(args: argparse.Namespace) -> int:
     from experiments.launchers import launch
+    from experiments.sharing import parse_runs_per_gpu
     from experiments.sweep import SweepError
 
     from experiments.config import ConfigError, check_runnable_here, check_trainer
 
     try:
+        runs_per_gpu = parse_runs_per_gpu(args.runs_per_gpu)
         sweep = _load_sweep(args)
         for run in sweep.runs:  # every run's Trainer settings before any run starts
             try:
@@ -51,7 +53,8 @@ def _sweep(args: argparse.Namespace) -> int:
                     check_runnable_here(run.cfg.trainer)
             except ConfigError as err:
                 raise SweepError(f"{sweep.path}: run {run.name}: {err}") from None
-        return launch(sweep, args.launcher, args.workers, args.retry_failed, args.gpus_per_run, args.wait)
+        return launch(sweep, args.launcher, args.workers, args.retry_failed, args.gpus_per_run, args.wait,
+                      runs_per_gpu)
     except SweepError as err:
         report_error("ablate sweep", err)
         return 2
@@ -228,6 +231,9 @@ def _add_sweep(commands) -> None:
     sweep.add_argument("--workers", type=int, default=None,
                        help="concurrent runs (local): default one per GPU group, or 1 on CPU")
     sweep.add_argument("--gpus-per-run", type=int, default=1, help="GPUs given to each run (local)")
+    sweep.add_argument("--runs-per-gpu", default="1", metavar="K",
+                       help="runs sharing each GPU (local), each limited to 1/K of its memory, through CUDA MPS "
+                            "when a daemon can be started; 'auto' picks K from a short probe of the first run")
     sweep.add_argument("--retry-failed", action="store_true", help="rerun runs that failed")
     sweep.add_argument("--wait", action="store_true", help="slurm: wait for the job array and print the table")
     sweep.set_defaults(func=_sweep)

@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any, Optional
 
 from experiments.rundir import EXIT_LOCKED, FINAL_STATES, LAUNCHERS, read_status
 from experiments.status import counts, format_counts, run_state, status_table
+from experiments.sharing import (PROBE_STEPS, Mps, choose_runs_per_gpu, device_memory_mb, probe_overrides,
+                                 probe_result, share_slots)
 from experiments.sweep import Sweep, SweepError, SweepRun
 
 
@@ -80,15 +83,19 @@ def visible_gpus() -> list[str]:
         return []
 
 
-def _slots(workers: Optional[int], gpus_per_run: int) -> list[dict[str, str]]:
-    """One environment per worker: its GPUs (``CUDA_VISIBLE_DEVICES``) or its CPU threads."""
+def _slots(workers: Optional[int], gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict[str, str]]:
+    """One environment per worker: its GPUs (``CUDA_VISIBLE_DEVICES``, shared by ``runs_per_gpu``
+    workers) or its CPU threads."""
     gpus = visible_gpus()
     if gpus:
         groups = [gpus[i:i + gpus_per_run] for i in range(0, len(gpus) - gpus_per_run + 1, gpus_per_run)]
         if not groups:
             raise SweepError(f"--gpus-per-run {gpus_per_run} but only {len(gpus)} GPU(s) visible")
-        n = min(workers or len(groups), len(groups))
-        return [{"CUDA_VISIBLE_DEVICES": ",".join(g)} for g in groups[:n]]
+        slots = share_slots([{"CUDA_VISIBLE_DEVICES": ",".join(g)} for g in groups], runs_per_gpu)
+        return slots[:min(workers or len(slots), len(slots))]
+    if runs_per_gpu > 1:
+        raise SweepError(f"--runs-per-gpu {runs_per_gpu}: no GPU is visible; on CPU, --workers sets how many "
+                         f"runs share the machine")
     n = workers or 1
     threads = str(max(1, (os.cpu_count() or 1) // n))
     return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads),
@@ -129,22 +136,35 @@ class _Progress:
 
 
 def run_local(sweep: Sweep, workers: Optional[int] = None, retry_failed: bool = False, gpus_per_run: int = 1,
-              python: str = sys.executable) -> int:
-    """Run the sweep's runs on this machine, ``workers`` at a time; returns 0 when every run of
-    the sweep has finished (completed or diverged), 130 when interrupted."""
+              python: str = sys.executable, runs_per_gpu: Optional[int] = 1) -> int:
+    """Run the sweep's runs on this machine, ``workers`` at a time (``runs_per_gpu`` of them on
+    each GPU; None: chosen by a probe); returns 0 when every run of the sweep has finished
+    (completed or diverged), 130 when interrupted."""
     todo, skipped = plan(sweep, retry_failed)
     write_manifest(sweep)
-    slots = _slots(workers, gpus_per_run)
     progress = _Progress(sweep, len(sweep.runs))
-    where = ", ".join(f"GPU {s['CUDA_VISIBLE_DEVICES']}" for s in slots) if slots[0]["CUDA_VISIBLE_DEVICES"] \
-        else f"CPU, {slots[0]['OMP_NUM_THREADS']} thread(s) each"
+    if runs_per_gpu is None:
+        runs_per_gpu = _probe_runs_per_gpu(sweep, todo, gpus_per_run, python, progress)
+    slots = _slots(workers, gpus_per_run, runs_per_gpu)
+    mps = Mps()
+    if slots[0]["CUDA_VISIBLE_DEVICES"]:
+        where = ", ".join(f"GPU {g}" for g in dict.fromkeys(s["CUDA_VISIBLE_DEVICES"] for s in slots))
+        if runs_per_gpu > 1:
+            how = mps.start() if todo else "nothing to run"
+            where += f"; up to {runs_per_gpu} runs per GPU, {how}"
+            slots = [{**slot, **mps.client_env()} for slot in slots]
+    else:
+        where = f"CPU, {slots[0]['OMP_NUM_THREADS']} thread(s) each"
     progress.event(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(todo)} to run, {len(skipped)} skipped; "
                    f"{len(slots)} worker(s) ({where}); runs in {sweep.root}")
     for name, why in skipped.items():
         if not why.startswith(("completed", "diverged")):
             progress.event(f"skip {name}: {why}")
-    queue = _LocalQueue(sweep, slots, progress, python)
-    interrupted = queue.run(todo)
+    try:
+        queue = _LocalQueue(sweep, slots, progress, python)
+        interrupted = queue.run(todo)
+    finally:
+        mps.stop()
 
     text, rows = status_table(sweep)
     print("\n" + text)
@@ -154,6 +174,34 @@ def run_local(sweep: Sweep, workers: Optional[int] = None, retry_failed: bool = 
     if interrupted:
         return 130
     return 0 if all(r["state"] in FINAL_STATES for r in rows) else 1
+
+
+def _probe_runs_per_gpu(sweep: Sweep, todo: list[SweepRun], gpus_per_run: int, python: str,
+                        progress: _Progress) -> int:
+    """``--runs-per-gpu auto``: a short run of the first run to go, alone on the first GPU, then
+    :func:`choose_runs_per_gpu` from its peak memory and MFU."""
+    gpus = visible_gpus()
+    if not gpus:
+        raise SweepError("--runs-per-gpu auto: no GPU is visible; on CPU, --workers sets how many runs "
+                         "share the machine")
+    if not todo:
+        return 1
+    device_mb = device_memory_mb(gpus[0])
+    if device_mb is None:
+        raise SweepError(f"--runs-per-gpu auto: could not read GPU {gpus[0]}'s memory with nvidia-smi; give K")
+    run = todo[0]
+    with tempfile.TemporaryDirectory(prefix="ablate-probe-") as root:
+        progress.event(f"probe: {run.name} for {PROBE_STEPS} steps on GPU {','.join(gpus[:gpus_per_run])}")
+        argv = [python, "-m", "experiments.cli", *run.command(sweep.configs), *probe_overrides(Path(root))]
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(gpus[:gpus_per_run]), "WANDB_MODE": "disabled"}
+        done = subprocess.run(argv, env=env, capture_output=True, text=True)
+        found = list(Path(root).glob("*/*/status.json"))
+        status = json.loads(found[0].read_text()) if found else \
+            {"state": "failed", "error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
+        peak_mb, mfu = probe_result(status)
+    k, why = choose_runs_per_gpu(peak_mb, device_mb, mfu)
+    progress.event(why)
+    return k
 
 
 class _LocalQueue:
@@ -239,7 +287,9 @@ class _LocalQueue:
                     + (f" — {status.get('message')}" if state == "diverged" else ""))
         else:
             how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
-            text = f"{state.upper()} {run.name} ({how}); log: {run.run_dir / 'train.log'}"
+            error = str(status.get("error") or "").strip().splitlines()
+            text = (f"{state.upper()} {run.name} ({how})" + (f": {error[0][:300]}" if error else "")
+                    + f"; log: {run.run_dir / 'train.log'}")
         self.progress.event(text)
         with open(self.launches, "a") as f:
             f.write(json.dumps({"run": run.name, "state": state, "exit": code, "process_s": elapsed,
@@ -424,9 +474,11 @@ def run_wandb(sweep: Sweep) -> int:
 
 
 def launch(sweep: Sweep, launcher: str, workers: Optional[int], retry_failed: bool, gpus_per_run: int = 1,
-           wait: bool = False) -> int:
+           wait: bool = False, runs_per_gpu: Optional[int] = 1) -> int:
     if launcher == "local":
-        return run_local(sweep, workers, retry_failed, gpus_per_run)
+        return run_local(sweep, workers, retry_failed, gpus_per_run, runs_per_gpu=runs_per_gpu)
+    if runs_per_gpu != 1:
+        raise SweepError(f"--runs-per-gpu is for the local launcher, not {launcher}")
     if launcher == "slurm":
         return run_slurm(sweep, retry_failed, wait)
     if launcher == "wandb":

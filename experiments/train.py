@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 
 from experiments import wandb_log
 from experiments.config import RunConfig, run_id, to_yaml
+from experiments.sharing import describe_failure, limit_gpu_memory, memory_fraction
 from experiments.status import metric_lines
 from experiments.rundir import EXIT_LOCKED, RunDirUnwritable, RunLock, RunLocked, read_status, write_status
 from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor
@@ -148,7 +149,8 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     if resume_from is None:
         loggers[0].log_metrics({f"params/{k}": v for k, v in params.items()}, step=0)
     throughput = ThroughputMonitor(cfg.perf.warmup_steps, cfg.perf.every_n_steps, peak)
-    guard = DivergenceGuard()
+    # on a GPU, the loss is read back at logging steps only (checkpoints check it too)
+    guard = DivergenceGuard(1 if _runs_on_cpu(cfg) else int(cfg.trainer.get("log_every_n_steps") or 50))
     periodic = PeriodicCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep, guard)
     callbacks = [throughput, guard, resume_state, *extra_callbacks, LearningRateMonitor(logging_interval="step"),
                  periodic]
@@ -156,11 +158,12 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
                         enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
                         use_distributed_sampler=False)  # the data modules shard themselves
 
+    limit_gpu_memory()  # its share of each GPU, when a sweep runs several per GPU
     status = write_status if lead else (lambda *args, **kwargs: None)
     status(run_dir, "running", step=checkpoint_step(resume_from) if resume_from else 0, run_id=rid)
 
     def on_error(state: str, err: BaseException) -> None:
-        status(run_dir, state, step=trainer.global_step, run_id=rid, error=repr(err))
+        status(run_dir, state, step=trainer.global_step, run_id=rid, error=describe_failure(err))
         if use_wandb:
             code = interrupt_code(err) if state == "interrupted" else wandb_log.EXIT_CODES[state]
             wandb_log.finish(read_status(run_dir), run_dir / "metrics.jsonl", code)
@@ -288,7 +291,8 @@ def run_command(items: Sequence[str], prog: str = "ablate train") -> int:
     try:
         check_trainer(cfg.trainer)
         check_runnable_here(cfg.trainer)
-    except ConfigError as err:
+        memory_fraction()
+    except (ConfigError, ValueError) as err:
         return _refused_at_start(cfg, err, prog)
     try:
         result = train(cfg)

@@ -23,7 +23,7 @@ RANKS = {
     "experiments.demo": 3, "experiments.reproduce": 3,
     "experiments.train": 2, "experiments.launchers": 2, "experiments.report": 2, "experiments.components": 2,
     "experiments.wandb_view": 2, "experiments.use": 2, "experiments.warm": 2,
-    "experiments.sweep": 1, "experiments.status": 1, "experiments.wandb_log": 1,
+    "experiments.sweep": 1, "experiments.status": 1, "experiments.sharing": 1, "experiments.wandb_log": 1,
     "experiments.config": 0, "experiments.wandb_records": 0, "experiments.rundir": 0, "experiments.stats": 0,
     "experiments": 0,
 }

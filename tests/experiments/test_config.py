@@ -203,9 +203,8 @@ def test_an_unwritable_run_root_is_a_message_with_exit_code_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("debug", [None, "--debug", "ABLATE_DEBUG=1"])
 def test_a_refusal_shows_its_traceback_only_when_debugging(capsys, monkeypatch, debug):
-    monkeypatch.delenv("ABLATE_DEBUG", raising=False)
-    if debug and debug.startswith("ABLATE_DEBUG"):
-        monkeypatch.setenv("ABLATE_DEBUG", "1")
+    # set (not deleted) so that teardown also undoes what --debug writes to the environment
+    monkeypatch.setenv("ABLATE_DEBUG", "1" if debug and debug.startswith("ABLATE_DEBUG") else "0")
     assert main([*(["--debug"] if debug == "--debug" else []), "train", "model.norm=groupnorm"]) == 2
     err = capsys.readouterr().err
     assert err.rstrip().splitlines()[-1].startswith("ablate train: ")  # the message is the last line
