@@ -8,6 +8,7 @@ import resource
 import statistics
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,31 +24,37 @@ class ThroughputMonitor(L.Callback):
     """``perf/tokens_per_s`` (non-pad target tokens per second of training step, steady state:
     the first ``warmup_steps`` excluded), ``perf/mfu`` (analytic FLOPs / device dense peak) and
     ``perf/peak_mem_mb`` (CUDA max allocated, or the process's max RSS on CPU), logged every
-    ``every_n_steps`` from the steps since the last log."""
+    ``every_n_steps`` from the steps since the last log. A step is timed from its start to its
+    end: on CUDA between two events that the device records (read at logging, so no step waits
+    for the device), on CPU by the host clock. Token counts come from the batch's host-side
+    counts."""
 
     def __init__(self, warmup_steps: int = 5, every_n_steps: int = 50,
                  peak_flops: Optional[float] = None) -> None:
         self.warmup_steps, self.every_n_steps, self.peak_flops = warmup_steps, every_n_steps, peak_flops
-        self.window: list[tuple[float, int, float]] = []  # (seconds, tokens, flops) per step
+        self.window: list[tuple[Any, int, float]] = []  # (seconds or CUDA events, tokens, flops) per step
         self.all_rates: list[float] = []
         self.all_mfu: list[float] = []
-        self._start = 0.0
+        self._start: Any = 0.0
 
     def on_fit_start(self, trainer, pl_module):
         if self.peak_flops is None and pl_module.device.type != "cpu":
             self.peak_flops = device_peak_flops(pl_module.device, str(trainer.precision))
 
-    def _sync(self, pl_module):
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._sync(pl_module)
-        self._start = time.perf_counter()
+        if pl_module.device.type == "cuda":  # timed by the device itself: no step waits for it
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._sync(pl_module)
-        elapsed = time.perf_counter() - self._start
+        if isinstance(self._start, torch.cuda.Event):
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            elapsed = (self._start, end)
+        else:
+            elapsed = time.perf_counter() - self._start
         if trainer.global_step <= self.warmup_steps:
             return
         self.window.append((elapsed, pl_module.tokens_in(batch), pl_module.flops_of(batch)))
@@ -60,7 +67,7 @@ class ThroughputMonitor(L.Callback):
     def _flush(self, trainer, pl_module):
         if not self.window:
             return
-        seconds = sum(w[0] for w in self.window)
+        seconds = sum(_seconds(w[0]) for w in self.window)
         rate = sum(w[1] for w in self.window) / seconds * trainer.world_size
         self.all_rates.append(rate)
         metrics = {"perf/tokens_per_s": rate, "perf/peak_mem_mb": peak_memory_mb(pl_module.device)}
@@ -90,6 +97,15 @@ class ThroughputMonitor(L.Callback):
         return out
 
 
+def _seconds(elapsed) -> float:
+    """A step's duration: seconds, or a pair of CUDA events (waited for here, at logging)."""
+    if isinstance(elapsed, tuple):
+        start, end = elapsed
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
+    return elapsed
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -98,22 +114,56 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class DivergenceGuard(L.Callback):
-    """Stops a run whose training loss turns NaN/inf and records the step and last finite loss."""
+    """Stops a run whose training loss turns NaN/inf and records the step, the last finite loss
+    and the gradient norms of the steps up to it.
 
-    def __init__(self) -> None:
+    The losses are read from the device every ``check_every_n_steps`` steps in one transfer, and
+    whenever :meth:`check` is called (before every checkpoint, and at the end of training): with
+    more than 1, a GPU run does not wait for its device after every step. Such a run may train
+    up to that many steps past a non-finite loss before it stops; the step named is the first
+    non-finite one, and no state after it is ever saved."""
+
+    def __init__(self, check_every_n_steps: int = 1) -> None:
+        self.check_every = max(1, int(check_every_n_steps))
         self.last_finite: Optional[float] = None
         self.diverged_at: Optional[int] = None
         self.grad_norms: list[float] = []  # the last global gradient norms before clipping
+        self._pending: list[tuple[int, torch.Tensor, Optional[torch.Tensor]]] = []  # (step, loss, norm)
+        self._recent_norms: deque[float] = deque(maxlen=4)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        value = float(loss.detach()) if loss is not None else float("nan")
-        if math.isfinite(value):
-            self.last_finite = value
-            return
-        self.diverged_at = trainer.global_step
-        self.grad_norms = [float(n) for n in getattr(pl_module, "grad_norms", ())]
-        trainer.should_stop = True
+        loss = loss.detach() if loss is not None else torch.tensor(float("nan"))
+        norms = getattr(pl_module, "grad_norms", ())
+        self._pending.append((trainer.global_step, loss, norms[-1] if norms else None))
+        if len(self._pending) >= self.check_every:
+            self.check(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self.check(trainer)
+
+    def check(self, trainer: Optional[L.Trainer] = None) -> bool:
+        """Read the losses logged since the last check; True when the run has diverged (then
+        ``trainer.should_stop`` is set)."""
+        if self.diverged_at is None and self._pending:
+            pending, self._pending = self._pending, []
+            # one transfer for the losses and norms of every step since the last check
+            values = torch.stack([torch.stack([loss.float().reshape(()),
+                                               (norm if norm is not None else loss.new_tensor(math.nan)).float()
+                                               .reshape(()).to(loss.device)])
+                                  for _, loss, norm in pending]).cpu().tolist()
+            for (step, _, norm), (loss, norm_value) in zip(pending, values):
+                if norm is not None:
+                    self._recent_norms.append(norm_value)
+                if math.isfinite(loss):
+                    self.last_finite = loss
+                    continue
+                self.diverged_at = step
+                self.grad_norms = list(self._recent_norms)
+                break
+        if self.diverged_at is not None and trainer is not None:
+            trainer.should_stop = True
+        return self.diverged_at is not None
 
     @property
     def message(self) -> Optional[str]:

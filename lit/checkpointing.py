@@ -163,7 +163,7 @@ class PeriodicCheckpoint(L.Callback):
             return
         last = 0 < trainer.max_steps <= step  # the final checkpoint is written after the last validation
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_saved and not trainer.should_stop \
-                and not last:
+                and not last and not self._diverged(trainer):
             if validation_follows(trainer):
                 self._after_validation = True
             else:
@@ -173,14 +173,18 @@ class PeriodicCheckpoint(L.Callback):
         if not self._after_validation or trainer.sanity_checking:
             return
         self._after_validation = False
-        if trainer.should_stop or (self.guard is not None and self.guard.message is not None):
+        if trainer.should_stop or self._diverged(trainer):
             return  # stopping (diverged, or asked to): the end of training decides what is saved
         self._save(trainer)
+
+    def _diverged(self, trainer: L.Trainer) -> bool:
+        """Whether the guard finds a non-finite loss since its last look (never save such a state)."""
+        return self.guard is not None and self.guard.check(trainer)
 
     def on_train_end(self, trainer, pl_module):
         """The final checkpoint, written after the last validation so that it carries the final
         metrics (a run resumed from it has nothing left to train and still reports them)."""
-        if self.guard is not None and self.guard.message is not None:
+        if self._diverged(trainer):
             return  # never make a diverged state the newest checkpoint
         self.final = self._save(trainer)
 

@@ -241,6 +241,8 @@ class LanguageModelTask(TaskModule):
         return metrics
 
     def tokens_in(self, batch) -> int:
+        if "n_targets" in batch:  # counted by the collate function, on the host
+            return int(batch["n_targets"])
         return int((batch["targets"] != self.pad_id).sum())
 
     def flops_of(self, batch) -> float:
@@ -319,8 +321,10 @@ class TranslationTask(TaskModule):
         self.val_runs = int(checkpoint.get("val_runs", 0))
 
     def tokens_in(self, batch) -> int:
+        if "n_targets" in batch:  # counted by the collate function, on the host
+            return int(batch["n_targets"])
         return int((batch["tgt_out"] != self.pad_id).sum())
 
     def flops_of(self, batch) -> float:
-        src_tokens = int((batch["src"] != self.pad_id).sum())
+        src_tokens = int(batch["n_src"]) if "n_src" in batch else int((batch["src"] != self.pad_id).sum())
         return self.count_flops(self.tokens_in(batch), batch["tgt_in"].size(1), src_tokens, batch["src"].size(1))

@@ -241,11 +241,13 @@ class TokenBudgetBatches(EpochBatches):
 
 
 def collate_blocks(items, pad_id: int):
-    """LM blocks stacked, and whether any input is padding (only the last block of a split
-    can be)."""
+    """LM blocks stacked, whether any input is padding (only the last block of a split can be),
+    and the count of non-pad targets (counted here, on the host: reading it from the device
+    would wait for the device at every step)."""
     inputs = torch.stack([item["inputs"] for item in items])
-    return {"inputs": inputs, "targets": torch.stack([item["targets"] for item in items]),
-            "padded": bool((inputs == pad_id).any())}
+    targets = torch.stack([item["targets"] for item in items])
+    return {"inputs": inputs, "targets": targets, "padded": bool((inputs == pad_id).any()),
+            "n_targets": int((targets != pad_id).sum())}
 
 
 def collate_pairs(items, pad_id: int):
@@ -257,9 +259,10 @@ def collate_pairs(items, pad_id: int):
             out[row, : len(seq)] = torch.tensor(seq)
         return out
 
+    counts = {"n_targets": sum(len(t) - 1 for t in tgt), "n_src": sum(map(len, src))}  # non-pad, on the host
     tgt = pad(tgt)
     return {"index": torch.tensor(index), "src": pad(src), "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:],
-            "src_padded": len(set(map(len, src))) > 1}
+            "src_padded": len(set(map(len, src))) > 1, **counts}
 
 
 class TranslationDataModule(_BaseDataModule):

@@ -162,6 +162,19 @@ def test_batches_say_whether_they_hold_padding():
     assert all(flag == found for flag, found in flags) and any(found for _, found in flags)
 
 
+@pytest.mark.parametrize("task, tensors", [("lm", {"n_targets": "targets"}),
+                                           ("translation", {"n_targets": "tgt_out", "n_src": "src"})])
+def test_batches_carry_their_token_counts_from_the_host(task, tensors):
+    """Throughput counts tokens from these, so that no step waits for the device to count them."""
+    cfg = DataConfig(vocab_size=500, limit_train=300, limit_eval=41, batch_size=4, max_tokens=1000)
+    dm = build_datamodule(cfg, task, max_seq_len=256 if task == "translation" else 64, seed=0)
+    dm.setup()
+    pad = dm.tokenizer.pad_id
+    for batch in [*dm.val_dataloader(), *list(dm.train_dataloader())[:5]]:
+        for key, tensor in tensors.items():
+            assert isinstance(batch[key], int) and batch[key] == int((batch[tensor] != pad).sum()), key
+
+
 def test_translation_eval_example_too_long_names_field(tmp_path):
     _write(tmp_path / "train.de", ["kurz"] * 20)
     _write(tmp_path / "train.en", ["short"] * 20)

@@ -79,19 +79,28 @@ def test_the_clip_count_survives_a_checkpoint(datamodule):
     assert fresh.clip_fraction() == 1.0 and fresh.clip_steps == 3
 
 
-def test_a_diverged_run_names_its_last_gradient_norms(datamodule):
+@pytest.mark.parametrize("check_every", [1, 7])
+def test_a_diverged_run_names_its_last_gradient_norms(datamodule, check_every):
+    """The guard reads the losses every step (CPU) or every few steps in one transfer (GPU):
+    either way it names the same first non-finite step and the norms up to it."""
     from lit.callbacks import DivergenceGuard
     from variants import ModelConfig
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=datamodule.tokenizer.vocab_size, d_model=32, n_heads=4, n_layers=1,
-                      max_seq_len=16, dropout=0.0)
-    task = LanguageModelTask(cfg, TaskConfig(lr=1e38, warmup_steps=0), 0, datamodule.n_bytes)
-    guard = DivergenceGuard()
-    L.Trainer(accelerator="cpu", max_steps=20, logger=False, enable_progress_bar=False, enable_model_summary=False,
-              enable_checkpointing=False, limit_val_batches=0, gradient_clip_val=1.0,
-              callbacks=[guard]).fit(task, datamodule=datamodule)
-    assert guard.diverged_at is not None and guard.diverged_at < 20
-    assert 1 <= len(guard.grad_norms) <= 4
-    assert "last gradient norms before clipping " in guard.message
-    assert guard.message.endswith(", ".join(f"{n:.4g}" for n in guard.grad_norms))
+    found = {}
+    for every in (1, check_every):
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=datamodule.tokenizer.vocab_size, d_model=32, n_heads=4, n_layers=1,
+                          max_seq_len=16, dropout=0.0)
+        task = LanguageModelTask(cfg, TaskConfig(lr=1e38, warmup_steps=0), 0, datamodule.n_bytes)
+        guard = DivergenceGuard(check_every_n_steps=every)
+        trainer = L.Trainer(accelerator="cpu", max_steps=20, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                            gradient_clip_val=1.0, callbacks=[guard])
+        trainer.fit(task, datamodule=datamodule)
+        assert guard.diverged_at is not None and guard.diverged_at < 20
+        assert guard.diverged_at <= trainer.global_step < guard.diverged_at + every  # stopped within a check
+        assert 1 <= len(guard.grad_norms) <= 4
+        assert "last gradient norms before clipping " in guard.message
+        assert guard.message.endswith(", ".join(f"{n:.4g}" for n in guard.grad_norms))
+        found[every] = guard.message
+    assert found[check_every] == found[1]
