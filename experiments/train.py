@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 
 from experiments import wandb_log
 from experiments.config import RunConfig, run_id, to_yaml
@@ -154,6 +154,9 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     periodic = PeriodicCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep, guard)
     callbacks = [throughput, guard, resume_state, *extra_callbacks, LearningRateMonitor(logging_interval="step"),
                  periodic]
+    if not _runs_on_cpu(cfg) and cfg.trainer.get("enable_progress_bar", True):
+        # the bar reads the logged loss from the device when it redraws: at logging steps only
+        callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.trainer.get("log_every_n_steps") or 50)))
     trainer = L.Trainer(**cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir),
                         enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
                         use_distributed_sampler=False)  # the data modules shard themselves

@@ -209,3 +209,22 @@ def test_a_directory_of_another_run_is_refused_by_any_of_its_files_and_left_unto
         assert ("checkpoints/step-00000004.ckpt has" in err) == (removed == "status.json")
         assert "config.yaml has" in err
         assert snapshot() == before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("experiment", ["lm-bible", "mt-bible-de-en"])
+def test_a_gpu_run_logs_throughput_and_catches_divergence_without_per_step_syncs(tmp_path, experiment):
+    """On CUDA: steps timed by events and a guard that reads the loss at logging steps only
+    still give tokens/s, MFU, and a diverged run that names its first non-finite step."""
+    cfg, result = _run(tmp_path / "ok", experiment, "trainer.accelerator=gpu", "trainer.devices=1",
+                       "perf.every_n_steps=10", "trainer.log_every_n_steps=10")
+    assert result["state"] == "completed"
+    assert result["perf/tokens_per_s_median"] > 0 and 0 < result["perf/mfu_median"] < 1
+    cfg, result = _run(tmp_path / "bad", experiment, "trainer.accelerator=gpu", "trainer.devices=1",
+                       "task.lr=1e38", "task.warmup_steps=0", "trainer.log_every_n_steps=10")
+    status = json.loads((cfg.run_dir / "status.json").read_text())
+    assert status["state"] == "diverged" and "loss became non-finite at step" in status["message"]
+    first_bad = int(status["message"].split("at step ")[1].split(";")[0])
+    assert first_bad <= status["step"] < first_bad + 10
+    assert all(int(p.stem.split("-")[1]) < first_bad for p in (cfg.run_dir / "checkpoints").glob("step-*.ckpt"))
