@@ -83,9 +83,11 @@ METHOD = [
     "vocabulary) logits are never materialised. Peers compute full logits and "
     "`F.cross_entropy` (what their own training losses do), with the same fused AdamW. The "
     "batches hold no padding and our model is told so (`padded=False`), sparing the check.",
-    "Peers run eagerly, as shipped; `ablate + torch.compile` rows (opt-in: `--compile`) compile "
-    "our whole objective, model, head and loss (under the compiler `model.loss` is the plain "
-    "formula, which the compiler fuses).",
+    "Every contender runs eagerly, as shipped. With `--compile`, each model gets a second table "
+    "(`, torch.compile`) where every contender's whole objective goes through `torch.compile`: "
+    "ours model, head and loss (under the compiler `model.loss` is the plain formula, which the "
+    "compiler fuses), peers their model and `F.cross_entropy`; its ratios compare compiled with "
+    "compiled.",
     "Dropout is 0 in every row (`--set dropout=0.1` to change it): the implementations place "
     "dropout differently, so with it they would not compute the same thing.",
 ]

@@ -72,8 +72,9 @@ def training_unit(model: nn.Module, objective: Callable[[], torch.Tensor],
 def train_contender(impl: str, model: nn.Module, inputs: tuple, targets: torch.Tensor, tokens: int,
                     flops: float, device: torch.device, ours: bool = False, compile: bool = False,
                     note: str = "") -> Contender:
-    """A training step of ``model``; ours through ``model.hidden`` + ``model.loss`` (optionally
-    compiled, head and loss included), peers through their logits and ``token_loss``."""
+    """A training step of ``model``; ours through ``model.hidden`` + ``model.loss``, peers through
+    their logits and ``token_loss``; with ``compile``, the whole objective (model, head and loss)
+    goes through ``torch.compile``, ours and peers alike."""
     model = model.to(device).train()
     if ours:
         def loss(*inputs):  # the bench's batches hold no padding, and ours is told so
@@ -86,8 +87,13 @@ def train_contender(impl: str, model: nn.Module, inputs: tuple, targets: torch.T
         def objective():
             return compiled(*inputs)
     else:
-        def objective():
+        def loss(*inputs):
             return token_loss(model(*inputs), targets)
+
+        compiled = torch.compile(loss) if compile else loss  # peers compiled the same way: like with like
+
+        def objective():
+            return compiled(*inputs)
     unit, optimizer = training_unit(model, objective, device)
     try:
         unit()  # creates the optimizer state: memory is measured with it in place
@@ -173,15 +179,27 @@ def train_lm(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> 
         _seeded(cfg.seed)
         model = M.ours(mcfg)
         flops = FlopCounter(model)(B * T, T)
-        contenders = [train_contender("ablate", model, (inputs,), targets, B * T, flops, device, ours=True)]
-        if cfg.compile:
-            _seeded(cfg.seed)
-            contenders.append(train_contender("ablate + torch.compile", M.ours(mcfg), (inputs,), targets,
-                                              B * T, flops, device, ours=True, compile=True))
-        contenders += _lm_peers(preset, mcfg, inputs, targets, B * T, flops, device, cfg, log)
-        time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
-        rows += _rows("train-lm", title, contenders, None, peak, settings, profile_on=_profiling(cfg, device))
+        for compiled in ([False, True] if cfg.compile else [False]):
+            if compiled:
+                _seeded(cfg.seed)
+                model = M.ours(mcfg)
+            contenders = [train_contender(_impl("ablate", compiled), model, (inputs,), targets, B * T, flops, device,
+                                          ours=True, compile=compiled)]
+            contenders += _lm_peers(preset, mcfg, inputs, targets, B * T, flops, device, cfg, log, compiled)
+            time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
+            rows += _rows("train-lm", _title(title, compiled), contenders, None, peak, settings,
+                          profile_on=None if compiled else _profiling(cfg, device))
     return rows
+
+
+def _impl(name: str, compiled: bool) -> str:
+    return f"{name} + torch.compile" if compiled else name
+
+
+def _title(title: str, compiled: bool) -> str:
+    """With ``--compile`` every model of a table is compiled, so that its ratios compare like
+    with like; the compiled table carries this suffix."""
+    return f"{title}, torch.compile" if compiled else title
 
 
 def missing_peers(sections: tuple[str, ...]) -> list[str]:
@@ -196,19 +214,19 @@ def missing_peers(sections: tuple[str, ...]) -> list[str]:
     return notes
 
 
-def _lm_peers(preset, mcfg, inputs, targets, tokens, flops, device, cfg, log) -> list[Contender]:
+def _lm_peers(preset, mcfg, inputs, targets, tokens, flops, device, cfg, log, compiled=False) -> list[Contender]:
     peers = []
     if M.available("x-transformers"):
         _seeded(cfg.seed)
-        peers.append(train_contender("x-transformers", M.XTransformersLM(mcfg), (inputs,), targets,
-                                     tokens, flops, device))
+        peers.append(train_contender(_impl("x-transformers", compiled), M.XTransformersLM(mcfg), (inputs,),
+                                     targets, tokens, flops, device, compile=compiled))
     if M.available("transformers"):
         _seeded(cfg.seed)
         hf = M.hf_lm(preset, mcfg)
         if hf is not None:
             name = type(hf).__name__.replace("ForCausalLM", "").replace("LMHeadModel", "")
-            peers.append(train_contender(f"transformers ({name})", M.HFCausalLM(hf), (inputs,), targets,
-                                         tokens, flops, device))
+            peers.append(train_contender(_impl(f"transformers ({name})", compiled), M.HFCausalLM(hf), (inputs,),
+                                         targets, tokens, flops, device, compile=compiled))
     return peers
 
 
@@ -251,24 +269,27 @@ def train_seq2seq(cfg: BenchConfig, device: torch.device, peak: float, log=print
     _seeded(cfg.seed)
     model = M.ours(mcfg)
     flops = FlopCounter(model)(B * T, T, B * S, S)
-    contenders = [train_contender("ablate", model, inputs, targets, B * T, flops, device, ours=True)]
-    if cfg.compile:
-        _seeded(cfg.seed)
-        contenders.append(train_contender("ablate + torch.compile", M.ours(mcfg), inputs, targets, B * T,
-                                          flops, device, ours=True, compile=True))
-    _seeded(cfg.seed)
-    contenders.append(train_contender("torch.nn.Transformer", M.TorchTransformerSeq2Seq(mcfg), inputs,
-                                      targets, B * T, flops, device))
-    if M.available("x-transformers"):
-        _seeded(cfg.seed)
-        contenders.append(train_contender("x-transformers", M.XTransformersSeq2Seq(mcfg), inputs, targets,
-                                          B * T, flops, device))
-    time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
     settings = (f"vocab {mcfg.vocab_size}, d_model {mcfg.d_model}, {cfg.s2s_layers}+{cfg.s2s_layers} layers, "
                 f"{mcfg.n_heads} heads, d_ff {mcfg.d_ff}, source/target {S}/{T}, batch {B}, "
                 f"dropout {cfg.dropout}; tokens/s counts target tokens")
-    return _rows("train-seq2seq", title, contenders, "torch.nn.Transformer", peak, settings,
-                 profile_on=_profiling(cfg, device))
+    rows = []
+    for compiled in ([False, True] if cfg.compile else [False]):
+        if compiled:
+            _seeded(cfg.seed)
+            model = M.ours(mcfg)
+        contenders = [train_contender(_impl("ablate", compiled), model, inputs, targets, B * T, flops, device,
+                                      ours=True, compile=compiled)]
+        _seeded(cfg.seed)
+        contenders.append(train_contender(_impl("torch.nn.Transformer", compiled), M.TorchTransformerSeq2Seq(mcfg),
+                                          inputs, targets, B * T, flops, device, compile=compiled))
+        if M.available("x-transformers"):
+            _seeded(cfg.seed)
+            contenders.append(train_contender(_impl("x-transformers", compiled), M.XTransformersSeq2Seq(mcfg),
+                                              inputs, targets, B * T, flops, device, compile=compiled))
+        time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
+        rows += _rows("train-seq2seq", _title(title, compiled), contenders, _impl("torch.nn.Transformer", compiled),
+                      peak, settings, profile_on=None if compiled else _profiling(cfg, device))
+    return rows
 
 
 # ------------------------------------------------------------------------------------ decoding

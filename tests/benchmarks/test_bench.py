@@ -180,3 +180,22 @@ def test_other_work_excludes_this_process():
         end = cpu_seconds()
     assert end[2] - start[2] >= 0.4  # counted as this process's time
     assert end[1] - start[1] >= (end[2] - start[2]) - 0.1  # and within the machine's busy time
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not M.available("transformers"), reason="needs transformers for a peer")
+def test_with_compile_every_contender_of_a_compiled_table_is_compiled(tmp_path):
+    """--compile adds one table per model in which ours and the peers are all compiled, so that
+    its ratios compare like with like; the eager tables stay as they were."""
+    cfg = tiny_config(device="cpu", threads=1, presets=("gpt2",), sections=("train-lm", "train-seq2seq"),
+                      compile=True, out=str(tmp_path))
+    rows = run_bench(cfg, command="test", log=lambda s: None)["rows"]
+    tables = {(r["section"], r["model"]) for r in rows}
+    assert tables == {("train-lm", "gpt2-style"), ("train-lm", "gpt2-style, torch.compile"),
+                      ("train-seq2seq", "vaswani enc-dec"), ("train-seq2seq", "vaswani enc-dec, torch.compile")}
+    for r in rows:
+        compiled = r["model"].endswith(", torch.compile")
+        assert r["impl"].endswith(" + torch.compile") == compiled, r["impl"]
+        assert r["reference"].endswith(" + torch.compile") == compiled, (r["model"], r["reference"])
+        assert r["tokens_per_s"] > 0 and r["ratio"] > 0
+    assert sum(not r["ours"] for r in rows if r["model"] == "gpt2-style, torch.compile") >= 1
