@@ -50,7 +50,7 @@ def _sweep(args: argparse.Namespace) -> int:
             try:
                 check_trainer(run.cfg.trainer)
                 if args.launcher == "local":
-                    check_runnable_here(run.cfg.trainer)
+                    check_runnable_here(run.cfg.trainer, run.cfg.perf)
             except ConfigError as err:
                 raise SweepError(f"{sweep.path}: run {run.name}: {err}") from None
         return launch(sweep, args.launcher, args.workers, args.retry_failed, args.gpus_per_run, args.wait,

@@ -47,6 +47,9 @@ class PerfSection:
     every_n_steps: int = 50  # throughput logging interval
     peak_flops: Optional[float] = None  # device dense peak; default: table (GPU) or measured (CPU)
     compile: bool = False  # torch.compile the step's model, head and loss (worth it on GPUs)
+    # replay each step's kernels as CUDA graphs (torch.compile, mode "reduce-overhead"): no launch
+    # cost per kernel, which bounds small models on a GPU; language modelling (fixed shapes), CUDA only
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -99,6 +102,9 @@ class RunConfig:
             raise ValueError(f"key 'data.block_size': {block} tokens per block, but position "
                              f"{self.model.position!r} encodes at most {limit} (model.max_seq_len); "
                              f"raise model.max_seq_len or shorten the blocks")
+        if self.perf.cuda_graphs and expected != "lm":
+            raise ValueError(f"key 'perf.cuda_graphs': CUDA graphs replay fixed shapes, and {self.task.name} "
+                             f"batches vary in length; language modelling only (perf.compile compiles any task)")
         decode = getattr(self.task, "max_decode_len", None) if expected == "seq2seq" else None
         if decode is not None and limit is not None and decode > limit:
             raise ValueError(f"key 'task.max_decode_len': translations of up to {decode} tokens, but position "
@@ -263,12 +269,17 @@ def _describe_hint(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("NoneType", "None")
 
 
-def check_runnable_here(trainer: Dict[str, Any]) -> None:
-    """The accelerator the run asks for exists on this machine (checked where the run starts,
-    before any data work; a sweep for a cluster is loaded on machines without one)."""
+def check_runnable_here(trainer: Dict[str, Any], perf: Optional[PerfSection] = None) -> None:
+    """The accelerator the run asks for exists on this machine, and CUDA graphs run on CUDA
+    (checked where the run starts, before any data work; a sweep for a cluster is loaded on
+    machines without one)."""
     import torch
 
     accelerator = str(trainer.get("accelerator", "auto"))
+    if perf is not None and perf.cuda_graphs and (accelerator not in ("auto", "cuda", "gpu")
+                                                  or not torch.cuda.is_available()):
+        where = "the CPU" if not torch.cuda.is_available() else f"trainer.accelerator={accelerator!r}"
+        raise ConfigError(f"key 'perf.cuda_graphs': CUDA graphs need a CUDA device, and this run is on {where}")
     if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
         raise ConfigError(f"key 'trainer.accelerator': {accelerator!r} but this machine has no CUDA device "
                           f"(use auto or cpu)")

@@ -131,8 +131,8 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
         data.tokenizer.save(run_dir / "tokenizer.json")  # decode or rescore the run later with the same vocabulary
 
     task = task_spec(cfg.task.name).module(cfg.model, cfg.task, data)
-    if cfg.perf.compile:
-        task.compile_losses()
+    if cfg.perf.compile or cfg.perf.cuda_graphs:
+        task.compile_losses(cuda_graphs=cfg.perf.cuda_graphs)
     params = task.model.num_params()
     extra = {"params": params, "fingerprint": task.model.fingerprint(), "run_id": rid}
     resume_from = _resume_point(cfg, lead)
@@ -293,7 +293,7 @@ def run_command(items: Sequence[str], prog: str = "ablate train") -> int:
         return 2
     try:
         check_trainer(cfg.trainer)
-        check_runnable_here(cfg.trainer)
+        check_runnable_here(cfg.trainer, cfg.perf)
         memory_fraction()
     except (ConfigError, ValueError) as err:
         return _refused_at_start(cfg, err, prog)

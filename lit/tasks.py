@@ -54,15 +54,19 @@ class TaskModule(L.LightningModule):
         # buffers over the others', and checkpoints need not hold them.
         self.split_sums: dict[str, tuple[SumMetric, SumMetric]] = {}
         self._compiled_losses = None
+        self._cuda_graphs = False
         # gradient health: the last global norms (device tensors, read only when a run diverges),
         # and how many of the optimizer steps so far clipping acted on
         self.grad_norms: deque[torch.Tensor] = deque(maxlen=4)
         self.clip_steps, self._clipped, self._clipped_before = 0, None, 0
 
-    def compile_losses(self) -> None:
+    def compile_losses(self, cuda_graphs: bool = False) -> None:
         """Run every step's model, head and loss through ``torch.compile`` (``perf.compile``);
-        the model's parameters and checkpoints are unchanged."""
-        self._compiled_losses = torch.compile(self.losses)
+        the model's parameters and checkpoints are unchanged. With ``cuda_graphs``
+        (``perf.cuda_graphs``), mode ``reduce-overhead``: each shape's kernels are captured once
+        and replayed as a CUDA graph."""
+        self._compiled_losses = torch.compile(self.losses, mode="reduce-overhead" if cuda_graphs else None)
+        self._cuda_graphs = cuda_graphs
 
     # --------------------------------------------------------------------------- shared step
     def forward_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +82,11 @@ class TaskModule(L.LightningModule):
 
     def model_step(self, batch):
         smoothing = self.cfg.label_smoothing if self.training else 0.0
+        if self._cuda_graphs:  # a new step: the graphs' output buffers of the last one may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         objective, nll, targets = (self._compiled_losses or self.losses)(batch, smoothing)
+        if self._cuda_graphs:  # kept past the next replay (the loss is read at logging steps only)
+            objective, nll = objective.clone(), nll.clone()
         tokens = (targets != self.pad_id).sum()
         return objective / tokens.clamp(min=1), nll.detach(), tokens
 

@@ -127,6 +127,17 @@ def test_an_accelerator_this_machine_lacks_is_refused_before_any_work():
     with pytest.raises(ConfigError, match="no CUDA device"):
         check_runnable_here({"accelerator": "gpu"})
     check_runnable_here({"accelerator": "cpu"})
+    graphs = load_config([], ["perf.cuda_graphs=true"])
+    with pytest.raises(ConfigError, match="key 'perf.cuda_graphs': CUDA graphs need a CUDA device, and this run "
+                                          "is on the CPU"):
+        check_runnable_here(graphs.trainer, graphs.perf)
+
+
+def test_cuda_graphs_are_refused_for_translation_at_load():
+    mt = ROOT / "configs" / "experiments" / "mt-bible-de-en.yaml"
+    with pytest.raises(ConfigError, match="key 'perf.cuda_graphs': CUDA graphs replay fixed shapes"):
+        load_config([mt], ["perf.cuda_graphs=true"])
+    assert load_config([], ["perf.cuda_graphs=true"]).perf.cuda_graphs  # language modelling: accepted at load
 
 
 def test_a_bad_include_fails_the_whole_sweep_up_front(tmp_path, capsys):

@@ -228,3 +228,22 @@ def test_a_gpu_run_logs_throughput_and_catches_divergence_without_per_step_syncs
     first_bad = int(status["message"].split("at step ")[1].split(";")[0])
     assert first_bad <= status["step"] < first_bad + 10
     assert all(int(p.stem.split("-")[1]) < first_bad for p in (cfg.run_dir / "checkpoints").glob("step-*.ckpt"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_lm_with_cuda_graphs_matches_eager(tmp_path):
+    """``perf.cuda_graphs`` replays the compiled step as CUDA graphs: the losses of every logged
+    step (read long after later replays) are those of the eager run, up to rounding."""
+    overrides = ("trainer.accelerator=gpu", "trainer.devices=1", "trainer.max_steps=30",
+                 "trainer.val_check_interval=15", "task.extrapolation=[1]", "trainer.log_every_n_steps=5",
+                 "model.dropout=0.0")
+    runs = {}
+    for name, extra in (("eager", ()), ("graphs", ("perf.cuda_graphs=true",))):
+        cfg, result = _run(tmp_path / name, "lm-bible", *overrides, *extra)
+        lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+        runs[name] = result, [r["train/loss"] for r in map(json.loads, lines) if "train/loss" in r]
+    (eager, eager_losses), (graphs, graph_losses) = runs["eager"], runs["graphs"]
+    assert graphs["state"] == "completed" and len(graph_losses) == len(eager_losses) == 6
+    assert graph_losses == pytest.approx(eager_losses, rel=2e-2)
+    assert graphs["val/loss"] == pytest.approx(eager["val/loss"], rel=2e-2)
