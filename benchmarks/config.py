@@ -10,9 +10,11 @@ from typing import Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-SECTIONS = ("train-lm", "train-seq2seq", "decode", "positions", "breakdown", "profile")
-# the positions section (our gpt2-style model with each position scheme) runs by default on a GPU
+SECTIONS = ("train-lm", "train-seq2seq", "decode", "positions", "breakdown", "profile", "sweep")
+# the positions section (our gpt2-style model with each position scheme) runs by default on a GPU;
+# the sweep section (whole `ablate sweep` runs, minutes) only when asked for
 CPU_SECTIONS = ("train-lm", "train-seq2seq", "decode", "breakdown", "profile")
+GPU_SECTIONS = ("train-lm", "train-seq2seq", "decode", "positions", "breakdown", "profile")
 
 
 @dataclass
@@ -49,6 +51,12 @@ class BenchConfig:
     decode_prompt: int = 32
     decode_new: int = 128
     beam: int = 4
+    # the sweep section: `ablate sweep` of sweep_runs lm-bible runs, K at a time for each K
+    sweep_runs: int = 16
+    sweep_steps: int = 200
+    sweep_ks: tuple[int, ...] = (1, 2, 4, 8)
+    sweep_repeats: int = 1
+    sweep_set: tuple[str, ...] = ()  # extra key=value overrides of the sweep's runs
     out: str = "reports/perf"
     notes: list[str] = field(default_factory=list)
 
@@ -63,6 +71,12 @@ class BenchConfig:
             raise ValueError(f"unknown preset(s) {bad}; choices: {', '.join(PRESETS)}")
         if self.repeats < 1 or self.decode_repeats < 1 or self.warmup < 0:
             raise ValueError("repeats must be >= 1 and warmup >= 0")
+        if self.sweep_runs < 1 or self.sweep_steps < 1 or self.sweep_repeats < 1 or not self.sweep_ks \
+                or any(not 1 <= k <= 8 for k in self.sweep_ks):
+            raise ValueError("sweep_runs, sweep_steps and sweep_repeats must be >= 1, sweep_ks from 1 to 8")
+        bad = [item for item in self.sweep_set if "=" not in item]
+        if bad:
+            raise ValueError(f"sweep_set: {bad} not of the form key=value")
 
     def dims(self) -> dict:
         """The model fields every LM row shares."""
@@ -107,7 +121,7 @@ def gpu_config(cfg: BenchConfig) -> BenchConfig:
                                s2s_n_heads=8, s2s_d_ff=2048, s2s_layers=6, s2s_src_len=128,
                                s2s_tgt_len=128, s2s_batch=128, decode_batch=32,
                                repeats=max(cfg.repeats, 10), warmup=5,
-                               sections=cfg.sections if cfg.sections != CPU_SECTIONS else SECTIONS)
+                               sections=cfg.sections if cfg.sections != CPU_SECTIONS else GPU_SECTIONS)
 
 
 def tiny_config(**changes) -> BenchConfig:

@@ -19,6 +19,7 @@ from benchmarks import report, suites
 from benchmarks.breakdown import sublayer_breakdown
 from benchmarks.config import SECTIONS, BenchConfig, gpu_config, tiny_config
 from benchmarks.measure import cpu_seconds, load_average, other_work
+from benchmarks.sweep import sweep_throughput
 from lit.errors import report_error
 from lit.system import (code_version, cpu_flags, cpu_model, device_peak_flops, matmul_peak, physical_cores,
                         versions)
@@ -119,6 +120,8 @@ def run_bench(cfg: BenchConfig, command: str = "ablate bench", log=print) -> dic
         rows += suites.decode(cfg, device, peak, log)
     if "positions" in cfg.sections:
         rows += suites.positions(cfg, device, peak, log)
+    if "sweep" in cfg.sections:
+        rows += sweep_throughput(cfg, device, peak, log)
     breakdown = breakdowns(cfg, device, log) if "breakdown" in cfg.sections else {}
     load = load_average()
     env["facts"]["1-min load average at end"] = "unknown" if load is None else f"{load[0]:.2f}"

@@ -15,7 +15,7 @@ from benchmarks import models as M
 from benchmarks.breakdown import KINDS, sublayer_breakdown
 from benchmarks.config import BenchConfig, tiny_config
 from benchmarks.measure import Contender, peak_bytes, summary, time_interleaved
-from benchmarks.report import check_targets, write_report
+from benchmarks.report import check_gpu_targets, check_targets, write_report
 from benchmarks.run import run_bench
 from benchmarks.suites import ours_loss, training_unit
 
@@ -199,3 +199,21 @@ def test_with_compile_every_contender_of_a_compiled_table_is_compiled(tmp_path):
         assert r["reference"].endswith(" + torch.compile") == compiled, (r["model"], r["reference"])
         assert r["tokens_per_s"] > 0 and r["ratio"] > 0
     assert sum(not r["ours"] for r in rows if r["model"] == "gpt2-style, torch.compile") >= 1
+
+
+@pytest.mark.slow
+def test_the_sweep_section_times_whole_sweeps_at_each_k(tmp_path):
+    """Real `ablate sweep` invocations (on CPU: --workers K), every run checked completed, the
+    tokens read back from the runs; ratios against one run at a time."""
+    from benchmarks.sweep import sweep_throughput
+
+    cfg = tiny_config(sweep_runs=2, sweep_steps=6, sweep_ks=(1, 2), sweep_repeats=1,
+                      sweep_set=("model.n_layers=1", "model.d_model=64", "data.limit_train=300",
+                                 "data.limit_eval=20", "data.batch_size=4"))
+    rows = sweep_throughput(cfg, torch.device("cpu"), 1e11, log=lambda s: None)
+    assert [r["impl"] for r in rows] == ["K=1", "K=2"] and all(set(r) == ROW_KEYS for r in rows)
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and rows[1]["reference"] == "K=1"
+    assert all(r["tokens_per_s"] > 0 and r["repeats"] == 1 and r["section"] == "sweep" for r in rows)
+    assert rows[0]["model"] == "2 × lm-bible LM, 6 steps each"
+    gpu_checks = check_gpu_targets(rows)
+    assert len(gpu_checks) == 1 and gpu_checks[0]["target"].startswith("sweep ")
