@@ -151,7 +151,8 @@ _NOT_IN_RUN_ID = ("run.root", "logger", "wandb", "perf", "checkpoint", "data.cac
                   "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps")
 # Keys added after runs were made, with the value that computes what those runs computed: left out
 # of the run id at that value, so existing run directories keep their ids (and resume).
-_ADDED_LATER = {"model.attention": "mha", "model.t5_num_buckets": 32, "model.t5_max_distance": 128}
+_ADDED_LATER = {"model.attention": "mha", "model.t5_num_buckets": 32, "model.t5_max_distance": 128,
+                "data.length_multiple": 1}
 
 
 def check_yaml_mapping(path: Path, what: str) -> None:

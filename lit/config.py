@@ -26,6 +26,7 @@ class DataConfig:
     block_size: Optional[int] = None  # LM context length; default model.max_seq_len
     batch_size: int = 16  # LM: blocks per batch
     max_tokens: int = 4096  # translation: tokens per batch (max of source/target length x rows)
+    length_multiple: int = 1  # translation: pad batch lengths up to a multiple (8/16: a few shapes for compiled kernels)
     limit_train: Optional[int] = None  # use only the first N training examples (a small slice)
     limit_eval: Optional[int] = None  # use only the first N validation/test examples
     num_workers: int = 0
@@ -33,7 +34,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         SOURCES.get(self.source).check(self)
-        for name in ("vocab_size", "batch_size", "max_tokens"):
+        for name in ("vocab_size", "batch_size", "max_tokens", "length_multiple"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
 

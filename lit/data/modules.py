@@ -250,19 +250,32 @@ def collate_blocks(items, pad_id: int):
             "n_targets": int((targets != pad_id).sum())}
 
 
-def collate_pairs(items, pad_id: int):
-    index, src, tgt = zip(*items)
+def _round_up(n: int, multiple: int, limit: int) -> int:
+    return min(-(-n // multiple) * multiple, limit)
 
-    def pad(seqs):
-        out = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)
+
+def collate_pairs(items, pad_id: int, multiple: int = 1, limit: Optional[int] = None):
+    """Source and target rows padded to the batch's longest, rounded up to ``multiple`` (at most
+    ``limit``, the model's ``max_seq_len``): with a multiple of 8 or 16, a run's batches take a
+    few shapes, which compiled kernels and CUDA graphs reuse. Pads are masked in attention and
+    left out of the loss, so the multiple changes no result beyond rounding."""
+    index, src, tgt = zip(*items)
+    src_width = max(map(len, src))
+    tgt_width = max(map(len, tgt)) - 1  # of tgt_in and tgt_out
+    if multiple > 1:
+        src_width = _round_up(src_width, multiple, limit or src_width)
+        tgt_width = _round_up(tgt_width, multiple, limit or tgt_width)
+
+    def pad(seqs, width):
+        out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
         for row, seq in enumerate(seqs):
             out[row, : len(seq)] = torch.tensor(seq)
         return out
 
     counts = {"n_targets": sum(len(t) - 1 for t in tgt), "n_src": sum(map(len, src))}  # non-pad, on the host
-    tgt = pad(tgt)
-    return {"index": torch.tensor(index), "src": pad(src), "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:],
-            "src_padded": len(set(map(len, src))) > 1, **counts}
+    tgt = pad(tgt, tgt_width + 1)
+    return {"index": torch.tensor(index), "src": pad(src, src_width), "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:],
+            "src_padded": any(len(s) < src_width for s in src), **counts}
 
 
 class TranslationDataModule(_BaseDataModule):
@@ -295,8 +308,12 @@ class TranslationDataModule(_BaseDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.datasets[split]
         lengths = [max(len(s), len(t)) for s, t in zip(data.src, data.tgt)]
+        multiple = self.cfg.length_multiple
+        if multiple > 1:  # the budget counts the padded size; sorting by it groups each length bucket
+            lengths = [-(-n // multiple) * multiple for n in lengths]
         batches = TokenBudgetBatches(lengths, self.cfg.max_tokens, shuffle, self.seed, *self.shard())
         if shuffle:
             batches = self._train_batches(batches)
         return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.num_workers,
-                          collate_fn=partial(collate_pairs, pad_id=self.tokenizer.pad_id))
+                          collate_fn=partial(collate_pairs, pad_id=self.tokenizer.pad_id, multiple=multiple,
+                                             limit=self.max_seq_len))

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from lit.config import DataConfig
 from lit.data import bible
@@ -173,6 +174,38 @@ def test_batches_carry_their_token_counts_from_the_host(task, tensors):
     for batch in [*dm.val_dataloader(), *list(dm.train_dataloader())[:5]]:
         for key, tensor in tensors.items():
             assert isinstance(batch[key], int) and batch[key] == int((batch[tensor] != pad).sum()), key
+
+
+def test_length_multiple_gives_few_shapes_and_the_same_loss():
+    """Translation batches padded to multiples of 8 (at most max_seq_len): few shapes, the same
+    tokens, and the same loss as the tightly padded batch of the same examples."""
+    from lit.data.modules import collate_pairs
+    from variants import ModelConfig, build_model
+
+    cfg = DataConfig(vocab_size=500, limit_train=300, limit_eval=40, max_tokens=1000, length_multiple=8)
+    dm = build_datamodule(cfg, "translation", max_seq_len=250, seed=0)
+    dm.setup()
+    batches = list(dm.train_dataloader())
+    widths = {b["src"].size(1) for b in batches} | {b["tgt_in"].size(1) for b in batches}
+    assert all(w % 8 == 0 or w == 250 for w in widths) and len(widths) > 1
+    assert all(b["src"].numel() <= cfg.max_tokens and b["tgt_in"].numel() <= cfg.max_tokens for b in batches)
+    pad = dm.tokenizer.pad_id
+    assert all(b["src_padded"] == bool((b["src"] == pad).any()) for b in batches)
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="seq2seq", vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=4,
+                                    n_layers=1, max_seq_len=250, dropout=0.0)).eval()
+    items = [dm.datasets["val"][i] for i in range(6)]
+    losses = []
+    for multiple in (1, 8):
+        b = collate_pairs(items, pad, multiple, limit=250)
+        assert b["n_targets"] == int((b["tgt_out"] != pad).sum())
+        with torch.no_grad():
+            hidden = model.hidden(b["src"], b["tgt_in"], padded=b["src_padded"])
+            losses.append(model.loss(hidden, b["tgt_out"], pad, 0.0)[1])
+    assert losses[1] == pytest.approx(float(losses[0]), rel=1e-5)
+    capped = collate_pairs([(0, [5] * 101, [6] * 98)], pad, 16, limit=104)  # 112 would pass max_seq_len
+    assert capped["src"].shape == capped["tgt_in"].shape == (1, 104) and capped["src_padded"]
 
 
 def test_translation_eval_example_too_long_names_field(tmp_path):
