@@ -86,8 +86,7 @@ def limit_gpu_memory() -> Optional[float]:
 def is_out_of_memory(err: BaseException) -> bool:
     import torch
 
-    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    return isinstance(err, oom) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
 
 
 def describe_failure(err: BaseException) -> str:

@@ -149,14 +149,14 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     if resume_from is None:
         loggers[0].log_metrics({f"params/{k}": v for k, v in params.items()}, step=0)
     throughput = ThroughputMonitor(cfg.perf.warmup_steps, cfg.perf.every_n_steps, peak)
-    # on a GPU, the loss is read back at logging steps only (checkpoints check it too)
-    guard = DivergenceGuard(1 if _runs_on_cpu(cfg) else int(cfg.trainer.get("log_every_n_steps") or 50))
+    # on a GPU, the loss is read back from the device at logging steps only (and before checkpoints)
+    on_cpu, log_every = _runs_on_cpu(cfg), int(cfg.trainer.get("log_every_n_steps") or 50)
+    guard = DivergenceGuard(1 if on_cpu else log_every)
     periodic = PeriodicCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep, guard)
     callbacks = [throughput, guard, resume_state, *extra_callbacks, LearningRateMonitor(logging_interval="step"),
                  periodic]
-    if not _runs_on_cpu(cfg) and cfg.trainer.get("enable_progress_bar", True):
-        # the bar reads the logged loss from the device when it redraws: at logging steps only
-        callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.trainer.get("log_every_n_steps") or 50)))
+    if not on_cpu and cfg.trainer.get("enable_progress_bar", True):  # the bar reads the loss when it redraws
+        callbacks.append(TQDMProgressBar(refresh_rate=log_every))
     trainer = L.Trainer(**cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir),
                         enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
                         use_distributed_sampler=False)  # the data modules shard themselves

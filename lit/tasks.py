@@ -194,8 +194,9 @@ class TaskModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------- reporting
     def tokens_in(self, batch) -> int:
-        """Non-pad target tokens of a batch (throughput counts these)."""
-        raise NotImplementedError
+        """Non-pad target tokens of a batch (throughput counts these), as the collate function
+        counted them on the host: counting on the device would wait for it at every step."""
+        return int(batch["n_targets"])
 
     def flops_of(self, batch) -> float:
         raise NotImplementedError
@@ -247,11 +248,6 @@ class LanguageModelTask(TaskModule):
                                   self.pad_id, self.cfg.extrapolation_stride)
             metrics.update({f"{stage}/{k}": v for k, v in found.items() if v is not None})
         return metrics
-
-    def tokens_in(self, batch) -> int:
-        if "n_targets" in batch:  # counted by the collate function, on the host
-            return int(batch["n_targets"])
-        return int((batch["targets"] != self.pad_id).sum())
 
     def flops_of(self, batch) -> float:
         return self.count_flops(self.tokens_in(batch), batch["inputs"].size(1))
@@ -328,11 +324,6 @@ class TranslationTask(TaskModule):
         super().on_load_checkpoint(checkpoint)
         self.val_runs = int(checkpoint.get("val_runs", 0))
 
-    def tokens_in(self, batch) -> int:
-        if "n_targets" in batch:  # counted by the collate function, on the host
-            return int(batch["n_targets"])
-        return int((batch["tgt_out"] != self.pad_id).sum())
-
     def flops_of(self, batch) -> float:
-        src_tokens = int(batch["n_src"]) if "n_src" in batch else int((batch["src"] != self.pad_id).sum())
-        return self.count_flops(self.tokens_in(batch), batch["tgt_in"].size(1), src_tokens, batch["src"].size(1))
+        return self.count_flops(self.tokens_in(batch), batch["tgt_in"].size(1), int(batch["n_src"]),
+                                batch["src"].size(1))

@@ -250,8 +250,10 @@ def collate_blocks(items, pad_id: int):
             "n_targets": int((targets != pad_id).sum())}
 
 
-def _round_up(n: int, multiple: int, limit: int) -> int:
-    return min(-(-n // multiple) * multiple, limit)
+def round_up(n: int, multiple: int, limit: Optional[int] = None) -> int:
+    """``n`` rounded up to a multiple, at most ``limit`` (never below ``n``)."""
+    rounded = -(-n // multiple) * multiple
+    return rounded if limit is None else min(rounded, max(limit, n))
 
 
 def collate_pairs(items, pad_id: int, multiple: int = 1, limit: Optional[int] = None):
@@ -260,11 +262,8 @@ def collate_pairs(items, pad_id: int, multiple: int = 1, limit: Optional[int] = 
     few shapes, which compiled kernels and CUDA graphs reuse. Pads are masked in attention and
     left out of the loss, so the multiple changes no result beyond rounding."""
     index, src, tgt = zip(*items)
-    src_width = max(map(len, src))
-    tgt_width = max(map(len, tgt)) - 1  # of tgt_in and tgt_out
-    if multiple > 1:
-        src_width = _round_up(src_width, multiple, limit or src_width)
-        tgt_width = _round_up(tgt_width, multiple, limit or tgt_width)
+    src_width = round_up(max(map(len, src)), multiple, limit)
+    tgt_width = round_up(max(map(len, tgt)) - 1, multiple, limit)  # of tgt_in and tgt_out
 
     def pad(seqs, width):
         out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -307,10 +306,9 @@ class TranslationDataModule(_BaseDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.datasets[split]
-        lengths = [max(len(s), len(t)) for s, t in zip(data.src, data.tgt)]
         multiple = self.cfg.length_multiple
-        if multiple > 1:  # the budget counts the padded size; sorting by it groups each length bucket
-            lengths = [-(-n // multiple) * multiple for n in lengths]
+        # the budget counts the padded size; sorting by it groups each length bucket
+        lengths = [round_up(max(len(s), len(t)), multiple) for s, t in zip(data.src, data.tgt)]
         batches = TokenBudgetBatches(lengths, self.cfg.max_tokens, shuffle, self.seed, *self.shard())
         if shuffle:
             batches = self._train_batches(batches)
