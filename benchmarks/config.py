@@ -10,11 +10,11 @@ from typing import Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-SECTIONS = ("train-lm", "train-seq2seq", "decode", "positions", "breakdown", "profile", "sweep")
+SECTIONS = ("train-lm", "train-seq2seq", "loss", "decode", "positions", "breakdown", "profile", "sweep")
 # the positions section (our gpt2-style model with each position scheme) runs by default on a GPU;
 # the sweep section (whole `ablate sweep` runs, minutes) only when asked for
-CPU_SECTIONS = ("train-lm", "train-seq2seq", "decode", "breakdown", "profile")
-GPU_SECTIONS = ("train-lm", "train-seq2seq", "decode", "positions", "breakdown", "profile")
+CPU_SECTIONS = ("train-lm", "train-seq2seq", "loss", "decode", "breakdown", "profile")
+GPU_SECTIONS = ("train-lm", "train-seq2seq", "loss", "decode", "positions", "breakdown", "profile")
 
 
 @dataclass

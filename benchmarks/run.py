@@ -116,6 +116,8 @@ def run_bench(cfg: BenchConfig, command: str = "ablate bench", log=print) -> dic
         rows += suites.train_lm(cfg, device, peak, log)
     if "train-seq2seq" in cfg.sections:
         rows += suites.train_seq2seq(cfg, device, peak, log)
+    if "loss" in cfg.sections:
+        rows += suites.head_loss(cfg, device, peak, log)
     if "decode" in cfg.sections:
         rows += suites.decode(cfg, device, peak, log)
     if "positions" in cfg.sections:
@@ -168,8 +170,7 @@ def breakdowns(cfg: BenchConfig, device: torch.device, log=print) -> dict[str, d
 # ------------------------------------------------------------------------------------------ CLI
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     base = tiny_config() if args.quick else BenchConfig()
-    changes = [f"device={args.device}", f"presets={args.presets}", f"compile={args.compile}",
-               f"out={args.out}"]
+    changes = [f"device={args.device}", f"presets={args.presets}", f"compile={args.compile}"]
     if args.sections:
         changes.append(f"sections={args.sections}")
     if args.threads:
@@ -179,7 +180,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         cfg = gpu_config(cfg)
     if args.repeats:
         cfg = cfg.override([f"repeats={args.repeats}"])
-    return cfg.override(args.set)
+    # set directly: through a dotlist, --out '' (write no report) would read as a missing value
+    return dataclasses.replace(cfg.override(args.set), out=args.out)
 
 
 def merge_results(parts: list[dict], notes: tuple[str, ...] = ()) -> dict:

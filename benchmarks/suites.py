@@ -230,6 +230,51 @@ def _lm_peers(preset, mcfg, inputs, targets, tokens, flops, device, cfg, log, co
     return peers
 
 
+# -------------------------------------------------------------------------- head + loss alone
+def head_loss(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
+    """The output head and the token-level cross-entropy alone, forward and backward, at the LM
+    rows' shape: our chunks with eager softmax passes, our chunks through the compiled region
+    (``fused``, the CUDA default) and the peers' way, full logits and ``F.cross_entropy``
+    (the reference)."""
+    from variants.loss import linear_cross_entropy
+
+    B, T, D, V = cfg.lm_batch, cfg.lm_seq_len, cfg.d_model, cfg.vocab_size
+    title = "output head + cross-entropy"
+    log(f"loss {title}")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    hidden = torch.randn(B * T, D, generator=gen).to(device).requires_grad_()
+    weight = (D ** -0.5 * torch.randn(V, D, generator=gen)).to(device).requires_grad_()
+    targets = torch.randint(1, V, (B * T,), generator=gen).to(device)
+    flops = 6.0 * B * T * D * V  # the head's product forward, and its two products backward
+
+    def unit_of(objective: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def unit():
+            with autocast(device):
+                loss = objective()
+            loss.backward()
+            hidden.grad = weight.grad = None
+        return unit
+
+    def ours(fused: bool):
+        return lambda: linear_cross_entropy(hidden, weight, targets, PAD, fused=fused)[0]
+
+    def plain():
+        return F.cross_entropy(F.linear(hidden, weight).float(), targets, ignore_index=PAD, reduction="sum")
+
+    contenders = []
+    for impl, objective, is_ours, warmup in [("ablate, chunks, eager", ours(False), True, 0),
+                                             ("ablate, chunks, compiled region", ours(True), True, 3),
+                                             ("full logits + F.cross_entropy", plain, False, 0)]:
+        unit = unit_of(objective)
+        contenders.append(Contender(impl, unit, B * T, flops, ours=is_ours, warmup=warmup,
+                                    memory=lambda unit=unit: peak_bytes(unit, device, 0)))
+    time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
+    settings = (f"{B * T} tokens (batch {B} x context {T}), d_model {D}, vocab {V}; forward and backward of "
+                f"the head's product and the summed loss; peak MB counts the unit's own allocations")
+    return _rows("loss", title, contenders, "full logits + F.cross_entropy", peak, settings,
+                 profile_on=_profiling(cfg, device))
+
+
 # ----------------------------------------------------------------------- position schemes
 POSITION_SCHEMES = ("rope", "learned", "alibi")
 

@@ -10,11 +10,17 @@ and their gradient are never held whole: at vocabulary 8192 and 2048 tokens that
 64 MiB tensors per step, allocated afresh each step (large allocations page-fault on every
 first touch). The backward pass only scales the gradients kept from the forward pass.
 
+Each chunk's softmax, loss and gradient run either eagerly (a pass over the fp32 block per
+step: the fastest order on a CPU) or, by default on CUDA, through one compiled region that
+reads the logits in the matmul dtype and writes the gradient in it (``fused``).
+
 Shapes: N rows (tokens), D features, V vocabulary.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Optional
 
 import torch
@@ -32,10 +38,88 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _eager_terms(logits, safe, keep, smoothing: float, wants_grad: bool):
+    """One chunk's share: ``(nll, objective, gradient wrt the logits or None)`` from its logits
+    (n, V) in the matmul dtype, its gather index ``safe`` (n, 1) and ``keep`` (n, 1: 1 for a
+    counted row, 0 for an ignored one). Eager, in place where it can be: each step a pass over
+    the (n, V) block, the fastest order on a CPU."""
+    dtype = logits.dtype
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    del logits
+    picked = -logp.gather(1, safe) * keep  # (n, 1) NLL of the targets
+    nll = picked.sum()
+    objective = nll
+    if smoothing > 0:
+        uniform = -logp.mean(dim=-1, keepdim=True) * keep
+        objective = ((1 - smoothing) * picked + smoothing * uniform).sum()
+    if not wants_grad:
+        return nll, objective, None
+    # d objective / d logits = softmax - (1 - eps) one_hot(target) - eps / V
+    grad = logp.exp_()
+    if smoothing > 0:
+        grad.sub_(smoothing / grad.size(1))
+    grad.scatter_add_(1, safe, torch.full_like(picked, -(1 - smoothing)))
+    return nll, objective, grad.to(dtype)
+
+
+def _plain_terms(logits, safe, keep, smoothing: float, wants_grad: bool):
+    """:func:`_eager_terms` written for the compiler (no in-place steps, the one-hot as a
+    comparison), which turns it into a few kernels that read the logits in their matmul dtype
+    and write the gradient in it, instead of a pass over fp32 (n, V) blocks per step."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = -logp.gather(1, safe) * keep
+    nll = picked.sum()
+    objective = nll
+    if smoothing > 0:
+        objective = ((1 - smoothing) * picked - smoothing * logp.mean(dim=-1, keepdim=True) * keep).sum()
+    if not wants_grad:
+        return nll, objective, None
+    columns = torch.arange(logits.size(1), device=logits.device)
+    target = (columns == safe).float()
+    grad = torch.exp(logp) - (1 - smoothing) * target - smoothing / logits.size(1)
+    return nll, objective, grad.to(logits.dtype)
+
+
+_compiled_terms = None  # the compiled :func:`_plain_terms`, made on first use
+
+
+def _fused_terms():
+    global _compiled_terms
+    if _compiled_terms is None:
+        _compiled_terms = torch.compile(_plain_terms, dynamic=None)
+    return _rows_dynamic
+
+
+def _rows_dynamic(logits, safe, keep, smoothing: float, wants_grad: bool):
+    # the row count varies (the last chunk, translation batches): one kernel for every count,
+    # not a compilation per count; the index copied out of its slice, so that no guard
+    # specialises on where the slice starts
+    safe = safe.clone()
+    for x in (logits, safe, keep):
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+    return _compiled_terms(logits, safe, keep, smoothing, wants_grad)
+
+
+def use_fused(device: torch.device) -> bool:
+    """Whether the chunk work goes through the compiled region (:func:`_plain_terms`) by
+    default: on CUDA devices where Triton is available. ``ABLATE_FUSED_LOSS=1`` or ``0``
+    forces it on (any device) or off."""
+    forced = os.environ.get("ABLATE_FUSED_LOSS", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ValueError(f"ABLATE_FUSED_LOSS={forced!r}: expected 0 or 1")
+    if device.type != "cuda":
+        return False
+    from torch.utils._triton import has_triton
+
+    return has_triton()
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index: int, smoothing: float, chunk: int):
-        N, V = hidden.size(0), weight.size(0)
+    def forward(ctx, hidden, weight, targets, ignore_index: int, smoothing: float, chunk: int, fused: bool):
+        N = hidden.size(0)
         wants_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         dtype = _compute_dtype(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -47,27 +131,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
                 if ctx.needs_input_grad[1] else None
+            terms = _fused_terms() if fused else _eager_terms
             for start in range(0, N, chunk):
                 rows = slice(start, start + chunk)
-                logits = torch.mm(h[rows], w.t()).float()  # (n, V)
                 keep = valid[rows].unsqueeze(1).float()  # (n, 1)
-                logp = torch.log_softmax(logits, dim=-1)
-                del logits
-                picked = -logp.gather(1, safe[rows]) * keep  # (n, 1) NLL of the targets
-                nll += picked.sum()
-                if smoothing > 0:
-                    uniform = -logp.mean(dim=-1, keepdim=True) * keep
-                    objective += ((1 - smoothing) * picked + smoothing * uniform).sum()
-                if not wants_grad:
+                part_nll, part_objective, grad = terms(torch.mm(h[rows], w.t()), safe[rows], keep,
+                                                       smoothing, wants_grad)
+                nll += part_nll
+                objective += part_objective
+                if grad is None:
                     continue
-                # d objective / d logits = softmax - (1 - eps) one_hot(target) - eps / V, per kept row
-                grad = logp.exp_()
-                if smoothing > 0:
-                    grad.sub_(smoothing / V)
-                grad.scatter_add_(1, safe[rows], torch.full_like(picked, -(1 - smoothing)))
                 # ignored rows get no gradient: zeroed through the (n, D) factors of both
                 # products below rather than through the (n, V) ``grad`` (V / D times less traffic)
-                grad = grad.to(dtype)
                 if grad_h is not None:
                     grad_h[rows] = (torch.mm(grad, w) * keep).to(grad_h.dtype)
                 if grad_w is not None:
@@ -76,8 +151,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
                         grad_w.addmm_(grad.t(), kept)
                     else:
                         grad_w.add_(torch.mm(grad.t(), kept))
-            if smoothing == 0:
-                objective = nll.clone()
         ctx.mark_non_differentiable(nll)
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if grad_w is not None else None)
         return objective, nll
@@ -88,12 +161,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         scale = grad_objective
         return (None if grad_h is None else grad_h * scale.to(grad_h.dtype),
                 None if grad_w is None else grad_w * scale.to(grad_w.dtype),
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          ignore_index: int = -100, label_smoothing: float = 0.0,
-                         chunk_rows: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         chunk_rows: Optional[int] = None,
+                         fused: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(objective, nll)``: summed over the targets that are not ``ignore_index``.
 
     ``hidden`` (..., D) are the states before the output head ``weight`` (V, D, no bias) and
@@ -102,6 +176,11 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     definition: ``(1 - eps) * nll + eps * mean over the vocabulary of -log p``) and carries
     the gradient. Softmax and sums run in fp32 whatever the matmul precision (autocast is
     followed for the matmuls).
+
+    ``fused``: each chunk's softmax, loss and gradient through one compiled region (a few
+    kernels that read the logits in the matmul dtype) instead of eager passes over fp32
+    blocks. Default (None): :func:`use_fused`, i.e. on CUDA with Triton; should its compilation
+    fail there, a warning says so and the eager path takes over for the rest of the process.
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
@@ -117,7 +196,30 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if chunk_rows is None:
         budget = _CHUNK_ELEMENTS.get(h.device.type, _CHUNK_ELEMENTS["cuda"])
         chunk_rows = max(1, budget // weight.size(0))
-    return _LinearCrossEntropy.apply(h, weight, t, ignore_index, float(label_smoothing), int(chunk_rows))
+    args = (h, weight, t, ignore_index, float(label_smoothing), int(chunk_rows))
+    chosen = fused is not None or os.environ.get("ABLATE_FUSED_LOSS", "").strip() != ""
+    if fused is None:
+        fused = use_fused(h.device) and not _fallen_back
+    try:
+        return _LinearCrossEntropy.apply(*args, fused)
+    except torch._dynamo.exc.BackendCompilerFailed as err:
+        if chosen or not fused:
+            raise
+        _fall_back(err)
+        return _LinearCrossEntropy.apply(*args, False)
+
+
+_fallen_back = False
+
+
+def _fall_back(err: Exception) -> None:
+    global _fallen_back
+    _fallen_back = True
+    cause = getattr(err, "inner_exception", None) or err
+    text = str(cause).strip()
+    first = f"{type(cause).__name__}: {text.splitlines()[0]}" if text else type(cause).__name__
+    warnings.warn(f"the fused cross-entropy could not be compiled ({first}); the eager chunked loss is used "
+                  f"instead (ABLATE_FUSED_LOSS=0 chooses it from the start)", RuntimeWarning, stacklevel=3)
 
 
 def _plain_cross_entropy(h, weight, t, ignore_index: int, smoothing: float):

@@ -86,7 +86,7 @@ def test_tiny_bench_end_to_end(tmp_path):
     result = run_bench(cfg, command="test", log=lambda s: None)
     rows = result["rows"]
     sections = {r["section"] for r in rows}
-    assert sections == {"train-lm", "train-seq2seq", "decode"}
+    assert sections == {"train-lm", "train-seq2seq", "loss", "decode"}
     for r in rows:
         assert set(r) == ROW_KEYS
         for key in ("tokens_per_s", "min", "max", "q1", "q3", "mfu"):
@@ -137,6 +137,19 @@ def test_parts_merge_into_one_report(tmp_path):
     again = merge_results([first], notes=("a note added later",))  # one run: re-rendered with notes
     assert again["rows"] == first["rows"] and "parts" not in again["env"]
     assert again["notes"] == first["notes"] + ["a note added later"]
+
+
+@pytest.mark.slow
+def test_the_loss_section_times_our_chunks_eager_and_compiled_against_full_logits():
+    cfg = tiny_config(device="cpu", threads=1, out="", sections=("loss",))
+    rows = run_bench(cfg, command="t", log=lambda s: None)["rows"]
+    assert [(r["impl"], r["ours"]) for r in rows] == [("ablate, chunks, eager", True),
+                                                      ("ablate, chunks, compiled region", True),
+                                                      ("full logits + F.cross_entropy", False)]
+    assert all(r["reference"] == "full logits + F.cross_entropy" for r in rows) and rows[2]["ratio"] == 1.0
+    for r in rows:
+        assert r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["peak_mem_mb"] > 0, r["impl"]
+    assert check_targets(rows) == [] and check_targets(rows, "cuda") == []  # measured, no goal set
 
 
 def test_positions_rows_compare_with_rope_and_gpu_targets():

@@ -82,3 +82,30 @@ def test_alibi_in_kernel_matches_biased_sdpa(kind, monkeypatch):
     torch.testing.assert_close(fused, plain, atol=2e-4, rtol=2e-4)
     for a, b in zip(fused_grads, plain_grads):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-3)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cuda_fused_loss_matches_the_eager_chunks(smoothing, monkeypatch):
+    """The CUDA default, each chunk's softmax, loss and gradient in one compiled region, under
+    bf16 autocast: the eager chunks' values and gradients to bf16 precision."""
+    from torch.utils._triton import has_triton
+
+    from variants.loss import linear_cross_entropy, use_fused
+
+    monkeypatch.delenv("ABLATE_FUSED_LOSS", raising=False)
+    assert use_fused(torch.device("cuda")) == has_triton()
+    torch.manual_seed(0)
+    hidden = torch.randn(1000, 64, device="cuda")
+    weight = 0.1 * torch.randn(5000, 64, device="cuda")
+    targets = torch.randint(1, 5000, (1000,), device="cuda")
+    targets[::7] = -100
+    results = []
+    for fused in (False, True):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            objective, nll = linear_cross_entropy(h, w, targets, label_smoothing=smoothing, chunk_rows=300,
+                                                  fused=fused)
+        objective.backward()
+        results.append((objective, nll, h.grad, w.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)

@@ -114,3 +114,72 @@ def test_compiled_loss_matches_chunked():
         gc = torch.autograd.grad(compiled[0], (h, w))
         for a, b in zip(ge, gc):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_fused_region_equals_the_eager_chunks(smoothing):
+    """The compiled chunk region (the CUDA default) gives the eager chunks' values and
+    gradients, with and without gradients, and ignored rows included."""
+    results = []
+    for fused in (False, True):
+        h, w, t = inputs()
+        objective, nll = linear_cross_entropy(h, w, t, PAD, smoothing, chunk_rows=5, fused=fused)
+        objective.backward()
+        with torch.no_grad():
+            again = linear_cross_entropy(h, w, t, PAD, smoothing, chunk_rows=5, fused=fused)
+        results.append((objective, nll, h.grad, w.grad, *again))
+    for a, b in zip(*results):
+        assert_close(a, b)
+    assert_close(results[1][1], reference(*inputs(), smoothing)[1].float())
+
+
+@pytest.mark.slow
+def test_fused_region_compiles_once_for_every_row_count():
+    import torch._dynamo.utils
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(V, D, generator=gen, requires_grad=True)
+    for rows, chunk in [(37, 5), (37, 7), (50, 9), (23, 23)]:  # last chunks of 2, 2, 5, 23 rows
+        hidden = torch.randn(rows, D, generator=gen, requires_grad=True)
+        targets = torch.randint(1, V, (rows,), generator=gen)
+        linear_cross_entropy(hidden, weight, targets, PAD, chunk_rows=chunk, fused=True)[0].backward()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_fused_by_default_on_cuda_only_and_forced_by_the_environment(monkeypatch):
+    from variants.loss import use_fused
+
+    monkeypatch.delenv("ABLATE_FUSED_LOSS", raising=False)
+    assert not use_fused(torch.device("cpu"))
+    monkeypatch.setenv("ABLATE_FUSED_LOSS", "1")
+    assert use_fused(torch.device("cpu"))
+    monkeypatch.setenv("ABLATE_FUSED_LOSS", "0")
+    assert not use_fused(torch.device("cuda"))
+    monkeypatch.setenv("ABLATE_FUSED_LOSS", "yes")
+    with pytest.raises(ValueError, match="ABLATE_FUSED_LOSS='yes': expected 0 or 1"):
+        use_fused(torch.device("cpu"))
+
+
+def test_a_fused_region_that_fails_to_compile_falls_back_to_the_eager_chunks(monkeypatch):
+    """Chosen by default, a compilation failure warns once and the eager path takes over;
+    asked for explicitly, the failure is raised."""
+    import variants.loss as loss
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def broken(*args):
+        raise BackendCompilerFailed(broken, RuntimeError("no working Triton"), None)
+
+    monkeypatch.delenv("ABLATE_FUSED_LOSS", raising=False)
+    monkeypatch.setattr(loss, "_compiled_terms", broken)
+    monkeypatch.setattr(loss, "use_fused", lambda device: True)
+    monkeypatch.setattr(loss, "_fallen_back", False)
+    h, w, t = inputs()
+    with pytest.warns(RuntimeWarning, match="could not be compiled .*no working Triton.*ABLATE_FUSED_LOSS=0"):
+        objective, nll = linear_cross_entropy(h, w, t, PAD)
+    assert_close(nll, reference(*inputs(), 0.0)[1].float())
+    assert loss._fallen_back
+    with pytest.raises(BackendCompilerFailed):
+        linear_cross_entropy(h, w, t, PAD, fused=True)
