@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,3 +231,26 @@ def test_the_sweep_section_times_whole_sweeps_at_each_k(tmp_path):
     assert rows[0]["model"] == "2 × lm-bible LM, 6 steps each"
     gpu_checks = check_gpu_targets(rows)
     assert len(gpu_checks) == 1 and gpu_checks[0]["target"].startswith("sweep ")
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_runs_its_parts_and_merges_them(tmp_path):
+    """benchmarks/gpu_check.sh at toy sizes (QUICK=1): each bench part in its folder, then one
+    merged report; an unknown part is refused before anything runs."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "QUICK": "1", "MERGE_OUT": str(tmp_path / "merged")}
+    bad = subprocess.run(["bash", str(script), str(tmp_path), "loss", "everything"], env=env,
+                         capture_output=True, text=True, cwd=script.parents[1])
+    assert bad.returncode == 2 and "unknown part 'everything'" in bad.stderr
+    assert not (tmp_path / "loss").exists()
+    done = subprocess.run(["bash", str(script), str(tmp_path), "loss", "sweep", "merge"], env=env,
+                          capture_output=True, text=True, cwd=script.parents[1])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "== gpu_check loss" in done.stdout and (tmp_path / "loss" / "log.txt").stat().st_size > 0
+    merged = json.loads(next((tmp_path / "merged").glob("*.json")).read_text())
+    assert {r["section"] for r in merged["rows"]} == {"loss", "sweep"}
+    assert len(merged["env"]["parts"]) == 2
