@@ -46,20 +46,25 @@ def _eager_terms(logits, safe, keep, smoothing: float, wants_grad: bool):
     dtype = logits.dtype
     logp = torch.log_softmax(logits.float(), dim=-1)
     del logits
-    picked = -logp.gather(1, safe) * keep  # (n, 1) NLL of the targets
-    nll = picked.sum()
-    objective = nll
-    if smoothing > 0:
-        uniform = -logp.mean(dim=-1, keepdim=True) * keep
-        objective = ((1 - smoothing) * picked + smoothing * uniform).sum()
+    nll, objective = _sums(logp, safe, keep, smoothing)
     if not wants_grad:
         return nll, objective, None
     # d objective / d logits = softmax - (1 - eps) one_hot(target) - eps / V
     grad = logp.exp_()
     if smoothing > 0:
         grad.sub_(smoothing / grad.size(1))
-    grad.scatter_add_(1, safe, torch.full_like(picked, -(1 - smoothing)))
+    grad.scatter_add_(1, safe, torch.full_like(keep, -(1 - smoothing)))
     return nll, objective, grad.to(dtype)
+
+
+def _sums(logp, safe, keep, smoothing: float):
+    """``(nll, objective)`` of one chunk from its log-probabilities (n, V), fp32."""
+    picked = -logp.gather(1, safe) * keep  # (n, 1) NLL of the targets
+    nll = picked.sum()
+    if smoothing == 0:
+        return nll, nll
+    uniform = -logp.mean(dim=-1, keepdim=True) * keep
+    return nll, ((1 - smoothing) * picked + smoothing * uniform).sum()
 
 
 def _plain_terms(logits, safe, keep, smoothing: float, wants_grad: bool):
@@ -67,11 +72,7 @@ def _plain_terms(logits, safe, keep, smoothing: float, wants_grad: bool):
     comparison), which turns it into a few kernels that read the logits in their matmul dtype
     and write the gradient in it, instead of a pass over fp32 (n, V) blocks per step."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    picked = -logp.gather(1, safe) * keep
-    nll = picked.sum()
-    objective = nll
-    if smoothing > 0:
-        objective = ((1 - smoothing) * picked - smoothing * logp.mean(dim=-1, keepdim=True) * keep).sum()
+    nll, objective = _sums(logp, safe, keep, smoothing)
     if not wants_grad:
         return nll, objective, None
     columns = torch.arange(logits.size(1), device=logits.device)

@@ -20,6 +20,16 @@ def _run(tmp_path, experiment, *overrides):
     return cfg, train(cfg)
 
 
+def _eager_and(tmp_path, overrides, name, setting):
+    """An lm-bible run eager and one with ``setting``: each (result, logged training losses)."""
+    runs = []
+    for folder, extra in (("eager", ()), (name, (setting,))):
+        cfg, result = _run(tmp_path / folder, "lm-bible", *overrides, *extra)
+        lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+        runs.append((result, [r["train/loss"] for r in map(json.loads, lines) if "train/loss" in r]))
+    return runs
+
+
 def _check_run_dir(cfg, result, metric):
     run_dir = Path(result["run_dir"])
     assert run_dir == cfg.run_dir
@@ -95,12 +105,8 @@ def test_lm_compiled_step_matches_eager(tmp_path):
     rounding."""
     overrides = ("trainer.max_steps=10", "trainer.val_check_interval=10", "task.extrapolation=[1]",
                  "trainer.log_every_n_steps=1", "model.dropout=0.0")  # compiled dropout draws other masks
-    runs = {}
-    for name, extra in (("eager", ()), ("compiled", ("perf.compile=true",))):
-        cfg, result = _run(tmp_path / name, "lm-bible", *overrides, *extra)
-        lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
-        runs[name] = result, [r["train/loss"] for r in map(json.loads, lines) if "train/loss" in r]
-    (eager, eager_losses), (compiled, compiled_losses) = runs["eager"], runs["compiled"]
+    (eager, eager_losses), (compiled, compiled_losses) = _eager_and(tmp_path, overrides, "compiled",
+                                                                    "perf.compile=true")
     assert len(compiled_losses) == len(eager_losses) == 10
     assert compiled_losses[0] == pytest.approx(eager_losses[0], rel=1e-5)  # same weights, same batch
     # then the same training up to rounding (fused kernels sum in another order)
@@ -238,12 +244,8 @@ def test_lm_with_cuda_graphs_matches_eager(tmp_path):
     overrides = ("trainer.accelerator=gpu", "trainer.devices=1", "trainer.max_steps=30",
                  "trainer.val_check_interval=15", "task.extrapolation=[1]", "trainer.log_every_n_steps=5",
                  "model.dropout=0.0")
-    runs = {}
-    for name, extra in (("eager", ()), ("graphs", ("perf.cuda_graphs=true",))):
-        cfg, result = _run(tmp_path / name, "lm-bible", *overrides, *extra)
-        lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
-        runs[name] = result, [r["train/loss"] for r in map(json.loads, lines) if "train/loss" in r]
-    (eager, eager_losses), (graphs, graph_losses) = runs["eager"], runs["graphs"]
+    (eager, eager_losses), (graphs, graph_losses) = _eager_and(tmp_path, overrides, "graphs",
+                                                               "perf.cuda_graphs=true")
     assert graphs["state"] == "completed" and len(graph_losses) == len(eager_losses) == 6
     assert graph_losses == pytest.approx(eager_losses, rel=2e-2)
     assert graphs["val/loss"] == pytest.approx(eager["val/loss"], rel=2e-2)
