@@ -21,13 +21,14 @@ import yaml
 from torch import nn
 
 from variants import ModelConfig, build_model
+from variants.positions import Sinusoidal
 from variants.registry import FFNS
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 
 # bench name -> preset file (the ALiBi row is the BLOOM composition)
 PRESETS = {"gpt2": "gpt2", "llama": "llama", "alibi": "bloom", "vaswani": "vaswani"}
-GATED = ("swiglu", "geglu", "reglu")
+GATED = tuple(name for name in FFNS if FFNS.get(name).gated)  # the gated feed-forward entries
 
 PEER_NOTES = {
     "x-transformers": "separate q/k/v projections without bias; tanh-GELU passed as its custom "
@@ -55,9 +56,19 @@ def ffn_width(cfg: ModelConfig) -> int:
 
 
 # ------------------------------------------------------------------------------ x-transformers
-def _activation(ffn: str) -> nn.Module:
-    return {"relu": nn.ReLU(), "gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"),
-            "silu": nn.SiLU(), "swiglu": nn.SiLU(), "geglu": nn.GELU(), "reglu": nn.ReLU()}[ffn]
+class _Activation(nn.Module):
+    """The activation of our feed-forward entry ``ffn``, as a module (x-transformers takes one)."""
+
+    def __init__(self, ffn: str) -> None:
+        super().__init__()
+        self.ffn = ffn
+        self.fn = FFNS.get(ffn).activation
+
+    def forward(self, x):
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.ffn
 
 
 def _xt_layers(cfg: ModelConfig, prefix: str = "") -> dict:
@@ -67,7 +78,7 @@ def _xt_layers(cfg: ModelConfig, prefix: str = "") -> dict:
               use_rmsnorm=cfg.norm == "rmsnorm", rotary_pos_emb=cfg.position == "rope",
               alibi_pos_bias=cfg.position == "alibi", ff_no_bias=not cfg.bias,
               ff_mult=hidden / cfg.d_model, ff_glu=cfg.ffn in GATED,
-              ff_custom_activation=_activation(cfg.ffn))
+              ff_custom_activation=_Activation(cfg.ffn))
     return {prefix + k: v for k, v in kw.items()}
 
 
@@ -168,14 +179,6 @@ class HFCausalLM(nn.Module):
 
 
 # ------------------------------------------------------------------------ torch.nn.Transformer
-def sinusoid_table(length: int, d_model: int) -> torch.Tensor:
-    """(length, d_model) ``[sin | cos]`` halves, as our ``sinusoidal`` position scheme."""
-    n_sin = (d_model + 1) // 2
-    inv_freq = 10000.0 ** (-2.0 * torch.arange(n_sin, dtype=torch.float64) / d_model)
-    angles = torch.arange(length, dtype=torch.float64)[:, None] * inv_freq
-    return torch.cat([angles.sin(), angles[:, : d_model // 2].cos()], dim=-1).float()
-
-
 class TorchTransformerSeq2Seq(nn.Module):
     """``torch.nn.Transformer`` with a shared embedding, sinusoids and a tied output head."""
 
@@ -185,7 +188,8 @@ class TorchTransformerSeq2Seq(nn.Module):
             raise NotImplementedError(f"torch.nn.Transformer has no {cfg.ffn!r} feed-forward")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
-        self.register_buffer("table", sinusoid_table(cfg.max_seq_len, cfg.d_model), persistent=False)
+        table = Sinusoidal(cfg).table(torch.arange(cfg.max_seq_len))  # our ``sinusoidal`` scheme's
+        self.register_buffer("table", table, persistent=False)
         self.core = nn.Transformer(
             cfg.d_model, cfg.n_heads, cfg.encoder_layers, cfg.decoder_layers, cfg.d_ff,
             dropout=cfg.dropout, activation=cfg.ffn, layer_norm_eps=cfg.norm_eps, batch_first=True,

@@ -28,7 +28,7 @@ from benchmarks.config import BenchConfig
 from benchmarks.measure import (Contender, op_profile, out_of_memory, peak_bytes, persistent_bytes, summary,
                                 time_interleaved)
 from variants.decoding import beam_translate, greedy_generate, greedy_translate
-from variants.flops import FlopCounter
+from variants.flops import FlopCounter, lm_decode_flops, s2s_decode_flops
 
 PAD = 0
 
@@ -338,28 +338,6 @@ def train_seq2seq(cfg: BenchConfig, device: torch.device, peak: float, log=print
 
 
 # ------------------------------------------------------------------------------------ decoding
-def _forward_flops(matmul_params: int, layers: int, d: int, context: float) -> float:
-    """Forward FLOPs of one token position: 2 N + the attention products 4 L d context."""
-    return 2 * matmul_params + 4 * layers * d * context
-
-
-def lm_decode_flops(model, rows: int, prompt: int, new: int) -> float:
-    counter = FlopCounter(model)
-    n, L, d = counter.decoder, counter.decoder_layers, counter.d_model
-    total = rows * prompt * _forward_flops(n, L, d, (prompt + 1) / 2)
-    total += sum(rows * _forward_flops(n, L, d, prompt + t + 1) for t in range(new - 1))
-    return float(total)
-
-
-def s2s_decode_flops(model, batch: int, beam: int, src_len: int, new: int) -> float:
-    counter = FlopCounter(model)
-    d, Le, Ld = counter.d_model, counter.encoder_layers, counter.decoder_layers
-    total = batch * src_len * _forward_flops(counter.encoder, Le, d, src_len)
-    total += sum(batch * beam * (_forward_flops(counter.decoder, Ld, d, t + 1) + 4 * Ld * d * src_len)
-                 for t in range(new))
-    return float(total)
-
-
 def decode(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
     """Greedy LM continuation, then greedy and beam-search translation (with transformers
     installed: the same weights in Hugging Face and imported into ours)."""

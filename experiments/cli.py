@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-from experiments.rundir import LAUNCHERS
 from lit.errors import DEBUG_ENV, report_error
 
 
@@ -25,44 +24,45 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from experiments.train import run_command
+    from experiments.run.train import run_command
 
     return run_command(args.items)
 
 
 def _load_sweep(args: argparse.Namespace):
-    from experiments.sweep import load_sweep
+    from experiments.sweep.spec import load_sweep
 
     return load_sweep(args.sweep, args.overrides)
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from experiments.launchers import launch
-    from experiments.sharing import parse_runs_per_gpu
-    from experiments.sweep import SweepError
-
-    from experiments.config import ConfigError, check_runnable_here, check_trainer
+    from experiments.run.config import ConfigError, check_runnable_here, check_trainer
+    from experiments.sweep.launchers import LaunchOptions, launcher
+    from experiments.sweep.sharing import parse_runs_per_gpu
+    from experiments.sweep.spec import SweepError
 
     try:
-        runs_per_gpu = parse_runs_per_gpu(args.runs_per_gpu)
+        chosen = launcher(args.launcher)
+        options = LaunchOptions(args.workers, args.retry_failed, args.gpus_per_run, args.wait,
+                                parse_runs_per_gpu(args.runs_per_gpu))
+        chosen.check(options)
         sweep = _load_sweep(args)
         for run in sweep.runs:  # every run's Trainer settings before any run starts
             try:
                 check_trainer(run.cfg.trainer)
-                if args.launcher == "local":
+                if chosen.runs_here:
                     check_runnable_here(run.cfg.trainer, run.cfg.perf)
             except ConfigError as err:
                 raise SweepError(f"{sweep.path}: run {run.name}: {err}") from None
-        return launch(sweep, args.launcher, args.workers, args.retry_failed, args.gpus_per_run, args.wait,
-                      runs_per_gpu)
+        return chosen.run(sweep, options)
     except SweepError as err:
         report_error("ablate sweep", err)
         return 2
 
 
 def _report(args: argparse.Namespace) -> int:
-    from experiments.report import build, default_out, rebuild
-    from experiments.sweep import SweepError
+    from experiments.report.page import build, default_out, rebuild
+    from experiments.sweep.spec import SweepError
 
     try:
         if Path(args.sweep).is_dir():  # a committed report: rebuilt from its own folder
@@ -77,7 +77,7 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {path}")
     if args.wandb_artifact:
-        from experiments.wandb_log import log_report
+        from experiments.run.wandb_log import log_report
 
         where = log_report(path.parent, cfg.wandb.project if cfg else "ablate", cfg.wandb.entity if cfg else None,
                            Path(cfg.run.root if cfg else "runs"))
@@ -87,7 +87,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from experiments.reproduce import reproduce
-    from experiments.sweep import SweepError
+    from experiments.sweep.spec import SweepError
 
     try:
         return reproduce(Path(args.report), args.root, args.workers, args.variant, args.seed)
@@ -98,8 +98,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _sweep_run(args: argparse.Namespace) -> int:
     """One run of a sweep, by name (what W&B agents call)."""
-    from experiments.launchers import run_named
-    from experiments.sweep import SweepError, load_sweep
+    from experiments.sweep.launchers.wandb import run_named
+    from experiments.sweep.spec import SweepError, load_sweep
 
     names = [o.split("=", 1)[1] for o in args.overrides if o.startswith("sweep_run=")]
     overrides = [o for o in args.overrides if not o.startswith("sweep_run=")]
@@ -110,14 +110,14 @@ def _sweep_run(args: argparse.Namespace) -> int:
     except SweepError as err:
         report_error("ablate sweep-run", err)
         return 2
-    from experiments.train import run_command
+    from experiments.run.train import run_command
 
     return run_command(argv[1:])
 
 
 def _on_sweep(args: argparse.Namespace, prog: str, then) -> int:
     """``then(sweep)`` on the loaded sweep; a bad sweep file: its message and exit code 2."""
-    from experiments.sweep import SweepError
+    from experiments.sweep.spec import SweepError
 
     try:
         sweep = _load_sweep(args)
@@ -128,13 +128,13 @@ def _on_sweep(args: argparse.Namespace, prog: str, then) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from experiments.status import status_table
+    from experiments.sweep.status import status_table
 
     return _on_sweep(args, "ablate status", lambda sweep: print(status_table(sweep)[0]) or 0)
 
 
 def _wandb_view(args: argparse.Namespace) -> int:
-    from experiments.wandb_view import command
+    from experiments.report.wandb_view import command
 
     return _on_sweep(args, "ablate wandb-view", lambda sweep: command(sweep, args.out))
 
@@ -225,9 +225,9 @@ def _add_sweep(commands) -> None:
                     "resumes interrupted ones from their last checkpoint and reruns failed ones with --retry-failed.")
     sweep.add_argument("sweep", metavar="SWEEP.yaml")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
-    sweep.add_argument("--launcher", default="local", choices=LAUNCHERS,
-                       help="local: a queue on this machine; slurm: a submitit job array; wandb: a W&B sweep "
-                            "and the agent commands")
+    sweep.add_argument("--launcher", default="local", metavar="NAME",
+                       help="a launcher of experiments/sweep/launchers/ (default local: a queue on this machine; "
+                            "slurm: a submitit job array; wandb: a W&B sweep and the agent commands)")
     sweep.add_argument("--workers", type=int, default=None,
                        help="concurrent runs (local): default one per GPU group, or 1 on CPU")
     sweep.add_argument("--gpus-per-run", type=int, default=1, help="GPUs given to each run (local)")

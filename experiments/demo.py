@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from experiments.launchers import run_local
-from experiments.report import build
-from experiments.status import status_table
-from experiments.sweep import load_sweep
+from experiments.sweep.launchers.local import run_local
+from experiments.report.page import build
+from experiments.sweep.status import status_table
+from experiments.sweep.spec import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = [ROOT / "configs" / "sweeps" / "demo-lm.yaml", ROOT / "configs" / "sweeps" / "demo-mt.yaml"]

@@ -8,10 +8,10 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-from experiments.launchers import run_local
-from experiments.report import mean_std
-from experiments.rundir import read_status
-from experiments.sweep import SweepError, load_sweep
+from experiments.sweep.launchers.local import run_local
+from experiments.report.stats import mean_std
+from experiments.run.rundir import read_status
+from experiments.sweep.spec import SweepError, load_sweep
 
 
 def reproduce(report_dir: Path, root: str, workers: Optional[int], variants: Sequence[str] = (),

@@ -13,7 +13,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from experiments.config import ConfigError, RunConfig, load_config
+from experiments.run.config import ConfigError, RunConfig, load_config
 from lit.checkpointing import latest_checkpoint
 from lit.errors import report_error
 from lit.tokenizer import BOS, EOS, PAD, TextTokenizer
@@ -48,10 +48,14 @@ def load_run(run_dir: str | Path, device: Optional[str] = None) -> LoadedRun:
     except ConfigError as err:
         raise UseError(f"{run_dir}: {err}") from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg.model)
+    tokenizer = TextTokenizer.load(run_dir / "tokenizer.json")
+    try:
+        model = build_model(cfg.model_for(tokenizer))
+    except ConfigError as err:
+        raise UseError(f"{run_dir}: {err}") from None
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
-    return LoadedRun(cfg, TextTokenizer.load(run_dir / "tokenizer.json"), model.to(device).eval(), checkpoint)
+    return LoadedRun(cfg, tokenizer, model.to(device).eval(), checkpoint)
 
 
 def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 50, temperature: float = 1.0,

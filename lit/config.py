@@ -32,6 +32,10 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str = ".cache/ablate"
 
+    def lm_block_size(self, max_seq_len: int) -> int:
+        """Language modelling: tokens per training block (``block_size``, default the model's context)."""
+        return self.block_size or max_seq_len
+
     def __post_init__(self) -> None:
         SOURCES.get(self.source).check(self)
         for name in ("vocab_size", "batch_size", "max_tokens", "length_multiple"):

@@ -55,7 +55,7 @@ class LanguageModelling(TaskSpec):
     def module(model, task, data):
         from lit.tasks import LanguageModelTask
 
-        return LanguageModelTask(model, task, data.tokenizer.pad_id, data.n_bytes, data.streams, data.block_size)
+        return LanguageModelTask(model, task, data.block_size, data.tokenizer.pad_id, data.n_bytes, data.streams)
 
 
 @TASKS.register("translation")
@@ -84,8 +84,3 @@ class Translation(TaskSpec):
 def task_spec(name: str) -> type[TaskSpec]:
     """The spec of ``task.name`` (``ValueError`` listing the choices when unknown)."""
     return TASKS.get(name)
-
-
-def build_datamodule(data, task: str, max_seq_len: int, seed: int):
-    """The data module of task ``task``."""
-    return task_spec(task).datamodule(data, max_seq_len, seed)

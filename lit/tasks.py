@@ -227,13 +227,12 @@ def lr_multiplier(cfg: TaskConfig, total_steps: int):
 class LanguageModelTask(TaskModule):
     """Next-token prediction on contiguous blocks."""
 
-    def __init__(self, model: ModelConfig, task: TaskConfig, pad_id: int = 0,
-                 n_bytes: Optional[dict[str, int]] = None, streams: Optional[dict[str, torch.Tensor]] = None,
-                 block_size: Optional[int] = None) -> None:
+    def __init__(self, model: ModelConfig, task: TaskConfig, block_size: int, pad_id: int = 0,
+                 n_bytes: Optional[dict[str, int]] = None, streams: Optional[dict[str, torch.Tensor]] = None) -> None:
         super().__init__(model, task, pad_id)
         self.n_bytes = n_bytes or {}
         self.streams = streams or {}
-        self.block_size = block_size or model.max_seq_len
+        self.block_size = block_size  # the data module's (DataConfig.lm_block_size)
 
     def forward_batch(self, batch):
         # ``padded``: found while collating on the CPU, so the model need not look on the device

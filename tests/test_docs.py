@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
-from experiments.config import load_config
-from experiments.sweep import load_sweep
+from experiments.run.config import load_config
+from experiments.sweep.spec import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -1,6 +1,6 @@
 """Imports point down and never in a circle: variants -> (nothing of ours); lit -> variants;
 experiments and benchmarks -> lit, variants (the CLI alone reaches benchmarks, to dispatch
-`ablate bench`); inside experiments, cli -> commands -> the modules they share. Function-level
+`ablate bench`); inside experiments, the commands on top -> report -> sweep -> run. Function-level
 imports count too."""
 
 import ast
@@ -17,16 +17,19 @@ ALLOWED = {  # package -> the packages of ours it may import
     "experiments": {"experiments", "lit", "variants"},
 }
 EXCEPTIONS = {("experiments.cli", "benchmarks")}  # `ablate bench` is dispatched by the CLI
-# inside experiments/: a module may import only modules of its own rank or below
-RANKS = {
-    "experiments.cli": 4,
-    "experiments.demo": 3, "experiments.reproduce": 3,
-    "experiments.train": 2, "experiments.launchers": 2, "experiments.report": 2, "experiments.components": 2,
-    "experiments.wandb_view": 2, "experiments.use": 2, "experiments.warm": 2,
-    "experiments.sweep": 1, "experiments.status": 1, "experiments.sharing": 1, "experiments.wandb_log": 1,
-    "experiments.config": 0, "experiments.wandb_records": 0, "experiments.rundir": 0, "experiments.stats": 0,
-    "experiments": 0,
+# inside experiments/, by the life of a run: a run knows nothing of sweeps, a sweep nothing of
+# reports, and the commands on top (cli, demo, reproduce, use, components) may use them all
+ROOMS = {  # room -> the rooms of experiments/ it may import
+    "experiments.run": {"experiments.run"},
+    "experiments.sweep": {"experiments.run", "experiments.sweep"},
+    "experiments.report": {"experiments.run", "experiments.sweep", "experiments.report"},
 }
+TOP = {"experiments.cli", "experiments.demo", "experiments.reproduce", "experiments.use", "experiments.components",
+       "experiments"}
+
+
+def _room(module: str) -> str:
+    return next((room for room in ROOMS if module == room or module.startswith(room + ".")), module)
 
 
 def _module(path: Path) -> str:
@@ -67,15 +70,26 @@ def test_packages_import_only_downwards():
     assert not bad, "upward imports: " + ", ".join(sorted(bad))
 
 
-def test_every_experiments_module_has_a_rank():
-    missing = sorted(m for m in GRAPH if m.startswith("experiments") and m not in RANKS)
-    assert not missing, f"place these in RANKS (tests/test_imports.py): {missing}"
+def test_every_experiments_module_is_in_a_room_or_on_top():
+    stray = sorted(m for m in GRAPH if m.startswith("experiments") and _room(m) not in ROOMS and m not in TOP)
+    assert not stray, f"put these in experiments/run, sweep or report, or in TOP (tests/test_imports.py): {stray}"
 
 
-def test_experiments_layers():
-    bad = [f"{a} -> {b}" for a, targets in GRAPH.items() if a in RANKS
-           for b in targets if b in RANKS and RANKS[b] > RANKS[a]]
-    assert not bad, "imports from a lower to a higher layer: " + ", ".join(sorted(bad))
+def test_experiments_rooms():
+    bad = [f"{a} -> {b}" for a, targets in GRAPH.items() if _room(a) in ROOMS
+           for b in targets if b.startswith("experiments") and _room(b) not in ROOMS[_room(a)]]
+    assert not bad, "imports against the rooms of experiments/: " + ", ".join(sorted(bad))
+
+
+def test_a_run_imports_nothing_of_sweeps():
+    """Everything a training run loads, transitively, lies in experiments/run (or below it)."""
+    seen, todo = set(), ["experiments.run.train"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += GRAPH.get(module, ())
+    assert not [m for m in seen if m.startswith("experiments") and _room(m) != "experiments.run"]
 
 
 def test_no_import_cycles():
@@ -96,5 +110,5 @@ def test_no_import_cycles():
 
 
 def test_the_check_sees_function_level_imports():
-    assert "experiments.train" in GRAPH["experiments.cli"]  # imported inside a function
+    assert "experiments.run.train" in GRAPH["experiments.cli"]  # imported inside a function
     assert "lit.data.bible" in GRAPH["lit.data.sources"]  # ``from lit.data import bible``

@@ -13,9 +13,14 @@ References:
 Gated variants compute ``down(act(gate(x)) * up(x))`` with three matrices instead of two, so
 by default their hidden width is ``round(2 * d_ff / 3)``: parameter count equal (within 1%) to
 the two-matrix baseline at the same ``d_ff``, as in Shazeer 2020.
+
+Each entry states its ``activation`` (a function of a tensor) and whether it is ``gated``, so
+code outside the model (peers in the bench) can read them from the registry.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +29,16 @@ from torch import nn
 from variants.registry import FFNS
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation (GPT-2, BLOOM)."""
+    return F.gelu(x, approximate="tanh")
+
+
 class MLP(nn.Module):
-    """``down(act(up(x)))``; subclasses choose ``act``."""
+    """``down(act(up(x)))``; subclasses choose ``activation`` (or override ``act``)."""
+
+    gated = False
+    activation: Callable[[torch.Tensor], torch.Tensor]
 
     def __init__(self, cfg) -> None:
         super().__init__()
@@ -38,7 +51,7 @@ class MLP(nn.Module):
         return cfg.ffn_hidden or cfg.d_ff
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.activation(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.act(self.up(x)))
@@ -46,6 +59,9 @@ class MLP(nn.Module):
 
 class GatedMLP(nn.Module):
     """``down(act(gate(x)) * up(x))`` with gate and up fused into one matrix ``[gate; up]``."""
+
+    gated = True
+    activation: Callable[[torch.Tensor], torch.Tensor]
 
     def __init__(self, cfg) -> None:
         super().__init__()
@@ -58,7 +74,7 @@ class GatedMLP(nn.Module):
         return cfg.ffn_hidden or max(1, round(2 * cfg.d_ff / 3))
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.activation(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -67,41 +83,34 @@ class GatedMLP(nn.Module):
 
 @FFNS.register("relu")
 class ReLUFFN(MLP):
-    def act(self, x):
-        return F.relu(x)
+    activation = staticmethod(F.relu)
 
 
 @FFNS.register("gelu")
 class GELUFFN(MLP):
-    def act(self, x):
-        return F.gelu(x)
+    activation = staticmethod(F.gelu)
 
 
 @FFNS.register("gelu_tanh")
 class TanhGELUFFN(MLP):
-    def act(self, x):
-        return F.gelu(x, approximate="tanh")
+    activation = staticmethod(gelu_tanh)
 
 
 @FFNS.register("silu")
 class SiLUFFN(MLP):
-    def act(self, x):
-        return F.silu(x)
+    activation = staticmethod(F.silu)
 
 
 @FFNS.register("swiglu")
 class SwiGLU(GatedMLP):
-    def act(self, x):
-        return F.silu(x)
+    activation = staticmethod(F.silu)
 
 
 @FFNS.register("geglu")
 class GEGLU(GatedMLP):
-    def act(self, x):
-        return F.gelu(x)
+    activation = staticmethod(F.gelu)
 
 
 @FFNS.register("reglu")
 class ReGLU(GatedMLP):
-    def act(self, x):
-        return F.relu(x)
+    activation = staticmethod(F.relu)

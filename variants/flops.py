@@ -1,4 +1,4 @@
-"""Analytic training FLOPs, for MFU.
+"""Analytic training and decoding FLOPs, for MFU.
 
 Convention (Kaplan et al. 2020, arXiv:2001.08361; PaLM appendix B): a matrix multiply of an
 (m x k) by a (k x n) matrix costs 2mkn FLOPs; training costs 3x the forward pass (forward, plus
@@ -6,6 +6,10 @@ backward for activations and weights). Counted: every linear layer including the
 (``6 N`` per token with N the non-embedding parameters of the matrices that token passes
 through), and the attention score and value products (``12 L d T`` per token for T keys) without
 causal halving. Not counted: embeddings lookups, norms, softmax, activations, the optimizer.
+
+Decoding (:func:`lm_decode_flops`, :func:`s2s_decode_flops`) counts forward passes only, with
+the same convention per token position: ``2 N`` plus the attention score and value products
+``4 L d C`` over the ``C`` keys that position attends to (:func:`forward_flops`).
 """
 
 from __future__ import annotations
@@ -38,3 +42,37 @@ class FlopCounter:
             flops += 12 * self.decoder_layers * d * src_len * tokens  # cross-attention products
         return float(flops)
 
+
+def forward_flops(matmul_params: int, layers: int, d: int, context: float) -> float:
+    """Forward FLOPs of one token position: ``2 N`` for the ``N`` matrix weights it passes
+    through, plus the attention score and value products ``4 L d context`` over ``context``
+    keys in each of ``layers`` layers of width ``d``."""
+    return 2 * matmul_params + 4 * layers * d * context
+
+
+def lm_decode_flops(model, rows: int, prompt: int, new: int) -> float:
+    """Forward FLOPs of continuing ``rows`` prompts of ``prompt`` tokens by ``new`` tokens with
+    the KV cache: one causal pass over the prompts (position ``p`` attends to ``p + 1`` keys, so
+    ``(prompt + 1) / 2`` on average), whose last logits give the first new token, then
+    ``new - 1`` cached steps, step ``t`` attending to ``prompt + t + 1`` keys. Every position
+    counts all ``N`` (the output head included, though decoding reads only the last one's)."""
+    counter = FlopCounter(model)
+    n, L, d = counter.decoder, counter.decoder_layers, counter.d_model
+    total = rows * prompt * forward_flops(n, L, d, (prompt + 1) / 2)
+    total += sum(rows * forward_flops(n, L, d, prompt + t + 1) for t in range(new - 1))
+    return float(total)
+
+
+def s2s_decode_flops(model, batch: int, beam: int, src_len: int, new: int) -> float:
+    """Forward FLOPs of translating ``batch`` sources of ``src_len`` tokens into ``new`` tokens
+    over ``beam`` hypotheses each, with the KV cache: one encoder pass per source (every
+    position attends to all ``src_len`` keys), then ``new`` cached decoder steps per hypothesis,
+    step ``t`` attending to ``t + 1`` keys and, by cross-attention, to ``src_len``. Each step
+    counts all decoder ``N``, the cross-attention key/value projections included (the cache
+    computes them once per source)."""
+    counter = FlopCounter(model)
+    d, Le, Ld = counter.d_model, counter.encoder_layers, counter.decoder_layers
+    total = batch * src_len * forward_flops(counter.encoder, Le, d, src_len)
+    total += sum(batch * beam * (forward_flops(counter.decoder, Ld, d, t + 1) + 4 * Ld * d * src_len)
+                 for t in range(new))
+    return float(total)

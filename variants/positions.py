@@ -94,10 +94,13 @@ class Sinusoidal(PositionScheme):
         inv_freq = 10000.0 ** (-2.0 * torch.arange(n_sin, dtype=torch.float64) / cfg.d_model)
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
+    def table(self, positions: torch.Tensor) -> torch.Tensor:
+        """The encodings (..., T, D) of ``positions`` (..., T), before any cast to the embeddings' dtype."""
+        angles = positions.unsqueeze(-1).float() * self.inv_freq  # (..., T, ceil(D/2))
+        return torch.cat([angles.sin(), angles[..., : self.n_cos].cos()], dim=-1)
+
     def add_to_embeddings(self, x, positions):
-        angles = positions.unsqueeze(-1).float() * self.inv_freq  # (B, T, ceil(D/2))
-        table = torch.cat([angles.sin(), angles[..., : self.n_cos].cos()], dim=-1)  # (B, T, D)
-        return x + table.to(x.dtype)
+        return x + self.table(positions).to(x.dtype)
 
 
 @POSITIONS.register("learned")

@@ -110,7 +110,7 @@ class LMDataModule(_BaseDataModule):
             return
         texts = {split: self._limit(load_text(self.cfg, split), split) for split in SPLITS}
         self.tokenizer = self._tokenizer(texts["train"])
-        self.block_size = self.cfg.block_size or self.max_seq_len
+        self.block_size = self.cfg.lm_block_size(self.max_seq_len)
         self.datasets, self.n_bytes, self.streams = {}, {}, {}
         eos = self.tokenizer.eos_id
         for split, items in texts.items():

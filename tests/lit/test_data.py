@@ -10,7 +10,7 @@ import torch
 from lit.config import DataConfig
 from lit.data import bible
 from lit.data.modules import TokenBudgetBatches
-from lit.specs import build_datamodule
+from lit.specs import task_spec
 from lit.data.sources import DataError, load_pairs, load_text
 from lit.tokenizer import cached_bpe
 
@@ -137,8 +137,8 @@ def test_token_budget_batches_deterministic_and_complete():
 
 
 def test_lm_blocks_cover_the_stream_once():
-    dm = build_datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=40, batch_size=4),
-                          "lm", max_seq_len=32, seed=0)
+    dm = task_spec("lm").datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=40, batch_size=4),
+                                    max_seq_len=32, seed=0)
     dm.setup()
     val = dm.datasets["val"]
     # targets are inputs shifted by one, across block boundaries
@@ -149,15 +149,15 @@ def test_lm_blocks_cover_the_stream_once():
 
 def test_batches_say_whether_they_hold_padding():
     """The flag the model reads instead of looking on the device: found while collating."""
-    dm = build_datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=41, batch_size=4),
-                          "lm", max_seq_len=32, seed=0)
+    dm = task_spec("lm").datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=41, batch_size=4),
+                                    max_seq_len=32, seed=0)
     dm.setup()
     pad = dm.tokenizer.pad_id
     batches = list(dm.val_dataloader())
     assert [b["padded"] for b in batches] == [bool((b["inputs"] == pad).any()) for b in batches]
     assert batches[-1]["padded"] and not batches[0]["padded"]  # only the last block is padded
-    dm = build_datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=40, max_tokens=1000),
-                          "translation", max_seq_len=256, seed=0)
+    dm = task_spec("translation").datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=40,
+                                                        max_tokens=1000), max_seq_len=256, seed=0)
     dm.setup()
     flags = [(b["src_padded"], bool((b["src"] == dm.tokenizer.pad_id).any())) for b in dm.val_dataloader()]
     assert all(flag == found for flag, found in flags) and any(found for _, found in flags)
@@ -168,7 +168,7 @@ def test_batches_say_whether_they_hold_padding():
 def test_batches_carry_their_token_counts_from_the_host(task, tensors):
     """Throughput counts tokens from these, so that no step waits for the device to count them."""
     cfg = DataConfig(vocab_size=500, limit_train=300, limit_eval=41, batch_size=4, max_tokens=1000)
-    dm = build_datamodule(cfg, task, max_seq_len=256 if task == "translation" else 64, seed=0)
+    dm = task_spec(task).datamodule(cfg, max_seq_len=256 if task == "translation" else 64, seed=0)
     dm.setup()
     pad = dm.tokenizer.pad_id
     for batch in [*dm.val_dataloader(), *list(dm.train_dataloader())[:5]]:
@@ -183,7 +183,7 @@ def test_length_multiple_gives_few_shapes_and_the_same_loss():
     from variants import ModelConfig, build_model
 
     cfg = DataConfig(vocab_size=500, limit_train=300, limit_eval=40, max_tokens=1000, length_multiple=8)
-    dm = build_datamodule(cfg, "translation", max_seq_len=250, seed=0)
+    dm = task_spec("translation").datamodule(cfg, max_seq_len=250, seed=0)
     dm.setup()
     batches = list(dm.train_dataloader())
     widths = {b["src"].size(1) for b in batches} | {b["tgt_in"].size(1) for b in batches}
@@ -216,7 +216,7 @@ def test_translation_eval_example_too_long_names_field(tmp_path):
     _write(tmp_path / "test.de", ["kurz"])
     _write(tmp_path / "test.en", ["short"])
     cfg = DataConfig(source="parallel", path=str(tmp_path), vocab_size=300, cache_dir=str(tmp_path / "c"))
-    dm = build_datamodule(cfg, "translation", max_seq_len=16, seed=0)
+    dm = task_spec("translation").datamodule(cfg, max_seq_len=16, seed=0)
     with pytest.raises(DataError, match=r"val example 2 .*model\.max_seq_len=16"):
         dm.setup()
 
@@ -243,8 +243,8 @@ def test_hf_source_offline_from_disk(hf_saved):
     assert load_text(lm, "val") == [t for _, t in verses["val"]]  # blank rows skipped
     mt = DataConfig(source="hf", path=str(root / "mt"), src_lang="de", tgt_lang="en")
     assert load_pairs(mt, "test") == verses["test"]
-    dm = build_datamodule(DataConfig(source="hf", path=str(root / "mt"), vocab_size=400,
-                                     cache_dir=str(root / "cache")), "translation", max_seq_len=256, seed=0)
+    dm = task_spec("translation").datamodule(DataConfig(source="hf", path=str(root / "mt"), vocab_size=400,
+                                                        cache_dir=str(root / "cache")), max_seq_len=256, seed=0)
     dm.prepare_data()
     dm.setup()
     assert dm.references["val"] == [e for _, e in verses["val"]]
@@ -275,8 +275,8 @@ def test_token_budget_shards(world):
 
 
 def test_lm_eval_shards_see_each_block_once():
-    dm = build_datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=40, batch_size=3),
-                          "lm", max_seq_len=16, seed=0)
+    dm = task_spec("lm").datamodule(DataConfig(vocab_size=500, limit_train=300, limit_eval=40, batch_size=3),
+                                    max_seq_len=16, seed=0)
     dm.setup()
 
     class FakeTrainer:

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 
 from lit.config import DataConfig, TaskConfig
-from lit.specs import build_datamodule
+from lit.specs import task_spec
 from lit.tasks import LanguageModelTask, TranslationTask
 from variants import ModelConfig
 
@@ -21,21 +21,22 @@ def _validate(task, dm, devices):
 
 
 def test_lm_perplexity_same_on_two_processes(tmp_path):
-    dm = build_datamodule(DataConfig(vocab_size=300, limit_train=200, limit_eval=45, batch_size=2,
-                                     cache_dir=str(tmp_path)), "lm", max_seq_len=16, seed=0)
+    dm = task_spec("lm").datamodule(DataConfig(vocab_size=300, limit_train=200, limit_eval=45, batch_size=2,
+                                               cache_dir=str(tmp_path)), max_seq_len=16, seed=0)
     dm.setup()
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=4, n_layers=1, max_seq_len=16,
                       dropout=0.0)
-    task = LanguageModelTask(cfg, TaskConfig(), 0, dm.n_bytes)
+    task = LanguageModelTask(cfg, TaskConfig(), dm.block_size, 0, dm.n_bytes)
     one, two = _validate(task, dm, 1), _validate(task, dm, 2)
     assert two["val/ppl"] == pytest.approx(one["val/ppl"], rel=1e-5)
     assert two["val/bpb"] == pytest.approx(one["val/bpb"], rel=1e-5)
 
 
 def test_translation_bleu_same_on_two_processes(tmp_path):
-    dm = build_datamodule(DataConfig(vocab_size=300, limit_train=200, limit_eval=25, max_tokens=300,
-                                     cache_dir=str(tmp_path)), "translation", max_seq_len=256, seed=0)
+    dm = task_spec("translation").datamodule(DataConfig(vocab_size=300, limit_train=200, limit_eval=25,
+                                                        max_tokens=300, cache_dir=str(tmp_path)),
+                                             max_seq_len=256, seed=0)
     dm.setup()
     torch.manual_seed(0)
     cfg = ModelConfig(kind="seq2seq", vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=4, n_layers=1,

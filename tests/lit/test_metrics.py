@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lit.config import DataConfig, TaskConfig
-from lit.specs import build_datamodule
+from lit.specs import task_spec
 from lit.metrics import corpus_bleu, corpus_chrf
 from lit.tasks import LanguageModelTask, lr_multiplier
 from variants import ModelConfig
@@ -19,8 +19,8 @@ from variants import ModelConfig
 
 @pytest.fixture(scope="module")
 def lm_data():
-    dm = build_datamodule(DataConfig(vocab_size=400, limit_train=400, limit_eval=60, batch_size=4),
-                          "lm", max_seq_len=32, seed=0)
+    dm = task_spec("lm").datamodule(DataConfig(vocab_size=400, limit_train=400, limit_eval=60, batch_size=4),
+                                    max_seq_len=32, seed=0)
     dm.setup()
     return dm
 
@@ -29,7 +29,7 @@ def _task(dm, **task):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=4, n_layers=1, max_seq_len=32,
                       dropout=0.0)
-    return LanguageModelTask(cfg, TaskConfig(**task), dm.tokenizer.pad_id, dm.n_bytes)
+    return LanguageModelTask(cfg, TaskConfig(**task), dm.block_size, dm.tokenizer.pad_id, dm.n_bytes)
 
 
 def _validate(task, dm):

@@ -19,7 +19,7 @@ def test_every_task_spec_is_complete(name):
 
 
 def test_unknown_task_lists_the_registered_ones():
-    from experiments.config import ConfigError, load_config
+    from experiments.run.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="unknown task 'mt'; choices: lm, translation"):
         load_config([], ["task.name=mt"])

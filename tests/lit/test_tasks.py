@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit.config import DataConfig, TaskConfig
-from lit.specs import build_datamodule
+from lit.specs import task_spec
 from lit.tasks import LanguageModelTask
 
 
@@ -30,8 +30,8 @@ class _Norms(L.Callback):
 
 @pytest.fixture(scope="module")
 def datamodule(tmp_path_factory):
-    dm = build_datamodule(DataConfig(vocab_size=300, limit_train=200, limit_eval=16, batch_size=4,
-                                     cache_dir=str(tmp_path_factory.mktemp("cache"))), "lm", max_seq_len=16, seed=0)
+    dm = task_spec("lm").datamodule(DataConfig(vocab_size=300, limit_train=200, limit_eval=16, batch_size=4,
+                                               cache_dir=str(tmp_path_factory.mktemp("cache"))), max_seq_len=16, seed=0)
     dm.setup()
     return dm
 
@@ -42,7 +42,7 @@ def _fit(cls, dm, clip, steps=6):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=4, n_layers=1, max_seq_len=16,
                       dropout=0.0)
-    task = cls(cfg, TaskConfig(lr=1e-2, warmup_steps=0), 0, dm.n_bytes)
+    task = cls(cfg, TaskConfig(lr=1e-2, warmup_steps=0), dm.block_size, 0, dm.n_bytes)
     norms = _Norms()
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
@@ -91,7 +91,8 @@ def test_a_diverged_run_names_its_last_gradient_norms(datamodule, check_every):
         torch.manual_seed(0)
         cfg = ModelConfig(vocab_size=datamodule.tokenizer.vocab_size, d_model=32, n_heads=4, n_layers=1,
                           max_seq_len=16, dropout=0.0)
-        task = LanguageModelTask(cfg, TaskConfig(lr=1e38, warmup_steps=0), 0, datamodule.n_bytes)
+        task = LanguageModelTask(cfg, TaskConfig(lr=1e38, warmup_steps=0), datamodule.block_size, 0,
+                                 datamodule.n_bytes)
         guard = DivergenceGuard(check_every_n_steps=every)
         trainer = L.Trainer(accelerator="cpu", max_steps=20, logger=False, enable_progress_bar=False,
                             enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,

@@ -1,0 +1,1 @@
+"""Reports: runs collected, compared, tabulated and plotted into a page."""

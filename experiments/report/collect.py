@@ -1,0 +1,153 @@
+"""A report's runs: copies of each run's small files (``status.json``, ``metrics.jsonl``,
+``config.yaml`` and, for translation, ``test.hyp``) refreshed into ``<out>/runs/`` from the run
+directories that exist (the test sources and references once, as ``<out>/test.src`` and
+``<out>/test.ref``), then read back as :class:`Record` objects; a report is built from those
+copies alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Optional
+
+from experiments.run.config import ConfigError, RunConfig, load_config
+from experiments.run.rundir import metric_records, read_status
+from experiments.sweep.spec import Sweep, SweepError
+from lit.specs import TaskSpec, task_spec
+
+COPIED = ("status.json", "metrics.jsonl", "config.yaml", "test.hyp")
+SHARED = ("test.src", "test.ref")  # the same for every run of a sweep: kept once, beside runs/
+PAUSE_S = 300.0  # a gap this long between two logged records is a run that was stopped and resumed
+
+
+@dataclass
+class Record:
+    name: str
+    variant: str
+    seed: int
+    state: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    params: Optional[int] = None
+    signature: Optional[str] = None
+    environment: dict[str, Any] = field(default_factory=dict)
+    message: Optional[str] = None
+    curve: list[dict[str, Any]] = field(default_factory=list)  # validation records
+    config: Optional[RunConfig] = None  # the run's own config.yaml
+    hypotheses: Optional[list[str]] = None  # translation: test.hyp, line by line
+    summary_only: bool = False  # read from an earlier report.json: the run files were not kept
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "completed"
+
+
+def collect(sweep: Sweep, out: Path) -> list[Record]:
+    """Refresh ``<out>/runs/<run>/`` from the run directories that exist, then read every run
+    from those copies. A run with neither is read from the ``runs`` list of an earlier
+    ``<out>/report.json`` when it has one (reports built before run files were kept)."""
+    runs_dir = out / "runs"
+    for run in sweep.runs:
+        src = run.run_dir
+        if not (src / "status.json").is_file():
+            continue
+        dst = runs_dir / run.name
+        dst.mkdir(parents=True, exist_ok=True)
+        status = read_status(src)  # the state as it is now ("interrupted" when nobody holds a "running" run)
+        status.pop("holder", None)
+        (dst / "status.json").write_text(json.dumps(status, indent=1, sort_keys=True) + "\n")
+        for name in COPIED[1:]:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, dst / name)
+        for name in SHARED:
+            if (src / name).is_file() and not (out / name).is_file():
+                shutil.copyfile(src / name, out / name)
+    earlier = _earlier_runs(out)
+    records = []
+    for run in sweep.runs:
+        record = _read(run.name, run.variant, run.seed, runs_dir / run.name)
+        if record.state == "missing" and run.name in earlier:
+            e = earlier[run.name]
+            record = Record(run.name, run.variant, run.seed, e["state"],
+                            {k: v for k, v in (e.get("metrics") or {}).items() if v is not None},
+                            environment=e.get("environment") or {}, summary_only=True)
+        records.append(record)
+    return records
+
+
+def _earlier_runs(out: Path) -> dict[str, dict[str, Any]]:
+    """Runs of an earlier ``report.json`` whose run files were never copied (``summary_only``);
+    runs it listed as missing (not started then) are not among them."""
+    path = out / "report.json"
+    if not path.is_file():
+        return {}
+    runs = json.loads(path.read_text()).get("runs") or []
+    return {r["name"]: r for r in runs
+            if r.get("state") != "missing" and not (out / "runs" / r["name"] / "status.json").is_file()}
+
+
+def _read(name: str, variant: str, seed: int, directory: Path) -> Record:
+    status_file = directory / "status.json"
+    if not status_file.is_file():
+        return Record(name, variant, seed, "missing")
+    status = json.loads(status_file.read_text())
+    record = Record(name, variant, seed, status["state"], status.get("metrics") or {},
+                    (status.get("params") or {}).get("total"), status.get("signature"),
+                    status.get("environment") or {}, status.get("message") or status.get("error"))
+    elapsed, last = 0.0, None
+    for row in metric_records(directory):
+        t = row.get("time")
+        if t is not None:  # training wall-clock, pauses (an interrupted run resumed later) left out
+            elapsed += (t - last) if last is not None and t - last < PAUSE_S else 0.0
+            last = t
+        if any(k.startswith("val/") for k in row):
+            record.curve.append({**row, "minutes": elapsed / 60})
+        if "perf/peak_mem_mb" in row:
+            record.metrics["perf/peak_mem_mb_max"] = max(record.metrics.get("perf/peak_mem_mb_max", 0),
+                                                          row["perf/peak_mem_mb"])
+    if (directory / "config.yaml").is_file():
+        try:
+            record.config = load_config([directory / "config.yaml"])
+        except ConfigError as err:
+            raise SweepError(f"run {name}: {err}") from None
+    if (directory / "test.hyp").is_file():
+        record.hypotheses = read_lines(directory / "test.hyp")
+    return record
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a hypothesis, source or reference file (one example per line)."""
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+@dataclass
+class Report:
+    sweep: Sweep
+    out: Path
+    records: list[Record]
+
+    @cached_property
+    def references(self) -> Optional[list[str]]:
+        """The test references (``<out>/test.ref``) that the hypotheses were scored against."""
+        path = self.out / "test.ref"
+        return read_lines(path) if path.is_file() else None
+
+    @property
+    def spec(self) -> type[TaskSpec]:
+        return task_spec(self.sweep.runs[0].cfg.task.name)
+
+    def metrics(self) -> list[str]:
+        return list(self.spec.report_metrics)
+
+    def primary(self) -> list[str]:
+        return list(self.spec.compared)
+
+    def by_variant(self) -> dict[str, list[Record]]:
+        groups: dict[str, list[Record]] = {v: [] for v in self.sweep.variants}
+        for r in self.records:
+            groups[r.variant].append(r)
+        return groups
+
+

@@ -1,0 +1,127 @@
+"""The Markdown tables of a report page: results per variant, Δ against the baseline, published
+findings, BLEU tests between systems, the runs left out of the averages, sample translations."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from experiments.report.collect import Report, read_lines
+from experiments.report.compare import Comparison
+from experiments.report.stats import mean_std
+
+
+def _fmt(mean: float, std: float, digits: int = 2) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    text = f"{mean:,.{digits}f}"
+    return text + (f" ± {std:,.{digits}f}" if math.isfinite(std) else "")
+
+
+def _digits(metric: str) -> int:
+    return 3 if metric.endswith("bpb") else 2
+
+
+def results_table(rep: Report) -> list[str]:
+    metrics = rep.metrics()
+    header = ["variant", "seeds", "params", *metrics, "tokens/s", "MFU", "peak mem (MB)", "wall (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---:", "---:"] + ["---:"] * (len(header) - 3)) + "|"]
+    for variant, runs in rep.by_variant().items():
+        done = [r for r in runs if r.finished]
+        name = f"**{variant}** (baseline)" if variant == rep.sweep.baseline else variant
+        params = next((r.params for r in runs if r.params), None)
+        cells = [name, f"{len(done)}/{len(runs)}", f"{params:,}" if params else "-"]
+        for m in metrics:
+            cells.append(_fmt(*mean_std([r.metrics.get(m) for r in done]), _digits(m)))
+        tok = mean_std([r.metrics.get("perf/tokens_per_s_median") for r in done])
+        mfu = mean_std([100 * r.metrics["perf/mfu_median"] for r in done if r.metrics.get("perf/mfu_median")])
+        mem = mean_std([r.metrics.get("perf/peak_mem_mb_max") for r in done])
+        wall = mean_std([r.metrics.get("wall_s") for r in done])
+        cells += [_fmt(*tok, 0), _fmt(*mfu, 1) + ("%" if math.isfinite(mfu[0]) else ""), _fmt(*mem, 0),
+                  _fmt(*wall, 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def delta_table(comparisons: list[Comparison]) -> list[str]:
+    lines = ["| variant | metric | Δ vs baseline | Δ % | 95% CI | method | p | p (Holm) | MDE | verdict |",
+             "|---|---|---:|---:|---|---|---:|---:|---:|---|"]
+    for c in comparisons:
+        if c.kind == "delta":
+            lines.append(f"| {c.variant} | {c.metric} | " + " | ".join(_test_cells(c)) + f" | {c.verdict} |")
+    return lines
+
+
+def findings_table(comparisons: list[Comparison]) -> list[str]:
+    lines = ["| published finding | measured here | 95% CI | method | p | p (Holm) | MDE | verdict |",
+             "|---|---|---|---|---:|---:|---:|---|"]
+    for c in comparisons:
+        if c.kind != "finding":
+            continue
+        if c.d is None:
+            lines.append(f"| {c.claim} | {c.metric} {c.variant} vs {c.against}: no values | - | - | - | - | - | "
+                         f"{c.verdict} |")
+            continue
+        mean, relative, interval, *rest = _test_cells(c)
+        lines.append(f"| {c.claim} | {c.metric} {c.variant} − {c.against}: {mean} ({relative}) | {interval} | "
+                     + " | ".join(rest) + f" | {c.verdict} |")
+    return lines
+
+
+def _test_cells(c: Comparison) -> list[str]:
+    """Δ, Δ %, 95% interval, method, p, adjusted p and MDE of one comparison, formatted."""
+    if c.d is None:
+        return ["-"] * 7
+    digits, d = _digits(c.metric), c.d
+    def num(x: float, sign: str = "+") -> str:
+        return f"{x:{sign}.{digits}f}" if math.isfinite(x) else "-"
+    interval = f"[{num(d.low)}, {num(d.high)}]" if math.isfinite(d.low) else "-"
+    return [num(d.mean), f"{100 * d.relative:+.1f}%" if math.isfinite(d.relative) else "-", interval,
+            f"{d.method}, n={d.n}", _p(d.p), _p(c.p_adjusted), f"±{num(c.mde, '')}" if math.isfinite(c.mde) else "-"]
+
+
+def _p(p: float) -> str:
+    if not math.isfinite(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def not_averaged(rep: Report) -> list[str]:
+    lines = []
+    for r in rep.records:
+        if not r.finished:
+            lines.append(f"- `{r.name}`: {r.state}" + (f" — {r.message}" if r.message else ""))
+    return lines
+
+
+def bleu_tests_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| variant | seed | baseline BLEU | variant BLEU | Δ | p (paired bootstrap) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for t in rows:
+        lines.append(f"| {t['variant']} | {t['seed']} | {t['baseline_bleu']:.2f} | {t['bleu']:.2f} | "
+                     f"{t['bleu'] - t['baseline_bleu']:+.2f} | {_p(t['p'])} |")
+    return lines
+
+
+def samples(rep: Report, count: int = 3) -> list[str]:
+    """``count`` test examples spread over the test set: source, reference, and the hypothesis of
+    each variant's lowest finished seed."""
+    sources, refs = read_lines(rep.out / "test.src") if (rep.out / "test.src").is_file() else None, rep.references
+    if not sources or not refs:
+        return []
+    chosen = {}
+    for variant, runs in rep.by_variant().items():
+        done = sorted((r for r in runs if r.finished and r.hypotheses and len(r.hypotheses) == len(refs)),
+                      key=lambda r: r.seed)
+        if done:
+            chosen[variant] = done[0]
+    if not chosen:
+        return []
+    lines = []
+    for i in [len(refs) * (k + 1) // (count + 1) for k in range(count)]:
+        lines += [f"Test example {i + 1}:", "", f"- source: {sources[i]}", f"- reference: {refs[i]}"]
+        lines += [f"- {variant} (seed {r.seed}): {r.hypotheses[i]}" for variant, r in chosen.items()]
+        lines.append("")
+    return lines
+
+

@@ -1,0 +1,1 @@
+"""One run: its config schema, run directory, training, W&B logging, warm runner and GPU share."""

@@ -1,0 +1,1 @@
+"""Sweeps: sweep files expanded into runs, their status, GPU sharing, and the launchers."""

@@ -1,0 +1,71 @@
+"""``ablate status``: every run of a sweep with its state, step and headline metric."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Optional
+
+from experiments.run.rundir import last_logged, read_status
+from experiments.sweep.spec import Sweep, SweepRun
+from lit.specs import task_spec
+
+
+def headline_metrics(task: str) -> tuple[str, str]:
+    """(validation, test) metric that summarises a run of this task."""
+    return task_spec(task).headline
+
+
+def run_state(run: SweepRun) -> dict[str, Any]:
+    """State, step and metrics of one run, read from its directory."""
+    status = read_status(run.run_dir)
+    val_key, test_key = headline_metrics(run.cfg.task.name)
+    metrics = status.get("metrics") or {}
+    row = {"name": run.name, "variant": run.variant, "seed": run.seed, "state": status["state"],
+           "step": status.get("step", 0), "max_steps": run.cfg.trainer.get("max_steps"),
+           "val": metrics.get(val_key), "test": metrics.get(test_key), "wall_s": metrics.get("wall_s"),
+           "message": status.get("message") or status.get("error"), "holder": status.get("holder"),
+           "run_id": status.get("run_id")}
+    if status["state"] in ("running", "interrupted", "failed"):
+        row["val"] = last_logged(run.run_dir, val_key)
+        step = last_logged(run.run_dir, "step")
+        row["step"] = max(row["step"] or 0, step or 0)
+    return row
+
+
+def counts(rows: list[dict[str, Any]]) -> Counter:
+    return Counter(r["state"] for r in rows)
+
+
+def format_counts(c: Counter) -> str:
+    done = c["completed"] + c["diverged"]
+    parts = [f"{done} done" + (f" ({c['diverged']} diverged)" if c["diverged"] else ""),
+             f"{c['running']} running", f"{c['failed']} failed"]
+    if c["interrupted"]:
+        parts.append(f"{c['interrupted']} interrupted")
+    parts.append(f"{c['pending'] + c['interrupted']} to go")
+    return " · ".join(parts)
+
+
+def status_table(sweep: Sweep) -> tuple[str, list[dict[str, Any]]]:
+    rows = [run_state(run) for run in sweep.runs]
+    val_key, test_key = headline_metrics(sweep.runs[0].cfg.task.name)
+    header = ["run", "state", "step", val_key, test_key, "wall"]
+    body = []
+    for r in rows:
+        step = f"{r['step'] or 0}/{r['max_steps']}" if r["max_steps"] else str(r["step"] or 0)
+        state = r["state"]
+        if r["holder"]:
+            state += f" (pid {r['holder'].get('pid')})"
+        body.append([r["name"], state, step, _fmt(r["val"]), _fmt(r["test"]),
+                     f"{r['wall_s']:.0f} s" if r["wall_s"] is not None else "-"])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [f"  {r['name']}: {r['message']}" for r in rows if r["message"] and r["state"] in ("failed", "diverged")]
+    text = "\n".join([f"sweep {sweep.name}: {len(rows)} runs in {sweep.root}", *lines, "",
+                      format_counts(counts(rows)), *notes])
+    return text, rows
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4g}"

@@ -1,0 +1,209 @@
+"""Import Hugging Face ``transformers`` models into this project's compositions, and export the
+compositions that have an equivalent (:func:`to_hf`).
+
+``from_hf(hf_model)`` reads ``hf_model.config`` and ``hf_model.state_dict()`` (it never imports
+``transformers`` itself), picks the :class:`variants.ModelConfig` whose registry slots compute the
+same function, builds it with :func:`variants.build_model` and copies the weights in. Supported:
+
+=============  ===================  ========  =============  =========  ===============
+model_type     class                position  norm_position  norm       ffn
+=============  ===================  ========  =============  =========  ===============
+``gpt2``       GPT2LMHeadModel      learned   pre            layernorm  gelu_tanh (*)
+``llama``      LlamaForCausalLM     rope      pre            rmsnorm    swiglu (*)
+``bloom``      BloomForCausalLM     alibi     pre            layernorm  gelu_tanh
+``marian``     MarianMTModel        sinus.    post           layernorm  from config (*)
+=============  ===================  ========  =============  =========  ===============
+
+(*) mapped from the config's activation name (``gelu_new`` -> ``gelu_tanh``, ``swish`` -> ``silu``,
+LLaMA's ``hidden_act`` -> the matching gated entry). Anything the composition cannot express
+(grouped-query attention, RoPE scaling, a non-zero ``final_logits_bias``, ...) raises
+``NotImplementedError`` naming the setting, rather than importing a different function. Every
+tensor of the source state dict must be used (tied copies are checked equal), so a weight the
+mapping does not know about fails loudly too.
+
+One module per family (:mod:`~variants.interop.gpt2`, :mod:`~variants.interop.llama`,
+:mod:`~variants.interop.bloom`, :mod:`~variants.interop.marian`) holds its import converter,
+its export config builder and its layout conversions; :mod:`variants.interop.common` the
+helpers they share. This module dispatches on ``model_type``.
+
+Reference: Wolf et al. 2020, "Transformers: State-of-the-Art Natural Language Processing",
+EMNLP (system demonstrations), arXiv:1910.03771; the layouts were read from
+``transformers/models/{gpt2,llama,bloom,marian}/modeling_*.py`` (transformers 5.23).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from variants.config import ModelConfig
+from variants.interop import bloom, gpt2, llama, marian
+from variants.interop.common import _Weights
+from variants.models import TransformerBase, build_model
+
+__all__ = ["from_hf", "to_hf", "export_family", "SUPPORTED"]
+
+_FROM_CONFIG = object()  # sentinel: take pad_id from the Hugging Face config
+
+# model_type -> its module: HF_CLASS, KIND, EXPORT_SLOTS, convert(), hf_config()
+_FAMILIES = {"gpt2": gpt2, "llama": llama, "bloom": bloom, "marian": marian}
+
+_Converter = Callable[[object, _Weights, dict], "tuple[ModelConfig, dict]"]
+
+SUPPORTED: dict[str, tuple[str, _Converter]] = {
+    name: (family.HF_CLASS, family.convert) for name, family in _FAMILIES.items()}
+"""model_type -> (the Hugging Face class imported, its converter)."""
+
+
+def _ids(value) -> set:
+    if value is None:
+        return set()
+    return set(value) if isinstance(value, (list, tuple)) else {value}
+
+
+def _default_pad_id(config) -> Optional[int]:
+    """``pad_token_id``, unless there is none, it lies outside the vocabulary (no input can
+    carry it), or it doubles as BOS/EOS (then real tokens carry it: no reliable marker)."""
+    pad = getattr(config, "pad_token_id", None)
+    specials = _ids(getattr(config, "bos_token_id", None)) | _ids(getattr(config, "eos_token_id", None))
+    if pad is None or pad in specials or not 0 <= pad < config.vocab_size:
+        return None
+    return pad
+
+
+def from_hf(hf_model, *, pad_id=_FROM_CONFIG) -> TransformerBase:
+    """Import a Hugging Face ``transformers`` model (the object) as a model of this project.
+
+    Returns :func:`variants.build_model` of the matching :class:`variants.ModelConfig`, with
+    dropout 0 and the weights copied (into fp32, on the CPU, whatever the source's dtype and
+    device), in eval mode. Its logits equal the source's for the same inputs. Raises
+    ``NotImplementedError`` for unsupported model types or settings (see the module docstring).
+
+    ``pad_id``: our models treat every token equal to ``cfg.pad_id`` as padding (masked as a
+    key, and left padding shifts positions), which is what the Hugging Face model computes when
+    given ``attention_mask = input_ids != pad_token_id`` (and, for RoPE / learned positions,
+    ``position_ids`` counted over real tokens, as ``generate`` does). So by default ``pad_id`` is
+    the config's ``pad_token_id``, and None (no token is padding: the HF call without a mask)
+    when there is none (e.g. GPT-2), when it lies outside the vocabulary, or when it equals the
+    BOS or EOS id, since real tokens then carry it. Pass ``pad_id`` (an id or None) to
+    override. For Marian only source tokens are masked; decoder inputs (which start with
+    ``decoder_start_token_id``, usually the pad id) are never treated as padding, as in HF
+    without a ``decoder_attention_mask``.
+    """
+    config = hf_model.config
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED:
+        raise NotImplementedError(
+            f"cannot import model_type {model_type!r}; supported: "
+            + ", ".join(f"{name} ({cls})" for name, (cls, _) in SUPPORTED.items()))
+    class_name, convert = SUPPORTED[model_type]
+    if class_name not in (cls.__name__ for cls in type(hf_model).__mro__):
+        raise NotImplementedError(
+            f"for model_type {model_type!r} only {class_name} imports, got {type(hf_model).__name__}")
+    common = {"dropout": 0.0,
+              "pad_id": _default_pad_id(config) if pad_id is _FROM_CONFIG else pad_id,
+              "tie_embeddings": bool(getattr(config, "tie_word_embeddings", True))}
+    src = _Weights(hf_model.state_dict())
+    cfg, weights = convert(config, src, common)
+    src.check_all_used()
+    model = build_model(cfg)
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Export: the inverse of the converters
+
+
+# family -> (model kind, the slots it fixes, HF class name, config builder). The position
+# scheme picks the family; every other slot must then be the family's.
+_EXPORTS = {name: (family.KIND, family.EXPORT_SLOTS, family.HF_CLASS, family.hf_config)
+            for name, family in _FAMILIES.items()}
+# fields the round trip must give back unchanged (the rest are sizes, set from the model)
+_ROUND_TRIP = ("kind", "norm", "norm_position", "position", "ffn", "attention", "bias", "norm_eps", "embed_norm",
+               "scale_embeddings", "tie_embeddings", "rope_base", "d_model", "n_heads", "vocab_size")
+
+
+def export_family(cfg: ModelConfig) -> str:
+    """The Hugging Face family ``cfg``'s composition exports to; ``NotImplementedError`` naming
+    the component (slot and entry) that has no equivalent."""
+    for family, (kind, slots, _, _) in _EXPORTS.items():
+        if kind == cfg.kind and cfg.position in slots["position"]:
+            for slot, allowed in slots.items():
+                if getattr(cfg, slot) not in allowed:
+                    raise NotImplementedError(
+                        f"{slot} {getattr(cfg, slot)!r} has no equivalent in {_EXPORTS[family][2]} (the export "
+                        f"for position {cfg.position!r}), which needs {slot} in {', '.join(map(repr, allowed))}")
+            return family
+    positions = ", ".join(f"{slots['position'][0]} ({name})" for name, (kind, slots, *_rest) in _EXPORTS.items()
+                          if kind == cfg.kind)
+    raise NotImplementedError(f"position {cfg.position!r} has no Hugging Face equivalent for a {cfg.kind} model "
+                              f"here; exportable positions: {positions}")
+
+
+def _probe(hf_model) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
+    """The HF state dict with every trainable tensor replaced by its elements' global indices
+    (float64, exact), tied tensors sharing theirs; other tensors (fixed sinusoid tables,
+    buffers) keep their values. Returns it and key -> (first index, element count)."""
+    trainable = {name: p for name, p in hf_model.named_parameters(remove_duplicate=False) if p.requires_grad}
+    probe, spans, by_storage, start = {}, {}, {}, 0
+    for key, tensor in hf_model.state_dict(keep_vars=True).items():
+        if key not in trainable:
+            probe[key] = tensor.detach()
+            continue
+        storage = trainable[key].data_ptr()
+        if storage not in by_storage:
+            by_storage[storage] = (start, tensor.numel())
+            start += tensor.numel()
+        first, count = by_storage[storage]
+        spans[key] = (first, count)
+        probe[key] = torch.arange(first, first + count, dtype=torch.float64).view(tensor.shape)
+    return probe, spans
+
+
+def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optional[int] = None):
+    """A Hugging Face ``transformers`` model (fp32, CPU, eval mode) computing the same function
+    as ``model``: ``GPT2LMHeadModel`` (learned positions, Pre-LN LayerNorm), ``LlamaForCausalLM``
+    (RoPE, Pre-LN RMSNorm, gated feed-forward), ``BloomForCausalLM`` (ALiBi with an embedding
+    norm) or ``MarianMTModel`` (sinusoids, Post-LN). Other compositions raise
+    ``NotImplementedError`` naming the component without an equivalent.
+
+    The weights are placed by running the import converter of the family backwards: each HF
+    tensor is filled with its elements' indices, the converter maps them to our layout, and our
+    weights are written to the indices found there. So export is exactly the inverse of the
+    tested import, and a weight left unplaced, or a setting that does not survive the round trip
+    (``from_hf`` of the result), fails loudly."""
+    import transformers
+
+    cfg: ModelConfig = model.cfg
+    family = export_family(cfg)
+    _, _, class_name, build_config = _EXPORTS[family]
+    common = {"tie_word_embeddings": cfg.tie_embeddings, "pad_token_id": cfg.pad_id,
+              "bos_token_id": bos_id, "eos_token_id": eos_id}
+    hf_model = getattr(transformers, class_name)(build_config(cfg, model, dict(common))).float().eval()
+
+    probe, spans = _probe(hf_model)
+    _, convert = SUPPORTED[family]
+    src = _Weights(probe)
+    back_cfg, indices = convert(hf_model.config, src, {"dropout": 0.0, "pad_id": cfg.pad_id,
+                                                       "tie_embeddings": cfg.tie_embeddings})
+    src.check_all_used()
+    for field in _ROUND_TRIP:
+        if getattr(back_cfg, field) != getattr(cfg, field):
+            raise NotImplementedError(f"{field}={getattr(cfg, field)!r} has no equivalent in {class_name} "
+                                      f"(its import gives {getattr(back_cfg, field)!r})")
+    ours = model.state_dict()
+    if set(indices) != set(ours):
+        raise NotImplementedError(f"weights without a place in {class_name}: {sorted(set(ours) - set(indices))}")
+    total = max((first + count for first, count in spans.values()), default=0)
+    values, placed = torch.empty(total), torch.zeros(total, dtype=torch.bool)
+    for key, where in indices.items():
+        flat = where.reshape(-1).long()
+        values[flat] = ours[key].detach().float().cpu().reshape(-1)
+        placed[flat] = True
+    if not bool(placed.all()):
+        raise NotImplementedError(f"{int((~placed).sum())} elements of {class_name} received no weight")
+    state = {key: values[first:first + count].view(probe[key].shape) for key, (first, count) in spans.items()}
+    hf_model.load_state_dict(state, strict=False)
+    return hf_model
