@@ -27,7 +27,7 @@ import experiments.run.train
 
 # what the server imports once, and every run would otherwise import again (about 4 s on 2 cores):
 # torch, Lightning, and the run's code with the data, model and W&B modules it pulls in
-PRELOADED = (torch, lightning, experiments.train)
+PRELOADED = (torch, lightning, experiments.run.train)
 
 _CONTEXT: Optional[multiprocessing.context.BaseContext] = None
 
@@ -96,7 +96,7 @@ def _child(argv: list[str], env: dict[str, str], log_path: str) -> None:
     _apply_malloc_settings(env)
     code = 1
     try:
-        code = experiments.train.run_command(argv[1:])
+        code = experiments.run.train.run_command(argv[1:])
     except SystemExit as err:  # an interrupted run exits with the signal's code (130, 143)
         code = err.code if isinstance(err.code, int) else 1
     finally:  # what an interpreter does at exit (W&B and Lightning register handlers), then leave
