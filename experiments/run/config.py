@@ -129,18 +129,22 @@ class RunConfig:
     def model_for(self, tokenizer) -> ModelConfig:
         """The model this run builds: ``model`` with the tokenizer's vocabulary size and padding id
         (the config itself is not changed)."""
-        for key in DERIVED_MODEL_KEYS:
-            expected, found = getattr(self.derived, key), getattr(tokenizer, key)
-            if expected is not None and expected != found:
-                raise ConfigError(f"key 'derived.{key}': the config records {expected}, but the tokenizer gives "
-                                  f"{found}: the data or data.vocab_size differ from the run that recorded it")
-        return self.model.replace(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
+        facts = self._facts_of(tokenizer)
+        return self.model.replace(**facts)
 
     def with_derived(self, tokenizer) -> "RunConfig":
         """This config with ``derived`` filled from the tokenizer (what the run records)."""
-        self.model_for(tokenizer)  # refuses a recorded value the tokenizer contradicts
+        return dataclasses.replace(self, derived=DerivedSection(**self._facts_of(tokenizer)))
+
+    def _facts_of(self, tokenizer) -> dict[str, int]:
+        """The tokenizer's vocabulary size and padding id; refused when ``derived`` records others."""
         facts = {key: getattr(tokenizer, key) for key in DERIVED_MODEL_KEYS}
-        return dataclasses.replace(self, derived=DerivedSection(**facts))
+        for key, found in facts.items():
+            expected = getattr(self.derived, key)
+            if expected is not None and expected != found:
+                raise ConfigError(f"key 'derived.{key}': the config records {expected}, but the tokenizer gives "
+                                  f"{found}: the data or data.vocab_size differ from the run that recorded it")
+        return facts
 
     @property
     def run_name(self) -> str:

@@ -9,7 +9,9 @@ from experiments.sweep.launchers.base import Launcher, LaunchOptions
 from experiments.sweep.launchers.local import LocalLauncher
 from experiments.sweep.launchers.slurm import SlurmLauncher
 from experiments.sweep.launchers.wandb import WandbLauncher
-from experiments.sweep.spec import Sweep, SweepError
+from experiments.sweep.spec import SweepError
+
+__all__ = ["LAUNCHERS", "Launcher", "LaunchOptions", "launcher"]
 
 LAUNCHERS: dict[str, type[Launcher]] = {
     "local": LocalLauncher,
@@ -24,9 +26,3 @@ def launcher(name: str) -> Launcher:
         raise SweepError(f"unknown launcher {name!r}; choices: {', '.join(LAUNCHERS)}")
     return LAUNCHERS[name]()
 
-
-def launch(sweep: Sweep, name: str, options: LaunchOptions) -> int:
-    """Run the sweep with the launcher called ``name``."""
-    chosen = launcher(name)
-    chosen.check(options)
-    return chosen.run(sweep, options)
