@@ -20,8 +20,8 @@ from benchmarks.breakdown import sublayer_breakdown
 from benchmarks.config import SECTIONS, BenchConfig, gpu_config, tiny_config
 from benchmarks.measure import cpu_seconds, load_average, other_work
 from benchmarks.sweep import sweep_throughput
-from lit.errors import report_error
-from lit.system import (code_version, cpu_flags, cpu_model, device_peak_flops, matmul_peak, physical_cores,
+from tools.errors import report_error
+from tools.system import (code_version, cpu_flags, cpu_model, device_peak_flops, matmul_peak, physical_cores,
                         versions)
 
 
@@ -59,7 +59,7 @@ def environment(cfg: BenchConfig, device: torch.device, peak: float, load=None) 
 
 def device_peak(device: torch.device) -> float:
     """CPU: measured fp32 matmul peak. CUDA: the dense bf16 datasheet peak when the device is
-    known (``lit.system.GPU_PEAKS``), otherwise a measured bf16 matmul peak."""
+    known (``tools.system.GPU_PEAKS``), otherwise a measured bf16 matmul peak."""
     if device.type == "cuda":
         return device_peak_flops(device, "bf16-mixed") or matmul_peak(device, torch.bfloat16, size=8192)
     return matmul_peak(device, torch.float32)

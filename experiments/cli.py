@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from lit.errors import DEBUG_ENV, report_error
+from tools.errors import DEBUG_ENV, report_error
 
 
 def _components(args: argparse.Namespace) -> int:

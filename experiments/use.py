@@ -15,8 +15,8 @@ import torch
 
 from experiments.run.config import ConfigError, RunConfig, load_config
 from lit.checkpointing import latest_checkpoint
-from lit.errors import report_error
-from lit.tokenizer import BOS, EOS, PAD, TextTokenizer
+from tools.errors import report_error
+from lit.data.tokenizer import BOS, EOS, PAD, TextTokenizer
 from variants import build_model
 
 TABLE_POSITIONS = ("learned", "sinusoidal")  # position schemes with a fixed-size table

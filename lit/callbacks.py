@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from lit.system import device_peak_flops
+from tools.system import device_peak_flops
 
 
 class ThroughputMonitor(L.Callback):

@@ -23,7 +23,7 @@ from torchmetrics.aggregation import SumMetric
 
 from lit.config import TaskConfig
 from lit.extrapolation import extrapolation
-from lit.metrics import bits_per_byte, corpus_bleu, corpus_chrf, one_line, perplexity
+from tools.metrics import bits_per_byte, corpus_bleu, corpus_chrf, one_line, perplexity
 from variants import ModelConfig, build_model
 from variants.decoding import beam_translate, greedy_translate
 from variants.flops import FlopCounter

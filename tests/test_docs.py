@@ -13,7 +13,7 @@ from experiments.sweep.spec import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-TOP = ("configs", "reports", "experiments", "variants", "lit", "benchmarks", "tests", "docs")
+TOP = ("configs", "reports", "experiments", "variants", "tools", "lit", "benchmarks", "tests", "docs")
 
 
 def _ids(pages):

@@ -1,5 +1,5 @@
-"""Imports point down and never in a circle: variants -> (nothing of ours); lit -> variants;
-experiments and benchmarks -> lit, variants (the CLI alone reaches benchmarks, to dispatch
+"""Imports point down and never in a circle: variants, tools -> (nothing of ours); lit -> variants,
+tools; experiments and benchmarks -> lit, variants, tools (the CLI alone reaches benchmarks, to dispatch
 `ablate bench`); inside experiments, the commands on top -> report -> sweep -> run. Function-level
 imports count too."""
 
@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("variants", "lit", "experiments", "benchmarks")
+PACKAGES = ("variants", "tools", "lit", "experiments", "benchmarks")
 ALLOWED = {  # package -> the packages of ours it may import
     "variants": {"variants"},
-    "lit": {"lit", "variants"},
-    "benchmarks": {"benchmarks", "lit", "variants"},
-    "experiments": {"experiments", "lit", "variants"},
+    "tools": {"tools"},
+    "lit": {"lit", "variants", "tools"},
+    "benchmarks": {"benchmarks", "lit", "variants", "tools"},
+    "experiments": {"experiments", "lit", "variants", "tools"},
 }
 EXCEPTIONS = {("experiments.cli", "benchmarks")}  # `ablate bench` is dispatched by the CLI
 # inside experiments/, by the life of a run: a run knows nothing of sweeps, a sweep nothing of

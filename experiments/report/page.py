@@ -22,7 +22,7 @@ from experiments.report.plots import PLOTS, plot_curves, plot_extrapolation, plo
 from experiments.report.tables import (bleu_tests_table, delta_table, findings_table, not_averaged, results_table,
                                        samples)
 from experiments.sweep.spec import Sweep, SweepError, load_sweep
-from lit.metrics import corpus_chrf
+from tools.metrics import corpus_chrf
 
 def _environment_lines(records: list[Record]) -> list[str]:
     codes = sorted({r.environment.get("code", "unknown") for r in records if r.environment})

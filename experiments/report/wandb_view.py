@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from experiments.sweep.spec import Sweep
 from experiments.run.wandb_log import STEP_KEY
-from lit.errors import report_error
+from tools.errors import report_error
 from lit.specs import task_spec
 
 THROUGHPUT = "perf/tokens_per_s_median"

@@ -29,10 +29,10 @@ from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor
 from lit.data.sources import DataError
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
                                latest_checkpoint, remove_partial_writes, saved_resume_state)
-from lit.metrics import one_line
-from lit.errors import report_error
 from lit.specs import task_spec
-from lit.system import cpu_peak_flops, environment
+from tools.errors import report_error
+from tools.metrics import one_line
+from tools.system import cpu_peak_flops, environment
 
 INTERRUPTIONS = (KeyboardInterrupt, SystemExit)  # Lightning's SIGTERMException is a SystemExit
 

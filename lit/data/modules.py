@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit.config import DataConfig
 from lit.data.sources import DataError, load_pairs, load_text, prepare
-from lit.tokenizer import TextTokenizer, cached_bpe
+from lit.data.tokenizer import TextTokenizer, cached_bpe
 
 SPLITS = ("train", "val", "test")
 

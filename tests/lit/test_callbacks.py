@@ -3,7 +3,7 @@ an unknown GPU has no peak rather than a neighbour's."""
 
 import pytest
 
-from lit.system import GPU_PEAKS, gpu_model
+from tools.system import GPU_PEAKS, gpu_model
 
 
 @pytest.mark.parametrize("name, model", [

@@ -12,7 +12,7 @@ from lit.data import bible
 from lit.data.modules import TokenBudgetBatches
 from lit.specs import task_spec
 from lit.data.sources import DataError, load_pairs, load_text
-from lit.tokenizer import cached_bpe
+from lit.data.tokenizer import cached_bpe
 
 SHARED_MULTI30K = Path(__file__).resolve().parents[3] / "shared" / "data" / "multi30k"
 

@@ -241,7 +241,7 @@ def test_every_committed_runs_config_yaml_gives_its_run_id():
 
 
 def test_the_datas_facts_are_records_to_check_not_settings():
-    from lit.tokenizer import train_bpe
+    from lit.data.tokenizer import train_bpe
 
     tok = train_bpe(["in the beginning was the word"] * 20, 300)
     cfg = load_config([], ["model.vocab_size=5000"])  # a value given is a record, kept under derived

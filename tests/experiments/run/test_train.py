@@ -100,7 +100,7 @@ def _check_translations(cfg, result):
     import subprocess
     import sys
 
-    from lit.tokenizer import TextTokenizer
+    from lit.data.tokenizer import TextTokenizer
 
     run_dir = cfg.run_dir
     lines = {name: (run_dir / name).read_text(encoding="utf-8").split("\n") for name in ("test.src", "test.ref", "test.hyp")}
@@ -111,7 +111,7 @@ def _check_translations(cfg, result):
     assert float(cli.stdout.strip()) == pytest.approx(result["test/bleu"], abs=1e-5)
     assert 0 <= result["test/chrf"] <= 100
     tok = TextTokenizer.load(run_dir / "tokenizer.json")
-    assert tok.vocab_size == yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["vocab_size"]
+    assert tok.vocab_size == yaml.safe_load((run_dir / "config.yaml").read_text())["derived"]["vocab_size"]
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import re
 
 import torch
 
-from lit import system
+from tools import system
 
 TWO_CORES_FOUR_THREADS = "\n\n".join(
     f"processor\t: {i}\nmodel name\t: Test CPU 9000\nphysical id\t: 0\ncore id\t\t: {i // 2}\n"

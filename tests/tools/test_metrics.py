@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lit.config import DataConfig, TaskConfig
 from lit.specs import task_spec
-from lit.metrics import corpus_bleu, corpus_chrf
+from tools.metrics import corpus_bleu, corpus_chrf
 from lit.tasks import LanguageModelTask, lr_multiplier
 from variants import ModelConfig
 
