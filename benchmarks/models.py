@@ -187,7 +187,7 @@ class TorchTransformerSeq2Seq(nn.Module):
         if cfg.ffn not in ("relu", "gelu"):
             raise NotImplementedError(f"torch.nn.Transformer has no {cfg.ffn!r} feed-forward")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+        self.scale = math.sqrt(cfg.d_model) if cfg.embeddings_scaled else 1.0
         table = Sinusoidal(cfg).table(torch.arange(cfg.max_seq_len))  # our ``sinusoidal`` scheme's
         self.register_buffer("table", table, persistent=False)
         self.core = nn.Transformer(

@@ -47,17 +47,45 @@ def _sweep(args: argparse.Namespace) -> int:
                                 parse_runs_per_gpu(args.runs_per_gpu))
         chosen.check(options)
         sweep = _load_sweep(args)
-        for run in sweep.runs:  # every run's Trainer settings before any run starts
+        for run in [*sweep.tune_runs, *sweep.runs]:  # every run's Trainer settings before any run starts
             try:
                 check_trainer(run.cfg.trainer)
                 if chosen.runs_here:
                     check_runnable_here(run.cfg.trainer, run.cfg.perf)
             except ConfigError as err:
                 raise SweepError(f"{sweep.path}: run {run.name}: {err}") from None
-        return chosen.run(sweep, options)
+        if sweep.tune is None:
+            if args.stage:
+                raise SweepError(f"{sweep.path}: --stage {args.stage}: this sweep has no tune: section (one stage)")
+            return chosen.run(sweep, options)
+        return _staged(args, chosen, options, sweep)
     except SweepError as err:
         report_error("ablate sweep", err)
         return 2
+
+
+def _staged(args: argparse.Namespace, chosen, options, sweep) -> int:
+    """A tuned sweep: the tuning stage, the choices it allows recorded, then the confirmation runs
+    at those choices (``--stage`` runs one of the two)."""
+    from experiments.sweep import tuning
+
+    code = 0
+    if args.stage in (None, "tune"):
+        code = chosen.run(sweep.stage("tune"), options)
+        data = tuning.record_sweep(sweep)
+        print(f"tuning choices ({data['metric']}, {data['mode']}; recorded in {sweep.root / tuning.TUNING_FILE}):")
+        print("\n".join(tuning.describe(data, sweep.variants)))
+        if args.stage == "tune" or code == 130:
+            return code
+        sweep = _load_sweep(args)  # the confirmation runs at the choices just recorded
+    view = sweep.stage("confirm")
+    waiting = [r.name for r in sweep.runs if r.awaiting]
+    if view.runs:
+        code = chosen.run(view, options) or code
+    if waiting:
+        print(f"{len(waiting)} confirmation run(s) wait for their variant's tuning; run ablate sweep again "
+              f"once its tuning runs have finished (ablate status shows them)")
+    return code
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -236,6 +264,9 @@ def _add_sweep(commands) -> None:
                             "when a daemon can be started; 'auto' picks K from a short probe of the first run")
     sweep.add_argument("--retry-failed", action="store_true", help="rerun runs that failed")
     sweep.add_argument("--wait", action="store_true", help="slurm: wait for the job array and print the table")
+    sweep.add_argument("--stage", choices=("tune", "confirm"), default=None,
+                       help="a sweep with a tune: section: run only its tuning runs, or only the confirmation runs "
+                            "whose variant's choice is recorded (default: both, in that order)")
     sweep.set_defaults(func=_sweep)
 
 

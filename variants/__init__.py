@@ -4,7 +4,7 @@
 """
 
 # Importing the component modules registers their entries.
-from variants import attention, ffn, norms, positions  # noqa: F401
+from variants import attention, ffn, init, norms, positions  # noqa: F401
 from variants.attention import KVCache
 from variants.config import ModelConfig
 from variants.models import DecoderLM, EncoderDecoder, build_model

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from variants.init import residual_output
 from variants.positions import apply_rotary
 from variants.registry import ATTENTIONS
 
@@ -249,7 +250,7 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = cfg.head_dim
         self.dropout = cfg.dropout
         self.cross = cross
-        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.out = residual_output(nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias))
         if cross:
             self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
             self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=cfg.bias)

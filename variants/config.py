@@ -35,6 +35,7 @@ class ModelConfig:
     position: str = "learned"
     ffn: str = "gelu"
     attention: str = "mha"
+    init: str = "gpt2"  # parameter initialisation (variants/init.py)
     # finer controls
     n_encoder_layers: Optional[int] = None  # seq2seq; default n_layers
     n_decoder_layers: Optional[int] = None  # seq2seq; default n_layers
@@ -46,7 +47,7 @@ class ModelConfig:
     t5_max_distance: int = 128  # position 't5': distances from here on share the last bucket
     pad_id: Optional[int] = 0  # None: no token is padding
     tie_embeddings: bool = True  # output head shares the (joint) token embedding
-    scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model)
+    scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (init 'xavier' does so itself)
     embed_norm: bool = False  # a norm right after the embeddings (BLOOM)
     init_std: float = 0.02
 
@@ -81,12 +82,20 @@ class ModelConfig:
             raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
         if self.pad_id is not None and not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"pad_id ({self.pad_id}) must lie in [0, vocab_size={self.vocab_size})")
+        if self.scale_embeddings and REGISTRIES["init"].get(self.init).scales_embeddings:
+            raise ValueError(f"init {self.init!r} scales the token embeddings by sqrt(d_model) itself; "
+                             f"leave scale_embeddings false")
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def embeddings_scaled(self) -> bool:
+        """Token embeddings multiplied by sqrt(d_model): asked for, or part of the init scheme."""
+        return self.scale_embeddings or REGISTRIES["init"].get(self.init).scales_embeddings
 
     @property
     def encoder_layers(self) -> int:
@@ -101,10 +110,11 @@ class ModelConfig:
         return {slot: getattr(self, slot) for slot in REGISTRIES}
 
     def components_name(self) -> str:
-        """``norm-placement-position-ffn``, then the attention when it is not ``mha`` (names of
-        runs made before attention was a slot stay as they were)."""
+        """``norm-placement-position-ffn``, then the attention when it is not ``mha`` and the init
+        when it is not ``gpt2`` (names of runs made before those were slots stay as they were)."""
         parts = [self.norm, self.norm_position, self.position, self.ffn]
-        return "-".join(parts + ([self.attention] if self.attention != "mha" else []))
+        parts += [self.attention] if self.attention != "mha" else []
+        return "-".join(parts + ([self.init] if self.init != "gpt2" else []))
 
     def replace(self, **changes) -> "ModelConfig":
         """A copy with some fields changed (validated again)."""

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from variants.init import residual_output
 from variants.registry import FFNS
 
 
@@ -44,7 +45,7 @@ class MLP(nn.Module):
         super().__init__()
         self.hidden = self.hidden_width(cfg)
         self.up = nn.Linear(cfg.d_model, self.hidden, bias=cfg.bias)
-        self.down = nn.Linear(self.hidden, cfg.d_model, bias=cfg.bias)
+        self.down = residual_output(nn.Linear(self.hidden, cfg.d_model, bias=cfg.bias))
 
     @staticmethod
     def hidden_width(cfg) -> int:
@@ -67,7 +68,7 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.hidden = self.hidden_width(cfg)
         self.gate_up = nn.Linear(cfg.d_model, 2 * self.hidden, bias=cfg.bias)
-        self.down = nn.Linear(self.hidden, cfg.d_model, bias=cfg.bias)
+        self.down = residual_output(nn.Linear(self.hidden, cfg.d_model, bias=cfg.bias))
 
     @staticmethod
     def hidden_width(cfg) -> int:

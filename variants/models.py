@@ -20,7 +20,7 @@ from variants.attention import (AttentionInputs, KVCache, cross_attention_inputs
                                 self_attention_inputs)
 from variants.config import ModelConfig
 from variants.loss import linear_cross_entropy
-from variants.registry import ATTENTIONS, FFNS, NORM_POSITIONS, NORMS, POSITIONS, REGISTRIES
+from variants.registry import ATTENTIONS, FFNS, INITS, NORM_POSITIONS, NORMS, POSITIONS, REGISTRIES
 
 
 class Block(nn.Module):
@@ -110,21 +110,13 @@ class TransformerBase(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.embeddings_scaled else 1.0
+        self.initializer = INITS.build(cfg.init, cfg)  # parameterless: names the scheme in the fingerprint
 
     def init_weights(self) -> None:
-        """Normal(0, init_std) for matrices and embeddings; residual output projections scaled
-        by 1/sqrt(2 * layers) (GPT-2); zero biases; norms at identity."""
-        std = self.cfg.init_std
+        """Every parameter by the run's ``init`` scheme (:mod:`variants.init`)."""
         depth = sum(len(m.blocks) for m in self.modules() if isinstance(m, Stack))
-        for name, p in self.named_parameters():
-            if p.dim() >= 2:
-                scale = 1 / math.sqrt(2 * depth) if name.endswith(("out.weight", "down.weight")) else 1.0
-                nn.init.normal_(p, 0.0, std * scale)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
-            else:
-                nn.init.ones_(p)
+        self.initializer.apply(self, depth)
 
     def padding(self, tokens: torch.Tensor) -> Optional[torch.Tensor]:
         """(B, T) bool, False at ``pad_id``; None when the config has no pad id."""

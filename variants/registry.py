@@ -65,5 +65,6 @@ NORM_POSITIONS: Registry = Registry("norm_position")
 POSITIONS: Registry = Registry("position")
 FFNS: Registry = Registry("ffn")
 ATTENTIONS: Registry = Registry("attention")
+INITS: Registry = Registry("init")
 
-REGISTRIES: dict[str, Registry] = {r.slot: r for r in (NORMS, NORM_POSITIONS, POSITIONS, FFNS, ATTENTIONS)}
+REGISTRIES: dict[str, Registry] = {r.slot: r for r in (NORMS, NORM_POSITIONS, POSITIONS, FFNS, ATTENTIONS, INITS)}

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from experiments.run.config import ConfigError, RunConfig, load_config
 from experiments.run.rundir import metric_records, read_status
 from experiments.sweep.spec import Sweep, SweepError
+from experiments.sweep.tuning import TUNING_FILE
 from lit.specs import TaskSpec, task_spec
 
 COPIED = ("status.json", "metrics.jsonl", "config.yaml", "test.hyp")
@@ -49,7 +50,10 @@ def collect(sweep: Sweep, out: Path) -> list[Record]:
     from those copies. A run with neither is read from the ``runs`` list of an earlier
     ``<out>/report.json`` when it has one (reports built before run files were kept)."""
     runs_dir = out / "runs"
-    for run in sweep.runs:
+    if (sweep.root / TUNING_FILE).is_file():  # the recorded choices, beside the runs they were made from
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sweep.root / TUNING_FILE, out / TUNING_FILE)
+    for run in [*sweep.tune_runs, *sweep.runs]:
         src = run.run_dir
         if not (src / "status.json").is_file():
             continue
@@ -75,6 +79,11 @@ def collect(sweep: Sweep, out: Path) -> list[Record]:
                             environment=e.get("environment") or {}, summary_only=True)
         records.append(record)
     return records
+
+
+def tune_records(sweep: Sweep, out: Path) -> list[Record]:
+    """The tuning runs, read from their copies in ``<out>/runs/`` (never part of a verdict)."""
+    return [_read(run.name, run.variant, run.seed, out / "runs" / run.name) for run in sweep.tune_runs]
 
 
 def _earlier_runs(out: Path) -> dict[str, dict[str, Any]]:

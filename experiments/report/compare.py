@@ -13,7 +13,8 @@ from typing import Any, Optional
 from experiments.report import stats
 from experiments.report.collect import Record, Report
 from experiments.report.stats import better
-from experiments.sweep.spec import FindingSpec, Sweep, SweepError, variant_matching
+from experiments.sweep.findings import FindingSpec, variant_matching
+from experiments.sweep.spec import Sweep, SweepError
 
 
 def delta(records: list[Record], variant: str, against: str, metric: str) -> Optional[stats.Delta]:

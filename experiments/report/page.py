@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from experiments.report.collect import Record, Report, collect
+from experiments.report.collect import Record, Report, collect, tune_records
 from experiments.report.compare import Comparison, bleu_tests, family
 from experiments.report.plots import PLOTS, plot_curves, plot_extrapolation, plot_throughput
 from experiments.report.tables import (bleu_tests_table, delta_table, findings_table, not_averaged, results_table,
-                                       samples)
+                                       samples, tuning_lines)
 from experiments.sweep.spec import Sweep, SweepError, load_sweep
+from experiments.sweep.tuning import TUNING_FILE
 from tools.metrics import corpus_chrf
 
 def _environment_lines(records: list[Record]) -> list[str]:
@@ -119,6 +120,16 @@ def intro(page: Page) -> list[str]:
     return lines
 
 
+def tuning(page: Page) -> list[str]:
+    """How each variant's settings were chosen (sweeps with a ``tune:`` section)."""
+    rep = page.rep
+    if rep.sweep.tune is None:
+        return []
+    path = rep.out / TUNING_FILE
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return ["## Tuning", "", *tuning_lines(rep, data, tune_records(rep.sweep, rep.out)), ""]
+
+
 def results(page: Page) -> list[str]:
     """The per-variant table and what its columns mean."""
     rep = page.rep
@@ -203,8 +214,8 @@ def reproduce(page: Page) -> list[str]:
 
 
 # The page, section by section, in order; each turns the Page into its lines (none: left out).
-SECTIONS: list[Callable[[Page], list[str]]] = [intro, results, against_baseline, runs_and_plots, findings, reading,
-                                               reproduce]
+SECTIONS: list[Callable[[Page], list[str]]] = [intro, tuning, results, against_baseline, runs_and_plots, findings,
+                                               reading, reproduce]
 
 
 def _run_summary(r: Record, metrics: list[str]) -> dict[str, Any]:

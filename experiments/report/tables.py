@@ -125,3 +125,57 @@ def samples(rep: Report, count: int = 3) -> list[str]:
     return lines
 
 
+
+
+def tuning_lines(rep: Report, data: dict[str, Any], records: list) -> list[str]:
+    """The Tuning section's text and table: every variant's final validation value at every tuning
+    point (the chosen one in bold), its choice, and an edge warning; ``data`` is ``tuning.json``."""
+    tune = rep.sweep.tune
+    keys = list(tune.grid)
+    points = [dict(zip(keys, combo)) for combo in _product(tune.grid)]
+    metric, mode = tune.select.metric, tune.select.mode
+    steps = rep.sweep.tune_runs[0].cfg.trainer.get("max_steps")
+    lines = [f"Every variant ran the same {len(points)} tuning points × {len(tune.seeds)} tuning seed(s) "
+             f"({', '.join(map(str, tune.seeds))}), {len(points) * len(tune.seeds)} runs of {steps} steps each, "
+             f"validating only (the test set is never seen). Each variant's own best point on the final {metric} "
+             f"({'lowest' if mode == 'min' else 'highest'}, mean over tuning seeds; a diverged run never wins) is "
+             f"recorded in `tuning.json` once all its tuning runs are final, and its confirmation seeds "
+             f"({', '.join(map(str, rep.sweep.seeds))}) train there; only those enter the tables and verdicts.", ""]
+    header = ["variant", *[", ".join(f"{k.split('.')[-1]} {v}" for k, v in p.items()) for p in points], "chosen"]
+    lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(points) + "---|"]
+    warnings = []
+    for variant in rep.sweep.variants:
+        choice = (data.get("variants") or {}).get(variant)
+        cells = []
+        for point in points:
+            mine = [r for r in records if r.variant == variant and _tuned(rep, r.name) == point]
+            values = [r.metrics.get(metric) for r in mine if r.state == "completed"]
+            states = {r.state for r in mine}
+            if values and all(v is not None for v in values) and len(values) == len(mine):
+                text = f"{sum(values) / len(values):,.2f}"
+            else:
+                text = "diverged" if "diverged" in states else next(iter(states - {"completed"}), "-")
+            chosen = choice is not None and choice.get("chosen") == point
+            cells.append(f"**{text}**" if chosen else text)
+        if choice is None:
+            final = sum(r.state in ("completed", "diverged") for r in records if r.variant == variant)
+            verdict = f"not chosen yet ({final}/{len(points) * len(tune.seeds)} tuning runs final)"
+        elif choice.get("chosen") is None:
+            verdict = f"nothing to choose: {choice.get('reason')}"
+        else:
+            verdict = ", ".join(f"{k} = {v}" for k, v in choice["chosen"].items())
+            if choice.get("edge"):
+                warnings.append(f"- **{variant}**: chosen on the edge of the grid in {', '.join(choice['edge'])}: "
+                                f"its best setting may lie beyond it (extend the grid).")
+        lines.append("| " + " | ".join([variant, *cells, verdict]) + " |")
+    return lines + ([""] + warnings if warnings else [])
+
+
+def _product(grid: dict[str, list]) -> list[tuple]:
+    import itertools
+
+    return list(itertools.product(*grid.values()))
+
+
+def _tuned(rep: Report, name: str) -> dict[str, Any]:
+    return next((r.tuned for r in rep.sweep.tune_runs if r.name == name), {})

@@ -32,6 +32,7 @@ class RunSection:
     root: str = "runs"
     experiment: str = "default"
     name: Optional[str] = None  # default: the components and the seed
+    test: bool = True  # false: fit and validate only, never look at the test set (tuning runs)
 
 
 @dataclass
@@ -203,7 +204,7 @@ _NOT_IN_RUN_ID = ("run.root", "logger", "wandb", "perf", "checkpoint", "derived"
 # Keys added after runs were made, with the value that computes what those runs computed: left out
 # of the run id at that value, so existing run directories keep their ids (and resume).
 _ADDED_LATER = {"model.attention": "mha", "model.t5_num_buckets": 32, "model.t5_max_distance": 128,
-                "data.length_multiple": 1}
+                "data.length_multiple": 1, "model.init": "gpt2", "run.test": True}
 
 
 def check_yaml_mapping(path: Path, what: str) -> None:

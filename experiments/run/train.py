@@ -237,7 +237,7 @@ def _log_to_wandb(cfg: RunConfig, task, data, step: int, rid: str) -> None:
 
 def _fit_and_test(cfg: RunConfig, trainer: L.Trainer, task, data, resume_from: Optional[Path], lead: bool,
                   guard: DivergenceGuard, on_error) -> dict[str, float]:
-    """Fit, then test unless the run diverged. Returns the final metrics (``test_s``: seconds
+    """Fit, then test unless the run diverged or ``run.test`` is false. Returns the final metrics (``test_s``: seconds
     spent testing); ``on_error(state, err)`` records a failed or interrupted run before the
     exception goes on."""
     test_s = 0.0
@@ -248,7 +248,7 @@ def _fit_and_test(cfg: RunConfig, trainer: L.Trainer, task, data, resume_from: O
         trainer.fit(task, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
                     weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if guard.message is None:
+        if guard.message is None and cfg.run.test:
             test_start = time.time()
             trainer.test(task, datamodule=data, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})

@@ -17,6 +17,14 @@ A sweep file (``configs/sweeps/*.yaml``)::
     findings:                                      # published claims the report checks
       - {claim: "RoPE beats learned positions", variant: {model.position: rope}, metric: test/ppl, expect: lower}
     notes: free text printed under the findings in the report
+    tune:                                          # optional: each variant tuned on its own (tuning.py)
+      grid: {task.lr: [5.0e-4, 1.0e-3, 2.0e-3]}
+      seeds: [100]
+      select: {metric: val/ppl, mode: min}
+
+With ``tune:``, every variant first runs every tuning point at the tuning seeds (``tune_runs``,
+named ``<variant>-tune-<values>-s<seed>``); the confirmation runs (``runs``) of a variant train
+at its recorded choice, and wait (``awaiting``) until it is made.
 
 Every run gets a stable name (its components, any other grid keys, and the seed), a directory
 ``<run.root>/<sweep name>/<run name>`` and a run id hashed from its resolved config. Expansion
@@ -31,72 +39,23 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import yaml
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from experiments.run.config import ConfigError, RunConfig, load_config, run_id
+from experiments.sweep import tuning
+from experiments.sweep.findings import FindingError, FindingSpec, check_finding, variant_matching
+from experiments.sweep.findings import flatten as _flatten
+from experiments.sweep.schema import SlurmSpec, SweepError, read_spec
+from experiments.sweep.tuning import TuneSpec, TuningError
 from variants import REGISTRIES
 
-
-@dataclass
-class SlurmSpec:
-    """The ``slurm:`` section of a sweep file (submitit's executor settings)."""
-
-    cluster: Optional[str] = None  # "local": submitit's local executor (how the path is tested)
-    partition: Optional[str] = None
-    time_min: int = 240
-    gpus_per_node: int = 1
-    cpus_per_task: Optional[int] = None
-    mem_gb: Optional[float] = None
-    array_parallelism: Optional[int] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    additional_parameters: Optional[Dict[str, Any]] = None
-
-
-@dataclass
-class FindingSpec:
-    """A published claim the report tests: ``variant`` against ``against`` (default the
-    baseline) on ``metric``, expected ``lower``, ``higher`` or ``none`` (no difference)."""
-
-    claim: str = MISSING
-    variant: Dict[str, Any] = MISSING
-    metric: str = MISSING
-    against: Optional[Dict[str, Any]] = None
-    expect: str = "lower"
-
-
-@dataclass
-class SweepSpec:
-    """A sweep file, validated as a structured OmegaConf config like the run configs are."""
-
-    name: Optional[str] = None  # default: the file's stem
-    description: str = ""
-    configs: List[str] = field(default_factory=list)  # base experiment configs, merged left to right
-    overrides: Dict[str, Any] = field(default_factory=dict)  # fixed settings of every run
-    grid: Dict[str, Any] = field(default_factory=dict)  # key -> list of values
-    exclude: List[Dict[str, Any]] = field(default_factory=list)
-    include: List[Dict[str, Any]] = field(default_factory=list)
-    seeds: List[int] = field(default_factory=lambda: [0])
-    baseline: Optional[Dict[str, Any]] = None
-    slurm: SlurmSpec = field(default_factory=SlurmSpec)
-    findings: List[Any] = field(default_factory=list)  # FindingSpec mappings, checked one by one
-    notes: Optional[str] = None
-
-
-SWEEP_KEYS = tuple(f.name for f in dataclasses.fields(SweepSpec))
-SLURM_KEYS = tuple(f.name for f in dataclasses.fields(SlurmSpec))
-FINDING_KEYS = tuple(f.name for f in dataclasses.fields(FindingSpec))
 
 COMPONENT_KEYS = tuple(f"model.{slot}" for slot in REGISTRIES)
 
 
-class SweepError(ValueError):
-    """A problem with a sweep file; the message names the file and the key."""
+STAGES = ("tune", "confirm")
 
 
 @dataclass
@@ -108,6 +67,9 @@ class SweepRun:
     overrides: list[str]  # dotted key=value on top of the sweep's configs
     cfg: RunConfig
     run_id: str
+    stage: str = "confirm"  # "tune": a tuning run (never in a verdict)
+    tuned: dict[str, Any] = field(default_factory=dict)  # the tuning point it trains at
+    awaiting: Optional[str] = None  # why a confirmation run cannot start yet (its variant's tuning)
 
     @property
     def run_dir(self) -> Path:
@@ -133,6 +95,22 @@ class Sweep:
     cli_overrides: list[str] = field(default_factory=list)
     findings: list[FindingSpec] = field(default_factory=list)  # published claims the report tests
     notes: Optional[str] = None  # free text the report prints under the findings
+    tune: Optional[TuneSpec] = None
+    tune_runs: list[SweepRun] = field(default_factory=list)  # every variant x tuning point x tuning seed
+    choices: dict[str, Any] = field(default_factory=dict)  # tuning.json: variant -> its recorded choice
+    staged: Optional[str] = None  # a view of one stage (see stage()): "tune" or "confirm"
+    whole: Optional["Sweep"] = field(default=None, repr=False)  # the sweep a view was taken of
+
+    def stage(self, stage: str) -> "Sweep":
+        """This sweep with ``runs`` = the runs of one stage that can start: every tuning run, or
+        the confirmation runs not awaiting a choice (what a launcher is handed)."""
+        runs = self.tune_runs if stage == "tune" else [r for r in self.runs if r.awaiting is None]
+        seeds = self.tune.seeds if stage == "tune" and self.tune else self.seeds
+        return dataclasses.replace(self, runs=runs, seeds=seeds, staged=stage, whole=self)
+
+    @property
+    def title(self) -> str:
+        return self.name + {"tune": " (tuning stage)", "confirm": " (confirmation stage)"}.get(self.staged or "", "")
 
     @property
     def variants(self) -> list[str]:
@@ -140,7 +118,7 @@ class Sweep:
 
     @property
     def root(self) -> Path:
-        return self.runs[0].cfg.run_dir.parent
+        return (self.whole or self).runs[0].cfg.run_dir.parent
 
 
 def format_value(value: Any) -> str:
@@ -151,17 +129,6 @@ def format_value(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return yaml.safe_dump(value, default_flow_style=True).strip()
     return str(value)
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted keys; dotted keys pass through."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        flat.update(_flatten(value, dotted) if isinstance(value, dict) else {dotted: value})
-    return flat
 
 
 def _slug(value: Any) -> str:
@@ -193,7 +160,7 @@ def _matches(point: dict[str, Any], pattern: dict[str, Any]) -> bool:
 def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
     """Read and expand a sweep file; ``cli_overrides`` (dotted key=value) apply to every run."""
     path = Path(path)
-    text, spec = _read_spec(path)
+    text, spec = read_spec(path)
     name = str(spec.get("name") or path.stem)
     configs = [_resolve(str(c), path) for c in _as_list(spec.get("configs"), path, "configs")]
     if not configs:
@@ -206,6 +173,22 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
     grid, points = _points(spec, path)
     fixed = [f"{k}={format_value(v)}" for k, v in _flatten(spec.get("overrides") or {}).items()]
     runs = _expand(path, name, configs, fixed, points, seeds, cli_overrides)
+    tune, tune_runs, choices = None, [], {}
+    if spec.get("tune") is not None:
+        tune = _tune_spec(spec["tune"])
+        components = sorted(set(tune.grid) & set(COMPONENT_KEYS))
+        if components:
+            raise SweepError(f"{path}: tune.grid: {', '.join(components)} is a component slot: components are what "
+                             f"a sweep compares (put them in grid), settings are what it tunes")
+        try:
+            tuning.check(tune, str(path), list(grid), seeds)
+            choices = tuning.read_choices(runs[0].cfg.run_dir.parent)
+            tuning.check_recorded(choices, tune, runs[0].cfg.run_dir.parent)
+        except TuningError as err:
+            raise SweepError(str(err)) from None
+        choices = choices.get("variants", {})
+        tune_runs = _expand(path, name, configs, fixed, points, tune.seeds, cli_overrides, tune=tune.grid)
+        runs = [_at_choice(path, name, configs, fixed, r, cli_overrides, choices.get(r.variant)) for r in runs]
     baseline = None
     if spec.get("baseline") is not None:
         pattern = _flatten(spec["baseline"])
@@ -215,29 +198,18 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
                              f"it must match exactly one")
         baseline = found[0]
         runs = [_as_baseline(r) if r.variant == baseline else r for r in runs]
+    if baseline is not None:
+        tune_runs = [_as_baseline(r) if r.variant == baseline else r for r in tune_runs]
     sweep = Sweep(path, name, str(spec.get("description") or ""), configs, grid, seeds, baseline,
-                  slurm, runs, text, list(cli_overrides), notes=spec.get("notes"))
+                  slurm, runs, text, list(cli_overrides), notes=spec.get("notes"), tune=tune, tune_runs=tune_runs,
+                  choices=choices)
     for i, finding in enumerate(_as_list(spec.get("findings"), path, "findings")):
-        _check_finding(sweep, finding, i)
+        try:
+            check_finding(sweep, finding, i)
+        except FindingError as err:
+            raise SweepError(str(err)) from None
         sweep.findings.append(FindingSpec(**finding))
     return sweep
-
-
-def _read_spec(path: Path) -> tuple[str, dict[str, Any]]:
-    """The sweep file's text and its mapping, checked against :class:`SweepSpec`."""
-    if not path.is_file():
-        raise SweepError(f"{path}: sweep file not found")
-    text = path.read_text()
-    try:
-        spec = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(spec, dict):
-        raise SweepError(f"{path}: a sweep file is a mapping with keys {', '.join(SWEEP_KEYS)}")
-    unknown = sorted(set(spec) - set(SWEEP_KEYS))
-    if unknown:
-        raise SweepError(f"{path}: unknown key(s) {', '.join(unknown)}; a sweep file has: {', '.join(SWEEP_KEYS)}")
-    return text, _validated(spec, path)
 
 
 def _points(spec: dict[str, Any], path: Path) -> tuple[dict[str, list], list[dict[str, Any]]]:
@@ -261,23 +233,15 @@ def _points(spec: dict[str, Any], path: Path) -> tuple[dict[str, list], list[dic
 
 
 def _expand(path: Path, name: str, configs: list[Path], fixed: list[str], points: list[dict[str, Any]],
-            seeds: list[int], cli_overrides: Sequence[str]) -> list[SweepRun]:
-    """One run per point and seed, each config loaded (and so validated) now; run names unique."""
+            seeds: list[int], cli_overrides: Sequence[str], tune: Optional[dict[str, list]] = None) -> list[SweepRun]:
+    """One run per point and seed, each config loaded (and so validated) now; run names unique.
+    With ``tune`` (a tuning grid): one tuning run per point, tuning point and seed instead."""
     runs: list[SweepRun] = []
     for point in points:
-        for seed in seeds:
-            overrides = [*fixed, *(f"{k}={format_value(v)}" for k, v in point.items()), f"seed={seed}",
-                         f"run.experiment={name}", f"wandb.sweep={name}", *cli_overrides]
-            try:
-                cfg = load_config(configs, overrides)
-            except ConfigError as err:
-                where = ", ".join(f"{k}={format_value(v)}" for k, v in point.items()) or "base"
-                raise SweepError(f"{path}: variant {where}: {err}") from None
-            variant = run_name(cfg, point)
-            name_ = f"{variant}-s{seed}"
-            overrides.append(f"run.name={name_}")
-            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name_))
-            runs.append(SweepRun(name_, variant, point, seed, overrides, cfg, run_id(cfg)))
+        for tuned in tuning.points(tune) if tune else [{}]:
+            for seed in seeds:
+                runs.append(_run(path, name, configs, fixed, point, seed, cli_overrides, tuned,
+                                 "tune" if tune else "confirm"))
     seen: dict[str, SweepRun] = {}
     for run in runs:
         if run.name in seen:
@@ -287,71 +251,48 @@ def _expand(path: Path, name: str, configs: list[Path], fixed: list[str], points
     return runs
 
 
+def _run(path: Path, name: str, configs: list[Path], fixed: list[str], point: dict[str, Any], seed: int,
+         cli_overrides: Sequence[str], tuned: dict[str, Any], stage: str) -> SweepRun:
+    """One run, its config loaded now. A tuning run never tests (``run.test=false``); the tuned
+    values are set after the variant's own, and its name gets them between variant and seed."""
+    values = [*point.items(), *tuned.items()]
+    overrides = [*fixed, *(f"{k}={format_value(v)}" for k, v in values), f"seed={seed}",
+                 f"run.experiment={name}", f"wandb.sweep={name}", *(["run.test=false"] if stage == "tune" else []),
+                 *cli_overrides]
+    try:
+        cfg = load_config(configs, overrides)
+    except ConfigError as err:
+        where = ", ".join(f"{k}={format_value(v)}" for k, v in values) or "base"
+        raise SweepError(f"{path}: {'tuning point' if stage == 'tune' else 'variant'} {where}: {err}") from None
+    variant = run_name(cfg, point)
+    label = "".join(f"-{key.split('.')[-1]}{_slug(value)}" for key, value in tuned.items())
+    name_ = f"{variant}-tune{label}-s{seed}" if stage == "tune" else f"{variant}-s{seed}"
+    overrides.append(f"run.name={name_}")
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name_))
+    return SweepRun(name_, variant, point, seed, overrides, cfg, run_id(cfg), stage, tuned)
+
+
+def _at_choice(path: Path, name: str, configs: list[Path], fixed: list[str], run: SweepRun,
+               cli_overrides: Sequence[str], choice: Optional[dict[str, Any]]) -> SweepRun:
+    """A confirmation run at its variant's recorded tuning choice, or marked as awaiting it."""
+    if choice is None:
+        return dataclasses.replace(run, awaiting="waits for its variant's tuning")
+    if choice.get("chosen") is None:
+        return dataclasses.replace(run, awaiting=f"cannot start: its variant's tuning chose nothing ({choice.get('reason')})")
+    chosen = _run(path, name, configs, fixed + [f"{k}={format_value(v)}" for k, v in choice["chosen"].items()],
+                  run.point, run.seed, cli_overrides, {}, "confirm")
+    return dataclasses.replace(chosen, tuned=dict(choice["chosen"]))
+
+
+def _tune_spec(raw: dict[str, Any]) -> TuneSpec:
+    select = tuning.SelectSpec(**(raw.get("select") or {}))
+    return TuneSpec(grid=_flatten(raw.get("grid") or {}), seeds=list(raw.get("seeds") or []), select=select)
+
+
 def _as_baseline(run: SweepRun) -> SweepRun:
     """A run of the baseline variant, marked so in W&B (``wandb.*`` is not part of the run id)."""
     cfg = dataclasses.replace(run.cfg, wandb=dataclasses.replace(run.cfg.wandb, baseline=True))
     return dataclasses.replace(run, overrides=[*run.overrides, "wandb.baseline=true"], cfg=cfg)
-
-
-def _validated(spec: dict[str, Any], path: Path) -> dict[str, Any]:
-    """``spec`` checked against :class:`SweepSpec` (keys and types), as plain containers."""
-    spec = dict(spec)
-    if spec.get("seeds") is not None and not isinstance(spec["seeds"], list):
-        spec["seeds"] = [spec["seeds"]]  # one seed may be written without brackets
-    for key in ("slurm", "overrides", "grid", "baseline"):
-        if spec.get(key) is None:
-            spec.pop(key, None)
-    stray = sorted(set(spec.get("slurm") or {}) - set(SLURM_KEYS)) if isinstance(spec.get("slurm"), dict) else []
-    if stray:
-        raise SweepError(f"{path}: slurm: unknown key(s) {', '.join(stray)}; choices: {', '.join(SLURM_KEYS)}")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(SweepSpec), OmegaConf.create(spec))
-        return OmegaConf.to_container(merged, resolve=False)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        hint = {"seeds": "give a non-empty list of integers"}.get(str(key).split("[")[0], "")
-        raise SweepError(f"{path}: {key}: {hint + ': ' if hint else ''}{str(err).splitlines()[0]}") from None
-
-
-def variant_matching(runs: Sequence[SweepRun], pattern: dict[str, Any]) -> list[str]:
-    """The variants whose config has the values of ``pattern`` (dotted keys); among several,
-    the one whose own grid values are exactly ``pattern`` when there is one."""
-    flat = _flatten(pattern)
-    found = list(dict.fromkeys(r.variant for r in runs if _matches_cfg(r.cfg, flat)))
-    exact = list(dict.fromkeys(r.variant for r in runs if r.variant in found and r.point == flat))
-    return exact if len(found) > 1 and exact else found
-
-
-def _check_finding(sweep: Sweep, finding: Any, i: int) -> None:
-    where = f"{sweep.path}: findings[{i}]"
-    if not isinstance(finding, dict):
-        raise SweepError(f"{where}: a mapping with keys {', '.join(FINDING_KEYS)}")
-    stray = sorted(set(finding) - set(FINDING_KEYS))
-    missing = [k for k in ("claim", "variant", "metric") if k not in finding]
-    if stray or missing:
-        raise SweepError(f"{where}: " + "; ".join(
-            ([f"unknown key(s) {', '.join(stray)}"] if stray else []) + ([f"missing {', '.join(missing)}"] if missing else []))
-            + f" (keys: {', '.join(FINDING_KEYS)})")
-    if finding.get("expect", "lower") not in ("lower", "higher", "none"):
-        raise SweepError(f"{where}: expect must be lower, higher or none, got {finding['expect']!r}")
-    for key in ("variant", "against"):
-        if key in finding:
-            found = variant_matching(sweep.runs, finding[key])
-            if len(found) != 1:
-                raise SweepError(f"{where}: {key} {finding[key]} matches {len(found)} variants "
-                                 f"({', '.join(found) or 'none'}); it must match exactly one")
-    if "against" not in finding and sweep.baseline is None:
-        raise SweepError(f"{where}: no 'against' and no baseline to compare with")
-
-
-def _matches_cfg(cfg: RunConfig, pattern: dict[str, Any]) -> bool:
-    for key, value in pattern.items():
-        node: Any = cfg
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
-        if node != value:
-            return False
-    return True
 
 
 def _as_list(value: Any, path: Path, key: str) -> list:

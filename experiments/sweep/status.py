@@ -16,8 +16,9 @@ def headline_metrics(task: str) -> tuple[str, str]:
 
 
 def run_state(run: SweepRun) -> dict[str, Any]:
-    """State, step and metrics of one run, read from its directory."""
-    status = read_status(run.run_dir)
+    """State, step and metrics of one run, read from its directory (``awaiting``: a confirmation
+    run whose variant's tuning choice is not recorded yet)."""
+    status = {"state": "awaiting", "message": run.awaiting} if run.awaiting else read_status(run.run_dir)
     val_key, test_key = headline_metrics(run.cfg.task.name)
     metrics = status.get("metrics") or {}
     row = {"name": run.name, "variant": run.variant, "seed": run.seed, "state": status["state"],
@@ -47,7 +48,11 @@ def format_counts(c: Counter) -> str:
 
 
 def status_table(sweep: Sweep) -> tuple[str, list[dict[str, Any]]]:
-    rows = [run_state(run) for run in sweep.runs]
+    """The table of ``ablate status``: with a ``tune:`` section, the tuning runs first, then the
+    confirmation runs, each stage with its counts."""
+    whole = sweep.tune_runs and not sweep.staged  # a launcher's view of one stage shows that stage alone
+    stages = [("tuning", sweep.tune_runs), ("confirmation", sweep.runs)] if whole else [("", sweep.runs)]
+    rows = [run_state(run) for _, runs in stages for run in runs]
     val_key, test_key = headline_metrics(sweep.runs[0].cfg.task.name)
     header = ["run", "state", "step", val_key, test_key, "wall"]
     body = []
@@ -62,8 +67,17 @@ def status_table(sweep: Sweep) -> tuple[str, list[dict[str, Any]]]:
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"  {r['name']}: {r['message']}" for r in rows if r["message"] and r["state"] in ("failed", "diverged")]
-    text = "\n".join([f"sweep {sweep.name}: {len(rows)} runs in {sweep.root}", *lines, "",
-                      format_counts(counts(rows)), *notes])
+    totals = [format_counts(counts(rows))]
+    if whole:
+        start, totals = 2, []
+        for stage, runs in stages:
+            lines.insert(start, f"-- {stage} runs" + (" (never in a verdict)" if stage == "tuning" else ""))
+            start += len(runs) + 1
+            totals.append(f"{stage}: {format_counts(counts(rows[len(sweep.tune_runs):] if stage != 'tuning' else rows[:len(sweep.tune_runs)]))}")
+        waiting = sum(r["state"] == "awaiting" for r in rows)
+        if waiting:
+            totals.append(f"{waiting} confirmation run(s) await their variant's tuning choice")
+    text = "\n".join([f"sweep {sweep.name}: {len(rows)} runs in {sweep.root}", *lines, "", *totals, *notes])
     return text, rows
 
 

@@ -67,7 +67,8 @@ def marian(**kw):
 
 
 def fingerprint(position, norm_position, norm, ffn, attention="mha"):
-    return {"position": position, "norm_position": norm_position, "norm": norm, "ffn": ffn, "attention": attention}
+    return {"position": position, "norm_position": norm_position, "norm": norm, "ffn": ffn, "attention": attention,
+            "init": "gpt2"}
 
 
 def assert_logits_close(ours, theirs):

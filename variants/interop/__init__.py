@@ -122,7 +122,7 @@ _EXPORTS = {name: (family.KIND, family.EXPORT_SLOTS, family.HF_CLASS, family.hf_
             for name, family in _FAMILIES.items()}
 # fields the round trip must give back unchanged (the rest are sizes, set from the model)
 _ROUND_TRIP = ("kind", "norm", "norm_position", "position", "ffn", "attention", "bias", "norm_eps", "embed_norm",
-               "scale_embeddings", "tie_embeddings", "rope_base", "d_model", "n_heads", "vocab_size")
+               "embeddings_scaled", "tie_embeddings", "rope_base", "d_model", "n_heads", "vocab_size")
 
 
 def export_family(cfg: ModelConfig) -> str:

@@ -90,6 +90,6 @@ def hf_config(cfg: ModelConfig, model: TransformerBase, common: dict):
                         encoder_attention_heads=cfg.n_heads, decoder_attention_heads=cfg.n_heads,
                         encoder_ffn_dim=width, decoder_ffn_dim=width,
                         activation_function=_PLAIN_ACTIVATION[cfg.ffn], max_position_embeddings=cfg.max_seq_len,
-                        scale_embedding=cfg.scale_embeddings,
+                        scale_embedding=cfg.embeddings_scaled,
                         share_encoder_decoder_embeddings=True, dropout=cfg.dropout, attention_dropout=cfg.dropout,
                         activation_dropout=0.0, decoder_start_token_id=common.pop("bos_token_id"), **common)

@@ -74,13 +74,17 @@ def plan(sweep: Sweep, retry_failed: bool = False) -> tuple[list[SweepRun], dict
 
 
 def write_manifest(sweep: Sweep) -> Path:
-    """``<root>/<sweep>/sweep.json``: the sweep file, its runs and the command of each."""
+    """``<root>/<sweep>/sweep.json``: the sweep file, its runs (tuning runs first) and the command
+    of each (none yet for a confirmation run awaiting its variant's tuning)."""
+    sweep = sweep.whole or sweep
     sweep.root.mkdir(parents=True, exist_ok=True)
     manifest = {
         "name": sweep.name, "description": sweep.description, "sweep_file": str(sweep.path), "text": sweep.text,
         "cli_overrides": sweep.cli_overrides, "baseline": sweep.baseline, "variants": sweep.variants,
-        "runs": [{"name": r.name, "variant": r.variant, "seed": r.seed, "run_id": r.run_id, "point": r.point,
-                  "command": ["ablate", *r.command(sweep.configs)]} for r in sweep.runs],
+        "runs": [{"name": r.name, "variant": r.variant, "seed": r.seed, "stage": r.stage, "point": r.point,
+                  "tuned": r.tuned, "run_id": None if r.awaiting else r.run_id,
+                  "command": None if r.awaiting else ["ablate", *r.command(sweep.configs)]}
+                 for r in [*sweep.tune_runs, *sweep.runs]],
     }
     path = sweep.root / "sweep.json"
     tmp = path.with_name(f"sweep.json.tmp-{os.getpid()}")

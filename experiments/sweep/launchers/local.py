@@ -105,7 +105,7 @@ def run_local(sweep: Sweep, workers: Optional[int] = None, retry_failed: bool = 
             slots = [{**slot, **mps.client_env()} for slot in slots]
     else:
         where = f"CPU, {slots[0]['OMP_NUM_THREADS']} thread(s) each"
-    progress.event(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(todo)} to run, {len(skipped)} skipped; "
+    progress.event(f"sweep {sweep.title}: {len(sweep.runs)} runs, {len(todo)} to run, {len(skipped)} skipped; "
                    f"{len(slots)} worker(s) ({where}); runs in {sweep.root}")
     for name, why in skipped.items():
         if not why.startswith(("completed", "diverged")):

@@ -29,11 +29,15 @@ def wandb_sweep_config(sweep: Sweep, python: str = "python") -> dict[str, Any]:
 
 
 def run_named(sweep: Sweep, name: str) -> list[str]:
-    """The ``ablate train`` arguments of the run called ``name``."""
-    for run in sweep.runs:
+    """The ``ablate train`` arguments of the run called ``name`` (a tuning run, or a confirmation
+    run whose variant's tuning choice is recorded)."""
+    runs = [*sweep.tune_runs, *sweep.runs]
+    for run in runs:
         if run.name == name:
+            if run.awaiting:
+                raise SweepError(f"{sweep.path}: run {name} {run.awaiting}")
             return run.command(sweep.configs)
-    raise SweepError(f"{sweep.path}: no run named {name!r}; runs: {', '.join(r.name for r in sweep.runs)}")
+    raise SweepError(f"{sweep.path}: no run named {name!r}; runs: {', '.join(r.name for r in runs)}")
 
 
 def run_wandb(sweep: Sweep) -> int:
