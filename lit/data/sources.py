@@ -19,6 +19,7 @@ monolingual text (language modelling) or sentence pairs (translation) for the sp
 from __future__ import annotations
 
 import gzip
+import os
 import urllib.request
 from pathlib import Path
 from typing import ClassVar
@@ -85,7 +86,7 @@ def _multi30k_file(directory: Path, split: str, lang: str, download: bool = Fals
         except OSError as err:
             raise DataError(f"{path}: not found, and downloading {url} failed ({err}); set "
                             f"data.path to a directory holding the Multi30K raw .gz files") from err
-        tmp = path.with_suffix(".part")
+        tmp = path.with_name(f"{path.name}.part-{os.getpid()}")  # concurrent runs each write their own
         tmp.write_bytes(data)
         tmp.replace(path)
     return path

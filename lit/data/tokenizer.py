@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -51,7 +52,9 @@ class TextTokenizer:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # a name of this process's own: runs of a sweep that start together may train and save the
+        # same cached tokenizer at once, and must not write, move or delete each other's file
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         self.tokenizer.save(str(tmp))
         tmp.replace(path)
 

@@ -1,6 +1,7 @@
 """Data sources, cleaning, tokenizer and batching."""
 
 import gzip
+import os
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from lit.data import bible
 from lit.data.modules import TokenBudgetBatches
 from lit.specs import task_spec
 from lit.data.sources import DataError, load_pairs, load_text
-from lit.data.tokenizer import cached_bpe
+from lit.data.tokenizer import TextTokenizer, cached_bpe, train_bpe
 
 SHARED_MULTI30K = Path(__file__).resolve().parents[3] / "shared" / "data" / "multi30k"
 
@@ -61,6 +62,29 @@ def test_tokenizer_round_trip_and_cache(tmp_path):
     assert again.encode("In the beginning") == tok.encode("In the beginning")
     other = cached_bpe(train[:2000], 1000, tmp_path)  # different data: a new tokenizer
     assert len(list(tmp_path.glob("bpe-*.json"))) == 2 and other.vocab_size <= 1000
+
+
+def test_two_runs_saving_the_same_cached_tokenizer_at_once_both_succeed(tmp_path, monkeypatch):
+    """Runs of a sweep that start together train and save the same tokenizer: a second save that
+    happens between the first's write and its rename must not take the first's file away (it did,
+    with one shared temporary name: FileNotFoundError, the run lost)."""
+    train = bible.monolingual("en", "train")[:500]
+    first, second = train_bpe(train, 300), train_bpe(train, 300)
+    path = tmp_path / "bpe-x.json"
+    original, nested, real_pid = Path.replace, [], os.getpid()
+
+    def replace_after_the_other_saves(self, target):
+        if not nested:
+            nested.append(self)
+            with monkeypatch.context() as other_process:
+                other_process.setattr(os, "getpid", lambda: real_pid + 1)
+                second.save(path)  # the other process, start to end, inside this one's save
+        return original(self, target)
+
+    monkeypatch.setattr(Path, "replace", replace_after_the_other_saves)
+    first.save(path)
+    assert nested and TextTokenizer.load(path).encode("In the beginning") == first.encode("In the beginning")
+    assert [p.name for p in tmp_path.iterdir()] == ["bpe-x.json"]
 
 
 @pytest.mark.skipif(not SHARED_MULTI30K.is_dir(), reason="no local Multi30K copy beside the project")
