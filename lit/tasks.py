@@ -29,6 +29,10 @@ from variants.decoding import beam_translate, greedy_translate
 from variants.flops import FlopCounter
 
 
+SOURCE_CHECK_SENTENCES = 300  # validation examples decoded twice, with true and with shuffled sources
+SOURCE_CHECK_SEED = 0
+
+
 def split_sums(device: torch.device) -> tuple[SumMetric, SumMetric]:
     """Two float64 sums (NLL, tokens) over one pass's batches, reduced over ranks when computed,
     starting at 0; a NaN is kept (a diverged model's loss must show, not be dropped)."""
@@ -322,6 +326,37 @@ class TranslationTask(TaskModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.val_runs = int(checkpoint.get("val_runs", 0))
+
+    @torch.no_grad()
+    def source_check(self, dataset, references: list[str], count: int = SOURCE_CHECK_SENTENCES,
+                     batch_size: int = 64) -> dict[str, float]:
+        """Does the model read its source? Greedy BLEU of the first ``count`` examples of
+        ``dataset`` (validation) with their own sources (``test/src_check_bleu``) and with the
+        sources shuffled among them, each example paired with another's source and scored against
+        its own reference (``test/src_shuffled_bleu``). A model that ignores its source scores
+        about the same on both; one that translates falls to near zero on the shuffled sources."""
+        n = min(count, len(dataset))
+        if n < 2 or self.tokenizer is None:
+            return {}
+        sources = [dataset[i][1] for i in range(n)]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(SOURCE_CHECK_SEED)).tolist()
+        place = {example: k for k, example in enumerate(order)}
+        shuffled = [sources[order[(place[i] + 1) % n]] for i in range(n)]  # never an example's own
+        tok, was_training = self.tokenizer, self.training
+        self.eval()
+        out = {}
+        for key, srcs in (("test/src_check_bleu", sources), ("test/src_shuffled_bleu", shuffled)):
+            hyps = []
+            for start in range(0, n, batch_size):
+                rows = srcs[start:start + batch_size]
+                src = torch.full((len(rows), max(map(len, rows))), tok.pad_id, dtype=torch.long)
+                for r, ids in enumerate(rows):
+                    src[r, :len(ids)] = torch.tensor(ids)
+                hyps += [one_line(tok.decode(ids)) for ids in greedy_translate(
+                    self.model, src.to(self.device), tok.bos_id, tok.eos_id, self.cfg.max_decode_len)]
+            out[key] = corpus_bleu(hyps, references[:n])[0]
+        self.train(was_training)
+        return out
 
     def flops_of(self, batch) -> float:
         return self.count_flops(self.tokens_in(batch), batch["tgt_in"].size(1), int(batch["n_src"]),

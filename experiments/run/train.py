@@ -255,6 +255,8 @@ def _fit_and_test(cfg: RunConfig, trainer: L.Trainer, task, data, resume_from: O
             if lead and "test" in getattr(task, "last_hypotheses", {}):
                 write_translations(cfg.run_dir, data.sources["test"], data.references["test"],
                                    task.last_hypotheses["test"])
+                # does the model read its source? (a report flags runs that do not: "collapsed")
+                metrics.update(task.source_check(data.datasets["val"], data.references["val"]))
             test_s = time.time() - test_start
     except BaseException as err:
         interrupted = isinstance(err, INTERRUPTIONS)

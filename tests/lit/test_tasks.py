@@ -105,3 +105,46 @@ def test_a_diverged_run_names_its_last_gradient_norms(datamodule, check_every):
         assert guard.message.endswith(", ".join(f"{n:.4g}" for n in guard.grad_norms))
         found[every] = guard.message
     assert found[check_every] == found[1]
+
+
+@pytest.fixture(scope="module")
+def translation(tmp_path_factory):
+    from lit.tasks import TranslationTask
+    from variants import ModelConfig
+
+    dm = task_spec("translation").datamodule(DataConfig(vocab_size=300, limit_train=200, limit_eval=40,
+                                                        max_tokens=300, cache_dir=str(tmp_path_factory.mktemp("c"))),
+                                             max_seq_len=256, seed=0)
+    dm.setup()
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="seq2seq", vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=4, n_layers=1,
+                      max_seq_len=256, dropout=0.0)
+    task = TranslationTask(cfg, TaskConfig(name="translation", max_decode_len=12, lr=3e-3, warmup_steps=5),
+                           dm.tokenizer, dm.references)
+    L.Trainer(accelerator="cpu", max_steps=30, logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=False, limit_val_batches=0).fit(task, datamodule=dm)
+    return task, dm
+
+
+def test_a_model_whose_cross_attention_is_zeroed_scores_the_same_on_shuffled_sources(translation):
+    """The source check: decoded with the true sources and with sources shuffled among the
+    examples; a decoder that cannot see its source writes the same outputs either way, and the
+    report calls such a run collapsed."""
+    from experiments.report.adequacy import collapsed
+    from experiments.report.collect import Record
+
+    task, dm = translation
+    reads = task.source_check(dm.datasets["val"], dm.references["val"], count=40)
+    assert set(reads) == {"test/src_check_bleu", "test/src_shuffled_bleu"}
+    assert task.source_check(dm.datasets["val"], dm.references["val"], count=40) == reads  # fixed shuffle
+    saved = {k: v.clone() for k, v in task.state_dict().items()}
+    with torch.no_grad():
+        for block in task.model.decoder.blocks:
+            block.cross_attn.out.weight.zero_()
+            if block.cross_attn.out.bias is not None:
+                block.cross_attn.out.bias.zero_()
+    blind = task.source_check(dm.datasets["val"], dm.references["val"], count=40)
+    task.load_state_dict(saved)
+    assert blind["test/src_shuffled_bleu"] == blind["test/src_check_bleu"]
+    assert collapsed(Record("r", "v", 0, "completed", metrics=dict(blind))) is not None
+    assert task.training  # left as it was found

@@ -110,6 +110,8 @@ def _check_translations(cfg, result):
                           "-b", "-w", "6"], capture_output=True, text=True, check=True)
     assert float(cli.stdout.strip()) == pytest.approx(result["test/bleu"], abs=1e-5)
     assert 0 <= result["test/chrf"] <= 100
+    saved = json.loads((run_dir / "status.json").read_text())["metrics"]  # the source check, for the report
+    assert 0 <= saved["test/src_check_bleu"] <= 100 and 0 <= saved["test/src_shuffled_bleu"] <= 100
     tok = TextTokenizer.load(run_dir / "tokenizer.json")
     assert tok.vocab_size == yaml.safe_load((run_dir / "config.yaml").read_text())["derived"]["vocab_size"]
 
