@@ -8,13 +8,19 @@ values it returns their min and max, whose coverage of the mean is about 74%, no
 A report compares many pairs at once, so its p-values are adjusted together (Holm 1979), and a
 comparison without a significant difference states the smallest effect its seeds could have
 detected with 80% power at the family's level (so an underpowered sweep reads as such).
+
+Beside the t test's p, a paired comparison carries the exact sign-flip p (every assignment of
+signs to its per-seed differences): it assumes only that the differences are symmetric about
+the null, so a verdict that rests on the normal model alone shows (with 5 seeds the smallest
+two-sided sign-flip p is 2/32). Differences with no spread at all get no test: a t statistic
+over a zero standard error is not evidence, it is a division by zero.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy import optimize, stats
@@ -48,14 +54,20 @@ class Delta:
     high: float
     p: float  # two-sided, unadjusted (nan without an interval)
     n: int  # seeds (paired) or the smaller arm (Welch)
-    method: str  # "paired t" | "Welch t" | "one seed"
+    method: str  # "paired t" | "Welch t" | "one seed" | "no spread"
     se: float  # standard error of the mean difference (nan below 2 values)
     df: float  # degrees of freedom of the t distribution (nan below 2 values)
     base: float  # mean of the ``against`` arm (for the relative change)
+    diffs: tuple[float, ...] = ()  # the per-seed differences (paired only): what sign-flipping permutes
 
     @property
     def relative(self) -> float:
         return self.mean / self.base if self.base else math.nan
+
+    @property
+    def sign_flip(self) -> float:
+        """The exact two-sided sign-flip p of a paired comparison (nan for Welch, one seed or no spread)."""
+        return sign_flip(self.diffs) if self.method == "paired t" else math.nan
 
 
 def _finite(values: Sequence[Optional[float]]) -> np.ndarray:
@@ -67,19 +79,26 @@ def t_interval(se: float, df: float, level: float = 1 - ALPHA) -> float:
     return float(stats.t.ppf(0.5 + level / 2, df) * se)
 
 
+def _no_spread(values: np.ndarray) -> bool:
+    """Every value the same (up to float rounding): no seed-to-seed spread to test against."""
+    return float(np.ptp(values)) <= 1e-9 * float(np.abs(values).max())
+
+
 def paired(diffs: Sequence[float], base: float = math.nan) -> Delta:
-    """Paired Student-t on per-seed differences."""
+    """Paired Student-t on per-seed differences. Identical differences get no interval and no p
+    (method "no spread"): their standard error is zero, and a test on it would read any constant
+    offset, however small, as certain."""
     d = _finite(diffs)
     mean = float(d.mean()) if len(d) else math.nan
     if len(d) < 2:
         return Delta(mean, math.nan, math.nan, math.nan, len(d), "one seed", math.nan, math.nan, base)
+    if _no_spread(d):
+        return Delta(mean, math.nan, math.nan, math.nan, len(d), "no spread", 0.0, math.nan, base,
+                     tuple(float(x) for x in d))
     se, df = float(d.std(ddof=1) / math.sqrt(len(d))), float(len(d) - 1)
-    if se == 0.0:  # identical differences: the interval is a point; p is 0 unless that point is 0
-        p = 1.0 if mean == 0.0 else 0.0
-        return Delta(mean, mean, mean, p, len(d), "paired t", se, df, base)
     half = t_interval(se, df)
     p = float(2 * stats.t.sf(abs(mean) / se, df))
-    return Delta(mean, mean - half, mean + half, p, len(d), "paired t", se, df, base)
+    return Delta(mean, mean - half, mean + half, p, len(d), "paired t", se, df, base, tuple(float(x) for x in d))
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> Delta:
@@ -90,10 +109,10 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Delta:
     n = min(len(x), len(y))
     if n < 2:
         return Delta(mean, math.nan, math.nan, math.nan, n, "one seed", math.nan, math.nan, base)
+    if _no_spread(x) and _no_spread(y):  # as in paired(): no variance, no test
+        return Delta(mean, math.nan, math.nan, math.nan, n, "no spread", 0.0, math.nan, base)
     va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     se = float(math.sqrt(va + vb))
-    if se == 0.0:
-        return Delta(mean, mean, mean, 1.0 if mean == 0.0 else 0.0, n, "Welch t", se, math.nan, base)
     df = float((va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1)))
     half = t_interval(se, df)
     p = float(2 * stats.t.sf(abs(mean) / se, df))
@@ -111,6 +130,42 @@ def compare(a: dict[int, float], b: dict[int, float]) -> Optional[Delta]:
     if len(shared) >= 2 or (shared and (len(a) < 2 or len(b) < 2)):
         return paired([a[s] - b[s] for s in shared], float(np.mean([b[s] for s in shared])))
     return welch(list(a.values()), list(b.values()))
+
+
+def sign_flip(diffs: Sequence[float], shift: float = 0.0, alternative: str = "two-sided") -> float:
+    """Exact sign-flip (permutation) p of the mean of ``diffs`` against ``shift``: the share of all
+    2^n sign assignments of ``diffs - shift`` whose mean is at least as extreme as the observed one
+    ("two-sided": in absolute value; "greater"/"less": in that direction). Valid when the
+    differences are symmetric about ``shift`` under the null, with no normal model; nan beyond 16
+    values (65,536 assignments) or below 2."""
+    x = _finite(diffs) - shift
+    if not 2 <= len(x) <= 16:
+        return math.nan
+    signs = 1 - 2 * ((np.arange(2 ** len(x))[:, None] >> np.arange(len(x))) & 1)
+    means, observed = (signs * x).mean(axis=1), x.mean()
+    tie = 1e-12 * max(float(np.abs(x).max()), 1e-300)  # the same mean, up to float rounding
+    if alternative == "two-sided":
+        hits = np.abs(means) >= abs(observed) - tie
+    elif alternative == "greater":
+        hits = means >= observed - tie
+    elif alternative == "less":
+        hits = means <= observed + tie
+    else:
+        raise ValueError(f"alternative must be two-sided, greater or less, got {alternative!r}")
+    return float(hits.mean())
+
+
+def t_p(d: Delta, shift: float = 0.0, alternative: str = "two-sided") -> float:
+    """The t test's p of ``d.mean`` against ``shift`` (same alternatives as :func:`sign_flip`;
+    nan without a standard error)."""
+    if not (d.se > 0 and math.isfinite(d.df)):
+        return math.nan
+    t = (d.mean - shift) / d.se
+    if alternative == "greater":
+        return float(stats.t.sf(t, d.df))
+    if alternative == "less":
+        return float(stats.t.cdf(t, d.df))
+    return float(2 * stats.t.sf(abs(t), d.df))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -161,18 +216,22 @@ def percentile_bootstrap(diffs: Sequence[float], samples: int = 10_000, seed: in
 # ------------------------------------------------------------------------------ BLEU between systems
 
 def paired_bootstrap_bleu(baseline: Sequence[str], system: Sequence[str], references: Sequence[str],
-                          samples: int = 1000) -> dict[str, float]:
+                          samples: int = 1000) -> dict[str, Any]:
     """sacreBLEU's paired bootstrap resampling test (Koehn 2004) of ``system`` against
     ``baseline`` on one test set: their BLEU, and the p-value that the difference arose by
-    chance (sacreBLEU's fixed seed, so the result is reproducible)."""
+    chance (sacreBLEU's fixed seed, so the result is reproducible). Identical outputs get p = 1
+    and ``identical``: sacreBLEU would return 1/(samples + 1), as if ties were evidence."""
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
 
     if not len(baseline) == len(system) == len(references):
         raise ValueError(f"{len(baseline)} baseline, {len(system)} system hypotheses and "
                          f"{len(references)} references: they must be line-aligned")
+    if list(baseline) == list(system):  # resampling identical outputs can only tie: nothing to test
+        score = float(BLEU(tokenize="13a").corpus_score(list(system), [list(references)]).score)
+        return {"baseline": score, "system": score, "p": 1.0, "identical": True}
     test = PairedTest([("baseline", list(baseline)), ("system", list(system))], {"BLEU": BLEU(tokenize="13a")},
                       [list(references)], test_type="bs", n_samples=samples)
     _, scores = test()
     base, sys = scores["BLEU"]
-    return {"baseline": float(base.score), "system": float(sys.score), "p": float(sys.p_value)}
+    return {"baseline": float(base.score), "system": float(sys.score), "p": float(sys.p_value), "identical": False}

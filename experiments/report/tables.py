@@ -44,8 +44,8 @@ def results_table(rep: Report) -> list[str]:
 
 
 def delta_table(comparisons: list[Comparison]) -> list[str]:
-    lines = ["| variant | metric | Δ vs baseline | Δ % | 95% CI | method | p | p (Holm) | MDE | verdict |",
-             "|---|---|---:|---:|---|---|---:|---:|---:|---|"]
+    lines = ["| variant | metric | Δ vs baseline | Δ % | 95% CI | method | p | p (sign-flip) | p (Holm) | MDE "
+             "| verdict |", "|---|---|---:|---:|---|---|---:|---:|---:|---:|---|"]
     for c in comparisons:
         if c.kind == "delta":
             lines.append(f"| {c.variant} | {c.metric} | " + " | ".join(_test_cells(c)) + f" | {c.verdict} |")
@@ -53,13 +53,13 @@ def delta_table(comparisons: list[Comparison]) -> list[str]:
 
 
 def findings_table(comparisons: list[Comparison]) -> list[str]:
-    lines = ["| published finding | measured here | 95% CI | method | p | p (Holm) | MDE | verdict |",
-             "|---|---|---|---|---:|---:|---:|---|"]
+    lines = ["| published finding | measured here | 95% CI | method | p | p (sign-flip) | p (Holm) | MDE | verdict |",
+             "|---|---|---|---|---:|---:|---:|---:|---|"]
     for c in comparisons:
         if c.kind != "finding":
             continue
         if c.d is None:
-            lines.append(f"| {c.claim} | {c.metric} {c.variant} vs {c.against}: no values | - | - | - | - | - | "
+            lines.append(f"| {c.claim} | {c.metric} {c.variant} vs {c.against}: no values | - | - | - | - | - | - | "
                          f"{c.verdict} |")
             continue
         mean, relative, interval, *rest = _test_cells(c)
@@ -69,15 +69,17 @@ def findings_table(comparisons: list[Comparison]) -> list[str]:
 
 
 def _test_cells(c: Comparison) -> list[str]:
-    """Δ, Δ %, 95% interval, method, p, adjusted p and MDE of one comparison, formatted."""
+    """Δ, Δ %, 95% interval, method (and, for a claim with a margin, what its p tests), p, its
+    sign-flip counterpart, adjusted p and MDE of one comparison, formatted."""
     if c.d is None:
-        return ["-"] * 7
+        return ["-"] * 8
     digits, d = _digits(c.metric), c.d
     def num(x: float, sign: str = "+") -> str:
         return f"{x:{sign}.{digits}f}" if math.isfinite(x) else "-"
     interval = f"[{num(d.low)}, {num(d.high)}]" if math.isfinite(d.low) else "-"
-    return [num(d.mean), f"{100 * d.relative:+.1f}%" if math.isfinite(d.relative) else "-", interval,
-            f"{d.method}, n={d.n}", _p(d.p), _p(c.p_adjusted), f"±{num(c.mde, '')}" if math.isfinite(c.mde) else "-"]
+    method = f"{d.method}, n={d.n}" + (f"; test {c.hypothesis}".replace("|", "\\|") if c.hypothesis else "")
+    return [num(d.mean), f"{100 * d.relative:+.1f}%" if math.isfinite(d.relative) else "-", interval, method,
+            _p(c.p), _p(c.p_sign_flip), _p(c.p_adjusted), f"±{num(c.mde, '')}" if math.isfinite(c.mde) else "-"]
 
 
 def _p(p: float) -> str:
@@ -98,8 +100,9 @@ def bleu_tests_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| variant | seed | baseline BLEU | variant BLEU | Δ | p (paired bootstrap) |",
              "|---|---:|---:|---:|---:|---:|"]
     for t in rows:
+        p = "identical outputs" if t.get("identical") else _p(t["p"])  # nothing was resampled
         lines.append(f"| {t['variant']} | {t['seed']} | {t['baseline_bleu']:.2f} | {t['bleu']:.2f} | "
-                     f"{t['bleu'] - t['baseline_bleu']:+.2f} | {_p(t['p'])} |")
+                     f"{t['bleu'] - t['baseline_bleu']:+.2f} | {p} |")
     return lines
 
 

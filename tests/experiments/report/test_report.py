@@ -128,9 +128,10 @@ def test_translation_report_tests_bleu_gives_chrf_and_rebuilds_from_its_folder(t
     (bleu_row,) = [c for c in summary["comparisons"] if c["metric"] == "test/bleu"]
     assert {"variant", "against", "metric", "n", "mean", "low", "high", "method", "p", "p_adjusted",
             "verdict"} <= set(bleu_row)
-    assert bleu_row["method"] == "paired t" and bleu_row["n"] == 3
-    # BLEU identical over seeds: the difference is exact, and the verdict says better
-    assert bleu_row["verdict"] == "better" and bleu_row["mean"] > 0
+    assert bleu_row["n"] == 3 and bleu_row["mean"] > 0
+    # the same BLEU difference on every seed: no spread to test against, so no verdict on it
+    assert bleu_row["method"] == "no spread" and bleu_row["verdict"] == "no spread: no test"
+    assert bleu_row["p"] is None
     tests = summary["bleu_tests"]
     assert [t["seed"] for t in tests] == [0, 1, 2] and all(t["p"] < 0.05 for t in tests)
     assert all(summary["runs"][i]["metrics"]["test/chrf"] > 0 for i in range(6))
@@ -165,13 +166,13 @@ def test_report_of_runs_known_only_from_an_earlier_report_json(tmp_path, monkeyp
     """Reports built before run files were kept: their per-run values are read back from
     report.json, and the page says so."""
     sweep, out = _report_from_an_earlier_json(tmp_path, monkeypatch, lambda r: {
-        "state": "completed", "metrics": {"test/ppl": 100.0 - 10 * (r.variant.endswith("swiglu")) + r.seed,
+        "state": "completed", "metrics": {"test/ppl": 100.0 - (10 + r.seed) * (r.variant.endswith("swiglu")) + r.seed,
                                           "val/ppl": 90.0, "test/bpb": 1.5}})
     text = build(sweep, out).read_text()
     assert "4 of these runs were read from an earlier `report.json` only" in text
     summary = json.loads((out / "report.json").read_text())
     (row,) = [c for c in summary["comparisons"] if c["metric"] == "test/ppl"]
-    assert row["mean"] == pytest.approx(-10.0) and row["verdict"] == "better"
+    assert row["mean"] == pytest.approx(-10.5) and row["method"] == "paired t" and row["n"] == 2
     first = (out / "README.md").read_bytes(), (out / "report.json").read_bytes()
     rebuild(out)
     assert ((out / "README.md").read_bytes(), (out / "report.json").read_bytes()) == first

@@ -113,3 +113,45 @@ def test_paired_bootstrap_bleu_tells_a_better_system_from_the_same_one():
     assert better["system"] == pytest.approx(100.0) and better["p"] < 0.01
     with pytest.raises(ValueError, match="line-aligned"):
         stats.paired_bootstrap_bleu(bad, good[:-1], refs)
+
+
+def test_identical_outputs_have_p_one_not_one_over_the_resamples():
+    """sacreBLEU returns 1/1001 for a system against itself: every resample ties."""
+    refs = [f"the cat number {i} sat on the mat near the door" for i in range(30)]
+    hyps = [" ".join(r.split()[:6]) for r in refs]
+    same = stats.paired_bootstrap_bleu(hyps, list(hyps), refs)
+    assert same["p"] == 1 and same["identical"] and same["system"] == same["baseline"] > 0
+    assert not stats.paired_bootstrap_bleu(hyps, refs, refs, samples=100)["identical"]
+
+
+def test_zero_spread_is_no_test():
+    d = stats.paired([0.43, 0.43])
+    assert math.isnan(d.p) and d.method == "no spread" and math.isnan(d.low) and math.isnan(d.sign_flip)
+    assert stats.paired([0.1 + 0.2, 0.3, 0.6 - 0.3]).method == "no spread"  # float rounding is no spread
+    assert stats.paired([0.0, 0.0, 0.0]).method == "no spread"
+    w = stats.welch([2.0, 2.0, 2.0], [1.0, 1.0])
+    assert math.isnan(w.p) and w.method == "no spread" and w.mean == 1.0
+    assert stats.welch([2.0, 2.0, 2.0], [1.0, 1.5]).method == "Welch t"  # one arm varies: a test
+    d = stats.compare({0: 1.0, 1: 2.0}, {0: 0.5, 1: 1.5})
+    assert d.method == "no spread" and math.isnan(stats.min_detectable(d.se, d.df))
+
+
+def test_sign_flip_is_exact():
+    assert stats.sign_flip([1, 2, 3, 4, 5]) == 2 / 32  # only all-plus and all-minus are as extreme
+    assert stats.sign_flip([1, 2, 3, 4, 5], alternative="greater") == 1 / 32
+    assert stats.sign_flip([1, 2, 3, 4, 5], alternative="less") == 1.0
+    assert stats.sign_flip([1, -2, 3, 4, 5]) == 6 / 32  # flips of 1 or 2 reach |mean| 2.2 or more too
+    assert stats.sign_flip([1, -2, 3, -4, 5]) > 0.5
+    assert stats.sign_flip([6, 7, 8], shift=5, alternative="greater") == 1 / 8
+    assert math.isnan(stats.sign_flip([1.0])) and math.isnan(stats.sign_flip(range(1, 18)))
+    d = stats.paired([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert d.sign_flip == 2 / 32 and d.p < 0.02  # the t test's p is far below what 5 seeds can show exactly
+    assert math.isnan(stats.welch([1.0, 2.0, 3.0], [0.0, 0.5]).sign_flip)
+
+
+def test_one_sided_t_p_matches_scipy():
+    diffs = [0.3, -0.1, 0.5, 0.2, 0.4]
+    d = stats.paired(diffs)
+    for alternative in ("greater", "less", "two-sided"):
+        expected = sps.ttest_1samp(np.subtract(diffs, -0.2), 0.0, alternative=alternative).pvalue
+        assert stats.t_p(d, -0.2, alternative) == pytest.approx(expected)
