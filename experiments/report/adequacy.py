@@ -215,8 +215,8 @@ def summary(records: Sequence[Record], comparisons: Sequence[Any], baseline: Opt
     """What ``report.json`` keeps of this module: the gaps, the budget warning and, for
     translation, the collapsed runs and those without the shuffled-source check."""
     warning = baseline_warning(records, comparisons, baseline)
-    data: dict[str, Any] = {"gaps": [g.to_json() for g in gaps(records, comparisons)],
-                            "baseline_still_improving": dict(zip(("metric", "improvement"), warning)) if warning else None}
+    still = {"metric": warning[0], "improvement": warning[1]} if warning else None
+    data: dict[str, Any] = {"gaps": [g.to_json() for g in gaps(records, comparisons)], "baseline_still_improving": still}
     if translates:
         data.update(collapsed=collapses(records, sources), no_shuffled_check=unchecked(records))
     return data
