@@ -13,7 +13,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.sweep import tuning
+from experiments.sweep import budget, tuning
+from experiments.sweep.budget import BudgetSpec
 from experiments.sweep.tuning import TuneSpec
 
 
@@ -56,6 +57,7 @@ class SweepSpec:
     findings: List[Any] = field(default_factory=list)  # FindingSpec mappings, checked one by one
     notes: Optional[str] = None
     tune: Optional[TuneSpec] = None
+    budget: Optional[BudgetSpec] = None  # every run's max_steps from a budget of steps, tokens or FLOPs (budget.py)
 
 
 SWEEP_KEYS = tuple(f.name for f in dataclasses.fields(SweepSpec))
@@ -84,10 +86,10 @@ def validated(spec: dict[str, Any], path: Path) -> dict[str, Any]:
     spec = dict(spec)
     if spec.get("seeds") is not None and not isinstance(spec["seeds"], list):
         spec["seeds"] = [spec["seeds"]]  # one seed may be written without brackets
-    for key in ("slurm", "overrides", "grid", "baseline", "tune"):
+    for key in ("slurm", "overrides", "grid", "baseline", "tune", "budget"):
         if spec.get(key) is None:
             spec.pop(key, None)
-    for key, known in (("slurm", SLURM_KEYS), ("tune", tuning.TUNE_KEYS)):
+    for key, known in (("slurm", SLURM_KEYS), ("tune", tuning.TUNE_KEYS), ("budget", budget.BUDGET_KEYS)):
         stray = sorted(map(str, set(spec.get(key) or {}) - set(known))) if isinstance(spec.get(key), dict) else []
         if stray:
             raise SweepError(f"{path}: {key}: unknown key(s) {', '.join(stray)}; choices: {', '.join(known)}")

@@ -21,6 +21,7 @@ A sweep file (``configs/sweeps/*.yaml``)::
       grid: {task.lr: [5.0e-4, 1.0e-3, 2.0e-3]}
       seeds: [100]
       select: {metric: val/ppl, mode: min}
+    budget: {by: flops, value: 2.0e15}             # optional: every run's max_steps from a budget (budget.py)
 
 With ``tune:``, every variant first runs every tuning point at the tuning seeds (``tune_runs``,
 named ``<variant>-tune-<values>-s<seed>``); the confirmation runs (``runs``) of a variant train
@@ -44,7 +45,9 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from experiments.run.config import ConfigError, RunConfig, load_config, run_id
+from experiments.sweep import budget as budgets
 from experiments.sweep import tuning
+from experiments.sweep.budget import BudgetError
 from experiments.sweep.findings import FindingError, FindingSpec, check_finding, variant_matching
 from experiments.sweep.findings import flatten as _flatten
 from experiments.sweep.schema import SlurmSpec, SweepError, read_spec
@@ -70,6 +73,7 @@ class SweepRun:
     stage: str = "confirm"  # "tune": a tuning run (never in a verdict)
     tuned: dict[str, Any] = field(default_factory=dict)  # the tuning point it trains at
     awaiting: Optional[str] = None  # why a confirmation run cannot start yet (its variant's tuning)
+    budget: Optional[dict[str, Any]] = None  # with a sweep budget: by, value, max_steps, flops_per_step ...
 
     @property
     def run_dir(self) -> Path:
@@ -189,6 +193,12 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
         choices = choices.get("variants", {})
         tune_runs = _expand(path, name, configs, fixed, points, tune.seeds, cli_overrides, tune=tune.grid)
         runs = [_at_choice(path, name, configs, fixed, r, cli_overrides, choices.get(r.variant)) for r in runs]
+    if spec.get("budget") is not None:
+        try:
+            runs, tune_runs = budgets.spend(spec["budget"], str(path), points, tune and tune.grid, cli_overrides,
+                                            runs, tune_runs)
+        except BudgetError as err:
+            raise SweepError(str(err)) from None
     baseline = None
     if spec.get("baseline") is not None:
         pattern = _flatten(spec["baseline"])
