@@ -47,6 +47,8 @@ def _sweep(args: argparse.Namespace) -> int:
                                 parse_runs_per_gpu(args.runs_per_gpu))
         chosen.check(options)
         sweep = _load_sweep(args)
+        if args.resume_from:
+            sweep = _restore(args, sweep)
         for run in [*sweep.tune_runs, *sweep.runs]:  # every run's Trainer settings before any run starts
             try:
                 check_trainer(run.cfg.trainer)
@@ -62,6 +64,24 @@ def _sweep(args: argparse.Namespace) -> int:
     except SweepError as err:
         report_error("ablate sweep", err)
         return 2
+
+
+def _restore(args: argparse.Namespace, sweep):
+    """``--resume-from REPORT_DIR``: the report's finished runs (and tuning record) back into the
+    sweep's run directories, before the sweep runs what is left."""
+    from experiments.report.collect import restore, restore_choices
+    from experiments.sweep.spec import SweepError
+
+    folder = Path(args.resume_from)
+    if not (folder / "runs").is_dir():
+        raise SweepError(f"--resume-from {folder}: not a report folder with run copies (no runs/ there)")
+    if restore_choices(sweep, folder):
+        sweep = _load_sweep(args)  # the confirmation runs at the recorded choices
+    restored, refused = restore(sweep, folder)
+    print(f"restored {len(restored)} finished run(s) from {folder} into {sweep.root}")
+    for line in refused:
+        print(f"not restored: {line}")
+    return sweep
 
 
 def _staged(args: argparse.Namespace, chosen, options, sweep) -> int:
@@ -267,6 +287,10 @@ def _add_sweep(commands) -> None:
     sweep.add_argument("--stage", choices=("tune", "confirm"), default=None,
                        help="a sweep with a tune: section: run only its tuning runs, or only the confirmation runs "
                             "whose variant's choice is recorded (default: both, in that order)")
+    sweep.add_argument("--resume-from", default=None, metavar="REPORT_DIR",
+                       help="first copy the finished runs of a report folder (its committed run files and tuning "
+                            "record) into the run directories that have none: a sweep run in parts, across machines "
+                            "or sessions, skips what is already done")
     sweep.set_defaults(func=_sweep)
 
 

@@ -4,6 +4,9 @@ tools; experiments and benchmarks -> lit, variants, tools (the CLI alone reaches
 imports count too."""
 
 import ast
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -113,3 +116,23 @@ def test_no_import_cycles():
 def test_the_check_sees_function_level_imports():
     assert "experiments.run.train" in GRAPH["experiments.cli"]  # imported inside a function
     assert "lit.data.bible" in GRAPH["lit.data.sources"]  # ``from lit.data import bible``
+
+
+@pytest.mark.parametrize("package, least", [("variants", 7), ("tools", 3)])
+def test_the_bottom_packages_import_no_training_stack(package, least):
+    """Every module under variants/ and tools/ (found on disk, so new ones count too) imports
+    without Lightning, OmegaConf or W&B: they stay usable without the training stack."""
+    script = textwrap.dedent(f"""
+        import importlib, pkgutil, sys
+        import {package} as package
+        names = [m.name for m in pkgutil.walk_packages(package.__path__, "{package}.")]
+        for name in names:
+            importlib.import_module(name)
+        banned = {{"lightning", "pytorch_lightning", "lightning_fabric", "omegaconf", "wandb"}}
+        found = sorted(m for m in sys.modules if m.split(".")[0] in banned)
+        assert not found, found
+        print(len(names))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) >= least  # the walk found the modules: an empty walk cannot pass

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from experiments.run.config import ConfigError, RunConfig, load_config
 from experiments.run.rundir import metric_records, read_status
+from experiments.sweep.registration import REGISTRATION_FILE
 from experiments.sweep.spec import Sweep, SweepError
 from experiments.sweep.tuning import TUNING_FILE
 from lit.specs import TaskSpec, task_spec
@@ -53,6 +54,10 @@ def collect(sweep: Sweep, out: Path) -> list[Record]:
     if (sweep.root / TUNING_FILE).is_file():  # the recorded choices, beside the runs they were made from
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(sweep.root / TUNING_FILE, out / TUNING_FILE)
+    manifest = sweep.root / "sweep.json"
+    if manifest.is_file() and (registered := json.loads(manifest.read_text()).get("registration")):
+        out.mkdir(parents=True, exist_ok=True)  # when the baseline and findings were fixed, and any change since
+        (out / REGISTRATION_FILE).write_text(json.dumps(registered, indent=1, sort_keys=True) + "\n")
     for run in [*sweep.tune_runs, *sweep.runs]:
         src = run.run_dir
         if not (src / "status.json").is_file():
@@ -79,6 +84,53 @@ def collect(sweep: Sweep, out: Path) -> list[Record]:
                             environment=e.get("environment") or {}, summary_only=True)
         records.append(record)
     return records
+
+
+def restore_choices(sweep: Sweep, folder: Path) -> bool:
+    """The inverse of :func:`collect` for what a sweep decides from: the report's ``tuning.json``
+    and pre-registration into the sweep's root where it has none. True when the tuning record was
+    restored (load the sweep again: its confirmation runs depend on it)."""
+    folder, root = Path(folder), sweep.root
+    root.mkdir(parents=True, exist_ok=True)
+    restored = False
+    if (folder / TUNING_FILE).is_file() and not (root / TUNING_FILE).is_file():
+        shutil.copyfile(folder / TUNING_FILE, root / TUNING_FILE)
+        restored = True
+    manifest = root / "sweep.json"
+    if (folder / REGISTRATION_FILE).is_file() and not manifest.is_file():
+        manifest.write_text(json.dumps({"registration": json.loads((folder / REGISTRATION_FILE).read_text())}))
+    return restored
+
+
+def restore(sweep: Sweep, folder: Path) -> tuple[list[str], list[str]]:
+    """Put the finished runs of a report folder (committed run files) back into the sweep's run
+    directories that have none, so that ``ablate sweep`` skips them and runs the rest: a sweep run
+    in parts, on several machines or sessions. Returns (restored run names, refusals: a copy made
+    with another config than the sweep's run of that name, by run id)."""
+    from experiments.run.rundir import FINAL_STATES
+
+    folder = Path(folder)
+    restored, refused = [], []
+    for run in [*sweep.tune_runs, *sweep.runs]:
+        src, dst = folder / "runs" / run.name, run.run_dir
+        if not (src / "status.json").is_file() or (dst / "status.json").is_file() or run.awaiting:
+            continue
+        status = json.loads((src / "status.json").read_text())
+        if status.get("state") not in FINAL_STATES:
+            continue
+        if status.get("run_id") != run.run_id:
+            refused.append(f"{run.name}: the copy in {src} is run {status.get('run_id')}, the sweep's is {run.run_id}")
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in COPIED:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, dst / name)
+        if (src / "test.hyp").is_file():
+            for name in SHARED:
+                if (folder / name).is_file():
+                    shutil.copyfile(folder / name, dst / name)
+        restored.append(run.name)
+    return restored, refused
 
 
 def tune_records(sweep: Sweep, out: Path) -> list[Record]:

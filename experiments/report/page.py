@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from experiments.report.collect import Record, Report, collect, tune_records
-from experiments.report.compare import Comparison, bleu_tests, family
+from experiments.report import adequacy, health
+from experiments.report.collect import Record, Report, collect, read_lines, tune_records
+from experiments.report.compare import Comparison, bleu_tests, family, family_size
 from experiments.report.plots import PLOTS, plot_curves, plot_extrapolation, plot_throughput
 from experiments.report.tables import (bleu_tests_table, delta_table, findings_table, not_averaged, results_table,
                                        samples, tuning_lines)
+from experiments.sweep.registration import REGISTRATION_FILE
+from experiments.sweep.registration import describe as describe_registration
 from experiments.sweep.spec import Sweep, SweepError, load_sweep
 from experiments.sweep.tuning import TUNING_FILE
 from tools.metrics import corpus_chrf
@@ -50,12 +53,22 @@ def _decoding(rep: Report) -> Optional[str]:
 
 HOW_TO_READ = (
     "Δ = variant − baseline, averaged over seeds. 95% CI: Student-t, paired by seed where both arms "
-    "ran the same seeds, Welch's t otherwise. p: two-sided t test; p (Holm): adjusted by Holm–Bonferroni "
-    "over the {m} comparisons of this report (every Δ row and every published-finding row). A verdict "
-    "is \"better\"/\"worse\" (or, for a published finding, \"agrees\"/\"disagrees\") only when the "
-    "adjusted p is below 0.05; otherwise \"no detectable difference\" (\"inconclusive\"). MDE: the "
-    "smallest true difference these seeds would detect with 80% power at the family's Bonferroni level "
-    "(α = 0.05/{m}), from the observed seed spread: a difference smaller than it may well exist.")
+    "ran the same seeds, Welch's t otherwise. p: two-sided t test; p (sign-flip): the same test by "
+    "exact sign-flipping of the per-seed differences (paired rows only: no normal model, and over n seeds "
+    "never below 2/2^n, 0.0625 for 5); p (Holm): adjusted by Holm–Bonferroni over the {m} distinct tests "
+    "of this report (a finding that repeats a Δ row's test shares its p and counts once). A verdict is "
+    "\"better\"/\"worse\" (for a published finding \"agrees\"/\"disagrees\") only when the adjusted "
+    "p is below 0.05; otherwise \"no detectable difference\" (\"inconclusive\"). A finding with a margin "
+    "is tested as declared, its p that of the test its method names: `equivalent` by TOST (|Δ| < margin), "
+    "`not_lower`/`not_higher` one-sided; it \"disagrees\" when Δ lies significantly beyond the margin. "
+    "A finding of no difference without a margin can be rejected, never shown: \"not rejected\". "
+    "\"No spread: no test\": every seed gave the same difference. \"Not tested here\": a precondition of "
+    "the finding (converged, tuned) fails; \"no verdict (baseline collapsed)\": the arm compared against "
+    "ignores its source in most seeds; neither row is in the family. \"(collapsed)\": the variant does. "
+    "MDE: the smallest true difference these seeds would detect with 80% power at the family's Bonferroni "
+    "level (α = 0.05/{m}), from the observed seed spread: a difference smaller than it may well exist. A "
+    "row can be significant below its MDE: Holm tests every p but the smallest at a larger level than "
+    "Bonferroni's, and a smaller effect is still detected, less often.")
 
 
 @dataclass
@@ -98,6 +111,8 @@ def build(sweep: Sweep, out: Path, sweep_file: Optional[str] = None, folder: Opt
                "comparisons": [c.to_json() for c in comparisons]}
     if tests:
         summary["bleu_tests"] = tests
+    summary["adequacy"] = adequacy.summary(records, comparisons, sweep.baseline, rep.spec.translates, _sources(rep))
+    summary["health"] = health.summary(*_health(page))
     (out / "report.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return out / "README.md"
 
@@ -118,6 +133,13 @@ def intro(page: Page) -> list[str]:
                   "were not kept when the report was first built, so their parameter counts, throughput, memory and "
                   "curves are not shown.", ""]
     return lines
+
+
+def preregistration(page: Page) -> list[str]:
+    """When the baseline and findings were fixed (the sweep's first launch) and any change since."""
+    path = page.rep.out / REGISTRATION_FILE
+    return ["## Pre-registration", "", *describe_registration(json.loads(path.read_text()) if path.is_file() else None),
+            ""]
 
 
 def tuning(page: Page) -> list[str]:
@@ -149,12 +171,12 @@ def results(page: Page) -> list[str]:
 def against_baseline(page: Page) -> list[str]:
     """The Δ table with its intervals and verdicts, then the per-seed BLEU tests."""
     rep, comparisons, tests, folder = page.rep, page.comparisons, page.bleu_tests, page.folder
-    size = sum(c.d is not None and math.isfinite(c.d.p) for c in comparisons)
+    size = family_size(comparisons)
     lines = ["", f"## Against the baseline ({rep.sweep.baseline})", ""]
     if rep.sweep.baseline:
         text = HOW_TO_READ.format(m=size) if size else HOW_TO_READ.format(m=0).replace(
-            "over the 0 comparisons of this report", "over the comparisons of this report (none has two "
-            "seeds yet)").replace(" (α = 0.05/0)", "")
+            "over the 0 distinct tests of this report", "over the distinct tests of this report (none can be "
+            "tested yet)").replace(" (α = 0.05/0)", "")
         lines += [text, "", *delta_table(comparisons)]
     else:
         lines += ["No baseline named in the sweep file."]
@@ -166,6 +188,95 @@ def against_baseline(page: Page) -> list[str]:
                   "nothing about seed noise, which the table above tests. Rescore any run with "
                   f"`sacrebleu {folder}/test.ref -i {folder}/runs/<run>/test.hyp -m bleu chrf`.", "",
                   *bleu_tests_table(tests)]
+    return lines
+
+
+def _budget(page: Page) -> Optional[str]:
+    """The warning that the baseline was still learning when the budget ended (None: it was not,
+    or its curves are not here)."""
+    found = adequacy.baseline_warning(page.rep.records, page.comparisons, page.rep.sweep.baseline)
+    return None if found is None else (
+        f"⚠ The baseline still improved by {100 * found[1]:.1f}% over the last quarter of training ({found[0]}): "
+        "these verdicts are about this budget, not about the architectures at convergence.")
+
+
+def budget_banner(page: Page) -> list[str]:
+    """The budget warning, right under the introduction, before any number."""
+    return [text, ""] if (text := _budget(page)) else []
+
+
+def budget(page: Page) -> list[str]:
+    """Each Δ row's gap followed through training on its validation metric, and whether it was
+    closing or widening when the budget ended."""
+    rows = adequacy.gaps(page.rep.records, page.comparisons)
+    if not any(g.validation for g in rows):
+        return []
+    lines = ["", "## Was the budget enough?", ""]
+    if (text := _budget(page)):
+        lines += [text, ""]
+    lines += ["Gap = (variant − baseline) / baseline on the validation metric, of the means over the seeds both "
+              "finished, at each share of training (each run's last validation step being 100%; linear between "
+              "validation points). BLEU is decoded at the end only, so its rows follow validation perplexity.", "",
+              *adequacy.table(rows)]
+    quarter = f"{100 * (1 - adequacy.TREND):.0f}%"
+    lines += ["", f"Trend: \"converging\" when |gap| at 100% is below {quarter} of |gap| at 50%, \"diverging\" when "
+              f"above {100 * (1 + adequacy.TREND):.0f}% of it, else \"stable\". Last quarter: the variant's own "
+              "improvement from 75% to 100% of training (mean over seeds); above "
+              f"{100 * adequacy.STILL_IMPROVING:.0f}% it was still learning."]
+    return lines
+
+
+def _sources(rep: Report) -> Optional[int]:
+    """How many test sources the hypotheses translate (None: not known here)."""
+    if (rep.out / "test.src").is_file():
+        return len(read_lines(rep.out / "test.src"))
+    return len(rep.references) if rep.references is not None else None
+
+
+def source_use(page: Page) -> list[str]:
+    """Translation: the finished runs that ignore their source ("collapsed"), per variant."""
+    rep = page.rep
+    done = [r for r in rep.records if r.finished and (r.hypotheses or r.metrics.get(adequacy.SHUFFLED_KEY) is not None)]
+    if not rep.spec.translates or not done:
+        return []
+    found, unchecked = adequacy.collapses(done, _sources(rep)), adequacy.unchecked(done)
+    lines = ["", "## Source use", "",
+             "A run is collapsed when it ignores its source: fewer distinct test outputs than half the test sources, "
+             f"or BLEU with shuffled sources at least {100 * adequacy.SHUFFLED_CLOSE:.0f}% of BLEU with the true ones "
+             "(validation sentences). Its BLEU and perplexity then measure a language model of the targets.", "",
+             "| variant | collapsed runs |", "|---|---:|"]
+    names = {r.name for r in done}
+    for variant, runs in rep.by_variant().items():
+        mine = [r for r in runs if r.name in names]
+        lines.append(f"| {variant} | {sum(r.name in found for r in mine)}/{len(mine)} |")
+    lines += [""] + ([f"- `{name}`: {why}" for name, why in found.items()] or ["No run collapsed."])
+    if unchecked:
+        which = "any run" if len(unchecked) == len(done) else ", ".join(f"`{n}`" for n in unchecked)
+        lines += ["", f"The shuffled-source check was not available for {which} ({len(unchecked)} of {len(done)}: "
+                      f"no {adequacy.SHUFFLED_KEY} logged): only distinct outputs were counted there."]
+    return lines
+
+
+def _health(page: Page) -> tuple[list[health.Health], list[tuple[int, int]]]:
+    rep = page.rep
+    return health.health(rep.records, rep.out / "runs", rep.sweep.variants)
+
+
+def training_health(page: Page) -> list[str]:
+    """Gradient norms, clipping and loss spikes per variant, from the runs' logged training rows."""
+    rows, common = _health(page)
+    if not health.logged(rows):
+        return []
+    lines = ["", "## Training health", "",
+             "Over each variant's finished seeds: the global gradient norm before clipping at every logged step "
+             "(median, maximum), the share of optimizer steps clipping scaled down (mean over runs), and loss "
+             f"spikes: a logged training loss more than {health.SPIKE_SIGMAS:g}σ above the median of the "
+             f"{health.WINDOW} logged losses before it, σ = 1.4826 × their median absolute deviation. A spike every "
+             "variant shows at the same step of the same seed comes from the batch and is left out.", "",
+             *health.table(rows)]
+    if common:
+        shown = ", ".join(f"{step} ({seed})" for seed, step in common)
+        lines += ["", f"Left out, shown by every variant: step (seed) {shown}."]
     return lines
 
 
@@ -214,8 +325,9 @@ def reproduce(page: Page) -> list[str]:
 
 
 # The page, section by section, in order; each turns the Page into its lines (none: left out).
-SECTIONS: list[Callable[[Page], list[str]]] = [intro, tuning, results, against_baseline, runs_and_plots, findings,
-                                               reading, reproduce]
+SECTIONS: list[Callable[[Page], list[str]]] = [intro, budget_banner, preregistration, tuning, results, against_baseline, budget,
+                                               source_use, training_health, runs_and_plots, findings, reading,
+                                               reproduce]
 
 
 def _run_summary(r: Record, metrics: list[str]) -> dict[str, Any]:

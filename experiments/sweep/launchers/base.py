@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from experiments.run.rundir import FINAL_STATES, read_status
+from experiments.sweep import registration
 from experiments.sweep.spec import Sweep, SweepError, SweepRun
 
 
@@ -75,7 +76,8 @@ def plan(sweep: Sweep, retry_failed: bool = False) -> tuple[list[SweepRun], dict
 
 def write_manifest(sweep: Sweep) -> Path:
     """``<root>/<sweep>/sweep.json``: the sweep file, its runs (tuning runs first) and the command
-    of each (none yet for a confirmation run awaiting its variant's tuning)."""
+    of each (none yet for a confirmation run awaiting its variant's tuning), and its
+    pre-registration (:mod:`experiments.sweep.registration`), kept from the first launch on."""
     sweep = sweep.whole or sweep
     sweep.root.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -83,10 +85,13 @@ def write_manifest(sweep: Sweep) -> Path:
         "cli_overrides": sweep.cli_overrides, "baseline": sweep.baseline, "variants": sweep.variants,
         "runs": [{"name": r.name, "variant": r.variant, "seed": r.seed, "stage": r.stage, "point": r.point,
                   "tuned": r.tuned, "run_id": None if r.awaiting else r.run_id,
+                  **({"budget": r.budget} if r.budget else {}),
                   "command": None if r.awaiting else ["ablate", *r.command(sweep.configs)]}
                  for r in [*sweep.tune_runs, *sweep.runs]],
     }
     path = sweep.root / "sweep.json"
+    previous = json.loads(path.read_text()).get("registration") if path.is_file() else None
+    manifest["registration"] = registration.update(previous, sweep)
     tmp = path.with_name(f"sweep.json.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(manifest, indent=1, default=str))
     tmp.replace(path)

@@ -1,0 +1,76 @@
+"""Pre-registration: what a sweep will be judged by (its baseline, its published findings, its
+confirmation seeds and its tuning rule), written into the sweep's manifest the first time the
+sweep is launched, before any of its runs has finished, and never rewritten. Every later launch
+whose sweep file says otherwise appends a change, with its time and how many runs had finished
+by then, so a report can say whether its verdicts were decided before or after the results."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Optional
+
+from experiments.run.rundir import FINAL_STATES, read_status
+from experiments.sweep.spec import Sweep
+
+REGISTRATION_FILE = "registration.json"  # a report's copy of its sweep's registration
+
+
+def registered_terms(sweep: Sweep) -> dict[str, Any]:
+    """What the verdicts of ``sweep`` depend on and could be chosen after seeing results."""
+    tune = sweep.tune
+    return {"baseline": sweep.baseline,
+            "findings": [dataclasses.asdict(f) for f in sweep.findings],
+            "seeds": list(sweep.seeds),
+            "tune": None if tune is None else {"grid": {k: list(v) for k, v in tune.grid.items()},
+                                                "seeds": list(tune.seeds), "select": _plain(tune.select)}}
+
+
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
+
+
+def finished_runs(sweep: Sweep) -> int:
+    return sum(read_status(r.run_dir).get("state") in FINAL_STATES for r in [*sweep.tune_runs, *sweep.runs])
+
+
+def update(previous: Optional[dict[str, Any]], sweep: Sweep, now: Optional[float] = None) -> dict[str, Any]:
+    """The registration after this launch: ``previous`` unchanged when the sweep file still says
+    the same; with a change appended when it does not; a new one when there was none."""
+    now = time.time() if now is None else now
+    terms = registered_terms(sweep)
+    entry = {"at": _iso(now), "finished_runs": finished_runs(sweep), **terms}
+    if not previous:
+        return {"registered": entry, "changes": []}
+    last = (previous.get("changes") or [previous["registered"]])[-1]
+    if {k: last.get(k) for k in terms} == terms:
+        return previous
+    return {**previous, "changes": [*(previous.get("changes") or []), entry]}
+
+
+def describe(registration: Optional[dict[str, Any]]) -> list[str]:
+    """A report's lines on when its terms were fixed and whether they changed."""
+    if not registration:
+        return ["Not pre-registered: this sweep was launched before launches recorded their baseline and findings."]
+    first = registration["registered"]
+    when = (f"registered at {first['at']}, when the sweep was first launched, "
+            + ("before any run had finished" if not first["finished_runs"]
+               else f"after {first['finished_runs']} run(s) had already finished"))
+    changes = registration.get("changes") or []
+    if not changes:
+        return [f"The baseline, the findings, the confirmation seeds and the tuning rule were {when}; "
+                f"they have not changed since."]
+    lines = [f"The baseline, the findings, the confirmation seeds and the tuning rule were {when}. "
+             f"They changed {len(changes)} time(s) afterwards:", ""]
+    before = first
+    for change in changes:
+        what = ", ".join(k for k in ("baseline", "findings", "seeds", "tune") if change.get(k) != before.get(k))
+        lines.append(f"- {change['at']}, with {change['finished_runs']} run(s) finished: {what} changed"
+                     + (f" (baseline {before.get('baseline')} → {change.get('baseline')})"
+                        if change.get("baseline") != before.get("baseline") else ""))
+        before = change
+    return lines
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
