@@ -26,6 +26,7 @@ SHUFFLED_CLOSE = 0.7  # shuffled-source BLEU at least this share of true-source 
 SHUFFLED_KEY, TRUE_KEY = "test/src_shuffled_bleu", "test/src_check_bleu"  # logged by translation runs
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of each run's training, where a gap is read
 TREND = 0.25  # the gap's size shrinking (growing) by more than this share from 50% to 100%: converging (diverging)
+TREND_FLOOR = 0.005  # gaps under half a percent at both points are "stable" whatever their ratio
 
 
 def value_at(curve: Sequence[dict], metric: str, step: float) -> Optional[float]:
@@ -125,9 +126,12 @@ def gap_at(records: Sequence[Record], variant: str, against: str, metric: str, f
 
 def trend(half: Optional[float], end: Optional[float]) -> Optional[str]:
     """"converging" when the gap's size at the end is more than :data:`TREND` below its size
-    half-way, "diverging" when more than :data:`TREND` above, else "stable" (None: one missing)."""
+    half-way, "diverging" when more than :data:`TREND` above, else "stable" (also when both are
+    below :data:`TREND_FLOOR`: a ratio of two tiny gaps is noise); None when one is missing."""
     if half is None or end is None:
         return None
+    if max(abs(half), abs(end)) < TREND_FLOOR:
+        return "stable"
     if abs(end) < (1 - TREND) * abs(half):
         return "converging"
     return "diverging" if abs(end) > (1 + TREND) * abs(half) else "stable"

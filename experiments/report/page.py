@@ -19,7 +19,8 @@ from typing import Any, Callable, Optional
 from experiments.report import adequacy, health
 from experiments.report.collect import Record, Report, collect, read_lines, tune_records
 from experiments.report.compare import Comparison, bleu_tests, family, family_size
-from experiments.report.plots import PLOTS, plot_curves, plot_extrapolation, plot_throughput
+from experiments.report.plots import (PLOTS, UNEVEN_THROUGHPUT, plot_curves, plot_extrapolation, plot_throughput,
+                                      plot_tuning, uneven_throughput)
 from experiments.report.tables import (bleu_tests_table, delta_table, findings_table, not_averaged, results_table,
                                        samples, tuning_lines)
 from experiments.sweep.registration import REGISTRATION_FILE
@@ -99,7 +100,8 @@ def build(sweep: Sweep, out: Path, sweep_file: Optional[str] = None, folder: Opt
     comparisons = family(rep, sweep.findings)
     tests = bleu_tests(rep)
     plots = [plot_curves(rep, "step", out / PLOTS[0]), plot_curves(rep, "time", out / PLOTS[1]),
-             plot_extrapolation(rep, out / PLOTS[2]), plot_throughput(rep, out / PLOTS[3])]
+             plot_extrapolation(rep, out / PLOTS[2]), plot_throughput(rep, out / PLOTS[3]),
+             plot_tuning(rep, _tuning_record(rep), tune_records(sweep, out), out / PLOTS[4])]
     for name in set(PLOTS) - set(plots):  # a plot with nothing to show: no stale picture either
         (out / name).unlink(missing_ok=True)
     overrides = " ".join(sweep.cli_overrides)
@@ -147,15 +149,25 @@ def tuning(page: Page) -> list[str]:
     rep = page.rep
     if rep.sweep.tune is None:
         return []
+    lines = ["## Tuning", "", *tuning_lines(rep, _tuning_record(rep), tune_records(rep.sweep, rep.out)), ""]
+    if PLOTS[4] in page.plots:
+        lines += [f"![{PLOTS[4]}]({PLOTS[4]})", ""]
+    return lines
+
+
+def _tuning_record(rep: Report) -> dict[str, Any]:
     path = rep.out / TUNING_FILE
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    return ["## Tuning", "", *tuning_lines(rep, data, tune_records(rep.sweep, rep.out)), ""]
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def results(page: Page) -> list[str]:
     """The per-variant table and what its columns mean."""
     rep = page.rep
-    lines = ["## Results", "", "Mean ± standard deviation over the finished seeds.", "", *results_table(rep), ""]
+    chosen = None
+    if rep.sweep.tune is not None:  # each variant's recorded tuning choice, beside its rows
+        chosen = {v: ", ".join(f"{k.split('.')[-1]} {x}" for k, x in c["chosen"].items())
+                  for v, c in (_tuning_record(rep).get("variants") or {}).items() if c.get("chosen")}
+    lines = ["## Results", "", "Mean ± standard deviation over the finished seeds.", "", *results_table(rep, chosen), ""]
     lines += ["Perplexity = exp(total NLL / non-pad target tokens) over the whole split (never a mean of batch "
               "perplexities, never the label-smoothed loss); bits per byte = total NLL in bits / UTF-8 bytes. "
               "Tokens/s: non-pad tokens per second of training step, median over the run's logging windows "
@@ -290,7 +302,12 @@ def runs_and_plots(page: Page) -> list[str]:
     missing = not_averaged(rep)
     lines += missing or [f"None: all {len(rep.records)} runs finished."]
     lines += ["", "## Plots", ""]
-    drawn = [name for name in plots if name]
+    drawn = [name for name in plots if name and name != PLOTS[4]]  # the tuning plot is in its own section
+    if PLOTS[1] in drawn and (uneven := uneven_throughput(rep)):
+        lines += [f"The wall-clock plot ({PLOTS[1]}) is not comparable between variants: the tokens/s of one "
+                  f"variant's seeds differ by more than {UNEVEN_THROUGHPUT:.0%} ("
+                  + ", ".join(f"{v} {100 * x:.0f}%" for v, x in uneven.items())
+                  + "), so other work shared the machine; compare the step plot.", ""]
     for name in drawn:
         lines += [f"![{name}]({name})", ""]
     if not drawn:

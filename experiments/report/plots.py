@@ -11,7 +11,8 @@ import numpy as np
 from experiments.report.collect import Record, Report
 from experiments.report.stats import mean_std
 
-PLOTS = ("val_curves_steps.png", "val_curves_time.png", "extrapolation.png", "throughput.png")
+PLOTS = ("val_curves_steps.png", "val_curves_time.png", "extrapolation.png", "throughput.png", "tuning.png")
+UNEVEN_THROUGHPUT = 0.10  # tokens/s differing more than this between a variant's seeds: wall-clock not comparable
 
 
 def _plt():
@@ -70,10 +71,76 @@ def plot_curves(rep: Report, x: str, path: Path) -> Optional[str]:
     if not drawn:
         plt.close(fig)
         return None
+    title = f"{rep.sweep.name}: validation perplexity (mean over seeds, band = min-max)"
+    if x == "time" and uneven_throughput(rep):
+        title += f"\nNOT COMPARABLE: tokens/s differs by more than {UNEVEN_THROUGHPUT:.0%} between seeds"
     _finish_log_plot(fig, ax, path, "training step" if x == "step" else "training wall-clock (minutes)",
-                     "validation perplexity (log scale)",
-                     f"{rep.sweep.name}: validation perplexity (mean over seeds, band = min-max)", 7)
+                     "validation perplexity (log scale)", title, 7)
     return path.name
+
+
+def uneven_throughput(rep: Report) -> dict[str, float]:
+    """Variants whose finished seeds' median tokens/s differ by more than
+    :data:`UNEVEN_THROUGHPUT` (max / min − 1), as on a machine other work shared: their
+    wall-clock curves measure the machine as much as the model."""
+    uneven = {}
+    for variant, runs in rep.by_variant().items():
+        speeds = [v for r in runs if r.finished and (v := r.metrics.get("perf/tokens_per_s_median"))]
+        if len(speeds) > 1 and max(speeds) / min(speeds) - 1 > UNEVEN_THROUGHPUT:
+            uneven[variant] = max(speeds) / min(speeds) - 1
+    return uneven
+
+
+def plot_tuning(rep: Report, data: dict, records: list[Record], path: Path) -> Optional[str]:
+    """The final validation metric of each variant over the tuning grid: the x axis is the first
+    tuning key with numeric values (log scale when they span a factor of 10 or more), one line
+    per variant and combination of the other keys, the chosen point starred."""
+    tune = rep.sweep.tune
+    if tune is None:
+        return None
+    metric = tune.select.metric
+    keys = list(tune.grid)
+    x_key = next((k for k in keys if all(isinstance(v, (int, float)) for v in tune.grid[k])), keys[0])
+    others = [k for k in keys if k != x_key]
+    points = {r.name: r.tuned for r in rep.sweep.tune_runs}  # each tuning run's values of the tuning keys
+
+    def _setting(record: Record, key: str):
+        return points.get(record.name, {}).get(key)
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9.0, 4.2))
+    drawn = False
+    for variant in rep.sweep.variants:
+        chosen = ((data.get("variants") or {}).get(variant) or {}).get("chosen")
+        mine = [r for r in records if r.variant == variant and r.finished]
+        for rest in sorted({tuple(_setting(r, k) for k in others) for r in mine}, key=_order):
+            by_x: dict = {}
+            for r in mine:
+                if tuple(_setting(r, k) for k in others) == rest and r.metrics.get(metric) is not None:
+                    by_x.setdefault(_setting(r, x_key), []).append(r.metrics[metric])
+            if not by_x:
+                continue
+            xs = sorted(by_x)
+            label = variant + "".join(f", {k.split('.')[-1]} {v}" for k, v in zip(others, rest))
+            line, = ax.plot(xs, [float(np.mean(by_x[v])) for v in xs], marker="o", markersize=4, label=label)
+            drawn = True
+            if chosen and all(chosen.get(k) == v for k, v in zip(others, rest)) and chosen.get(x_key) in by_x:
+                ax.plot([chosen[x_key]], [float(np.mean(by_x[chosen[x_key]]))], marker="*", markersize=14,
+                        color=line.get_color(), markeredgecolor="black", linestyle="none")
+    if not drawn:
+        plt.close(fig)
+        return None
+    values = [v for v in tune.grid[x_key] if isinstance(v, (int, float)) and v > 0]
+    if values and max(values) / min(values) >= 10:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(f"final {metric} (mean over tuning seeds)")
+    ax.set_title(f"{rep.sweep.name}: tuning grid per variant (★ = the recorded choice)")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(fig, path)
+    return path.name
+
 
 
 def plot_extrapolation(rep: Report, path: Path) -> Optional[str]:
@@ -129,3 +196,6 @@ def plot_throughput(rep: Report, path: Path) -> Optional[str]:
     return path.name
 
 
+def _order(values: tuple) -> tuple:
+    """Numbers in numeric order, then anything else by its text."""
+    return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in values)

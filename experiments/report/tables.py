@@ -4,7 +4,7 @@ findings, BLEU tests between systems, the runs left out of the averages, sample 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 from experiments.report.collect import Report, read_lines
 from experiments.report.compare import Comparison
@@ -22,15 +22,22 @@ def _digits(metric: str) -> int:
     return 3 if metric.endswith("bpb") else 2
 
 
-def results_table(rep: Report) -> list[str]:
+def results_table(rep: Report, chosen: Optional[dict[str, str]] = None) -> list[str]:
+    """One row per variant; with ``chosen`` (a tuned sweep: variant -> its recorded settings), a
+    column of the settings each variant's confirmation runs trained at."""
     metrics = rep.metrics()
     header = ["variant", "seeds", "params", *metrics, "tokens/s", "MFU", "peak mem (MB)", "wall (s)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---:", "---:"] + ["---:"] * (len(header) - 3)) + "|"]
+    if chosen is not None:
+        header.insert(1, "tuned at")
+    aligns = ["---", *(["---"] if chosen is not None else []), "---:", "---:"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(aligns + ["---:"] * (len(header) - len(aligns))) + "|"]
     for variant, runs in rep.by_variant().items():
         done = [r for r in runs if r.finished]
         name = f"**{variant}** (baseline)" if variant == rep.sweep.baseline else variant
         params = next((r.params for r in runs if r.params), None)
         cells = [name, f"{len(done)}/{len(runs)}", f"{params:,}" if params else "-"]
+        if chosen is not None:
+            cells.insert(1, chosen.get(variant, "not chosen yet"))
         for m in metrics:
             cells.append(_fmt(*mean_std([r.metrics.get(m) for r in done]), _digits(m)))
         tok = mean_std([r.metrics.get("perf/tokens_per_s_median") for r in done])

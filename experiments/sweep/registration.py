@@ -31,7 +31,12 @@ def _plain(value: Any) -> Any:
 
 
 def finished_runs(sweep: Sweep) -> int:
-    return sum(read_status(r.run_dir).get("state") in FINAL_STATES for r in [*sweep.tune_runs, *sweep.runs])
+    """Finished confirmation runs: the runs the verdicts are computed from."""
+    return sum(read_status(r.run_dir).get("state") in FINAL_STATES for r in sweep.runs)
+
+
+def finished_tuning_runs(sweep: Sweep) -> int:
+    return sum(read_status(r.run_dir).get("state") in FINAL_STATES for r in sweep.tune_runs)
 
 
 def update(previous: Optional[dict[str, Any]], sweep: Sweep, now: Optional[float] = None) -> dict[str, Any]:
@@ -39,7 +44,8 @@ def update(previous: Optional[dict[str, Any]], sweep: Sweep, now: Optional[float
     the same; with a change appended when it does not; a new one when there was none."""
     now = time.time() if now is None else now
     terms = registered_terms(sweep)
-    entry = {"at": _iso(now), "finished_runs": finished_runs(sweep), **terms}
+    entry = {"at": _iso(now), "finished_runs": finished_runs(sweep),
+             "finished_tuning_runs": finished_tuning_runs(sweep), **terms}
     if not previous:
         return {"registered": entry, "changes": []}
     last = (previous.get("changes") or [previous["registered"]])[-1]
@@ -53,9 +59,11 @@ def describe(registration: Optional[dict[str, Any]]) -> list[str]:
     if not registration:
         return ["Not pre-registered: this sweep was launched before launches recorded their baseline and findings."]
     first = registration["registered"]
-    when = (f"registered at {first['at']}, when the sweep was first launched, "
-            + ("before any run had finished" if not first["finished_runs"]
-               else f"after {first['finished_runs']} run(s) had already finished"))
+    tuned = first.get("finished_tuning_runs") or 0
+    when = (f"registered at {first['at']} (by the first launch that recorded them), "
+            + ("before any run of the verdicts had finished" if not first["finished_runs"]
+               else f"after {first['finished_runs']} run(s) of the verdicts had already finished")
+            + (f" ({tuned} tuning run(s) had, which never enter a verdict)" if tuned else ""))
     changes = registration.get("changes") or []
     if not changes:
         return [f"The baseline, the findings, the confirmation seeds and the tuning rule were {when}; "
@@ -65,7 +73,7 @@ def describe(registration: Optional[dict[str, Any]]) -> list[str]:
     before = first
     for change in changes:
         what = ", ".join(k for k in ("baseline", "findings", "seeds", "tune") if change.get(k) != before.get(k))
-        lines.append(f"- {change['at']}, with {change['finished_runs']} run(s) finished: {what} changed"
+        lines.append(f"- {change['at']}, with {change['finished_runs']} run(s) of the verdicts finished: {what} changed"
                      + (f" (baseline {before.get('baseline')} → {change.get('baseline')})"
                         if change.get("baseline") != before.get("baseline") else ""))
         before = change

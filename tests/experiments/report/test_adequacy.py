@@ -49,6 +49,8 @@ def test_gaps_are_read_at_shares_of_training_and_over_shared_seeds():
     run = _run("base", 0, BASE_CURVE)
     assert adequacy.value_at_fraction(run, "val/ppl", 0.625) == pytest.approx(45.0)  # step 624: between 499 and 749
     assert adequacy.trend(None, 0.1) is None
+    assert adequacy.trend(0.001, 0.004) == "stable"  # tiny gaps: their ratio is noise
+    assert adequacy.trend(0.004, 0.012) == "diverging"
 
 
 def test_bleu_rows_follow_validation_perplexity_when_bleu_has_no_curve():

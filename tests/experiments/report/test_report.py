@@ -185,3 +185,20 @@ def test_runs_an_earlier_report_listed_as_missing_are_not_adopted(tmp_path, monk
     text = build(sweep, out).read_text()
     assert "read from an earlier" not in text
     assert {r["state"] for r in json.loads((out / "report.json").read_text())["runs"]} == {"missing"}
+
+
+def test_wall_clock_is_marked_not_comparable_when_a_variants_seeds_ran_at_uneven_speed(tmp_path, monkeypatch):
+    """Seeds of one variant at 1,100 and 1,400 tokens/s: the machine was shared, and the page says
+    the wall-clock plot compares machines as much as models; at 1,100 and 1,110 it says nothing."""
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(BASE + "name: speed\ngrid: {model.ffn: [relu, swiglu]}\nseeds: [0, 1]\n"
+                          "baseline: {model.ffn: relu}\n")
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(sweep_file, [f"run.root={tmp_path}/runs"])
+    for run, ppl in zip(sweep.runs, (100.0, 110.0, 90.0, 95.0)):
+        _fake_run(run, ppl)
+    assert "is not comparable between variants" not in build(sweep, tmp_path / "even").read_text()
+    _fake_run(sweep.runs[1], 400.0)
+    text = build(sweep, tmp_path / "uneven").read_text()
+    assert "The wall-clock plot (val_curves_time.png) is not comparable between variants" in text
+    assert "layernorm-pre-learned-relu 27%" in text

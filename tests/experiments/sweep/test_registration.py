@@ -39,7 +39,7 @@ def test_the_first_launch_registers_and_an_unchanged_relaunch_keeps_it(tmp_path)
     assert first["registered"]["findings"][0]["claim"] == "GELU beats ReLU" and first["changes"] == []
     _, again = _launch(tmp_path)
     assert again == first  # the time of registration is the first launch's
-    assert "before any run had finished; they have not changed since" in " ".join(registration.describe(again))
+    assert "before any run of the verdicts had finished; they have not changed since" in " ".join(registration.describe(again))
 
 
 def test_a_baseline_changed_after_results_is_recorded_and_reported(tmp_path):
@@ -54,7 +54,7 @@ def test_a_baseline_changed_after_results_is_recorded_and_reported(tmp_path):
     assert change["finished_runs"] == 2 and change["baseline"] == sweep.baseline != first["registered"]["baseline"]
     text = build(sweep, tmp_path / "report").read_text()
     assert "## Pre-registration" in text and "They changed 1 time(s) afterwards" in text
-    assert "with 2 run(s) finished: baseline changed" in text
+    assert "with 2 run(s) of the verdicts finished: baseline changed" in text
     assert json.loads((tmp_path / "report" / registration.REGISTRATION_FILE).read_text()) == changed
     assert build(load_sweep(tmp_path / "report" / "sweep.yaml", [f"run.root={tmp_path}/nowhere"]),
                  tmp_path / "report").read_text().count("They changed 1 time(s)") == 1  # kept in the folder

@@ -156,7 +156,9 @@ def test_tuning_seeds_never_enter_a_verdict(tmp_path, monkeypatch):
     assert "100.50 ± 0.71" in text and "90.50 ± 0.71" in text  # test/ppl of seeds 0 and 1 only
     summary = json.loads((tmp_path / "report" / "report.json").read_text())
     assert sorted(r["name"] for r in summary["runs"]) == sorted(r.name for r in sweep.runs)  # no tuning run
-    assert "| layernorm-pre-learned-relu** (baseline) | 2/2" in text.replace("| **", "| ")
+    row = next(line for line in text.splitlines() if line.startswith("| **layernorm-pre-learned-relu** (baseline)"))
+    chosen = json.loads((sweep.root / tuning.TUNING_FILE).read_text())["variants"]["layernorm-pre-learned-relu"]["chosen"]
+    assert f"| lr {chosen['task.lr']}, warmup_steps {chosen['task.warmup_steps']} | 2/2 |" in row  # its settings beside it
 
 
 @pytest.mark.slow
@@ -220,3 +222,15 @@ def test_the_report_has_a_tuning_section_and_rebuilds_it_from_its_folder(tmp_pat
 
     shutil.rmtree(tmp_path / "runs")  # the report's folder alone
     assert rebuild(out).read_text() == text
+
+
+def test_the_tuning_section_plots_each_variants_grid_with_its_choice(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = _sweep(tmp_path)
+    for i, run in enumerate(sweep.tune_runs):
+        _finish(run, 100.0 + i)
+    tuning.record_sweep(sweep)
+    text = build(_sweep(tmp_path), tmp_path / "report").read_text()
+    section = text[text.index("## Tuning"):text.index("## Results")]
+    assert "![tuning.png](tuning.png)" in section and (tmp_path / "report" / "tuning.png").stat().st_size > 1000
+    assert "tuning.png" not in text[text.index("## Plots"):]  # shown once, in its section
