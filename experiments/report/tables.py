@@ -144,7 +144,9 @@ def tuning_lines(rep: Report, data: dict[str, Any], records: list) -> list[str]:
     keys = list(tune.grid)
     points = [dict(zip(keys, combo)) for combo in _product(tune.grid)]
     metric, mode = tune.select.metric, tune.select.mode
-    steps = rep.sweep.tune_runs[0].cfg.trainer.get("max_steps")
+    per_variant = {r.variant: r.cfg.trainer.get("max_steps") for r in rep.sweep.tune_runs}
+    steps = next(iter(per_variant.values())) if len(set(per_variant.values())) == 1 else \
+        "its own budget's (" + ", ".join(f"{v} {n}" for v, n in per_variant.items()) + ")"
     lines = [f"Every variant ran the same {len(points)} tuning points × {len(tune.seeds)} tuning seed(s) "
              f"({', '.join(map(str, tune.seeds))}), {len(points) * len(tune.seeds)} runs of {steps} steps each, "
              f"validating only (the test set is never seen). Each variant's own best point on the final {metric} "

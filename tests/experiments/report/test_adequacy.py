@@ -9,7 +9,8 @@ import pytest
 from experiments.report import adequacy
 from experiments.report.collect import Record, Report
 from experiments.report.compare import Comparison
-from experiments.report.page import SECTIONS, Page, budget_banner, build, source_use
+from experiments.report.page import build
+from experiments.report.sections import SECTIONS, Page, budget_banner, source_use
 from experiments.run.rundir import write_status
 from experiments.sweep.spec import load_sweep
 

@@ -103,7 +103,8 @@ def test_a_finding_that_repeats_a_delta_rows_test_counts_once(tmp_path):
 
 
 def test_the_committed_multi30k_family_counts_each_test_once(tmp_path, monkeypatch):
-    """reports/cpu-mt-multi30k: 6 Δ rows and 2 findings that repeat two of them (one reversed)."""
+    """reports/cpu-mt-multi30k: 6 Δ rows, a finding that repeats one of them (reversed) and shares
+    its test, and an equivalence finding whose preconditions fail: 6 distinct tests."""
     monkeypatch.chdir(ROOT)  # the sweep file names its base configs relative to the project
     folder = tmp_path / "cpu-mt-multi30k"
     shutil.copytree(ROOT / "reports" / "cpu-mt-multi30k", folder)
@@ -112,7 +113,9 @@ def test_the_committed_multi30k_family_counts_each_test_once(tmp_path, monkeypat
     sweep = load_sweep(folder / "sweep.yaml", [*overrides, f"run.root={tmp_path}/nowhere"])
     rows = family(Report(sweep, folder, collect(sweep, folder)), sweep.findings)
     assert len(rows) == 8 and family_size(rows) == 6
-    assert all(not c.counted and math.isfinite(c.p_adjusted) for c in rows if c.kind == "finding")
+    shared, equivalence = [c for c in rows if c.kind == "finding"][::-1]
+    assert not shared.counted and math.isfinite(shared.p_adjusted)
+    assert equivalence.verdict == "not tested here (not converged, not tuned)" and not equivalence.counted
 
 
 def _curve(start: float, end: float) -> list[dict]:

@@ -8,7 +8,8 @@ import pytest
 
 from experiments.report import health
 from experiments.report.collect import Record
-from experiments.report.page import SECTIONS, budget, budget_banner, build, results, training_health
+from experiments.report.page import build
+from experiments.report.sections import SECTIONS, budget, budget_banner, results, training_health
 from experiments.run.rundir import write_status
 from experiments.sweep.spec import load_sweep
 
