@@ -23,6 +23,7 @@ from experiments.report.collect import Record
 
 STILL_IMPROVING = 0.02  # relative improvement over the last quarter above which a run is still learning
 SHUFFLED_CLOSE = 0.7  # shuffled-source BLEU at least this share of true-source BLEU: the source is ignored
+TRANSLATES = 1.0  # validation BLEU with the true sources below this: the model does not translate at all
 SHUFFLED_KEY, TRUE_KEY = "test/src_shuffled_bleu", "test/src_check_bleu"  # logged by translation runs
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of each run's training, where a gap is read
 TREND = 0.25  # the gap's size shrinking (growing) by more than this share from 50% to 100%: converging (diverging)
@@ -89,6 +90,8 @@ def collapsed(record: Record, sources: Optional[int] = None) -> Optional[str]:
         if distinct < n / 2:
             return f"{distinct} distinct output{'s' * (distinct != 1)} for {n} test sources"
     shuffled, true = record.metrics.get(SHUFFLED_KEY), record.metrics.get(TRUE_KEY)
+    if true is not None and true < TRANSLATES:
+        return f"BLEU {true:.1f} with its true sources: it does not translate"
     if shuffled is not None and true is not None and shuffled >= SHUFFLED_CLOSE * true:
         return f"BLEU {shuffled:.1f} with shuffled sources against {true:.1f} with the true ones"
     return None
@@ -125,13 +128,17 @@ def gap_at(records: Sequence[Record], variant: str, against: str, metric: str, f
 
 
 def trend(half: Optional[float], end: Optional[float]) -> Optional[str]:
-    """"converging" when the gap's size at the end is more than :data:`TREND` below its size
-    half-way, "diverging" when more than :data:`TREND` above, else "stable" (also when both are
-    below :data:`TREND_FLOOR`: a ratio of two tiny gaps is noise); None when one is missing."""
+    """"crossed" when the gap changed sign from half-way to the end (both beyond
+    :data:`TREND_FLOOR`); else "converging" when its size at the end is more than :data:`TREND`
+    below its size half-way, "diverging" when more than :data:`TREND` above, else "stable" (also
+    when both are below :data:`TREND_FLOOR`: a ratio of two tiny gaps is noise); None when one is
+    missing."""
     if half is None or end is None:
         return None
     if max(abs(half), abs(end)) < TREND_FLOOR:
         return "stable"
+    if half * end < 0 and min(abs(half), abs(end)) >= TREND_FLOOR:
+        return "crossed"  # the ranking flipped between half-way and the end
     if abs(end) < (1 - TREND) * abs(half):
         return "converging"
     return "diverging" if abs(end) > (1 + TREND) * abs(half) else "stable"
@@ -192,7 +199,7 @@ def budget_warning(records: Sequence[Record], baseline: str, metrics: Sequence[s
     if not changes:
         return None
     change, metric = max(changes)
-    return (metric, change) if change > STILL_IMPROVING else None
+    return (metric, change) if change >= STILL_IMPROVING else None  # the complement of converged()
 
 
 def collapses(records: Sequence[Record], sources: Optional[int] = None) -> dict[str, str]:

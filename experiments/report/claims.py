@@ -85,17 +85,13 @@ def claim_test(expect: str, margin: float, d: stats.Delta) -> ClaimTest:
     return ClaimTest(agree[0], agree[1], "agrees", texts[0])
 
 
-def val_metric(metric: str) -> str:
-    """The validation counterpart of a metric (test/ppl -> val/ppl): what convergence is read on."""
-    split, _, name = metric.partition("/")
-    return f"val/{name}" if name and split == "test" else metric
-
-
 def unmet(rep: Report, requires: Sequence[str], arms: Sequence[str], metric: str) -> list[str]:
     """The preconditions of ``requires`` that ``arms`` do not meet here, as the verdict names them
     ("not converged", "not tuned"); unknown convergence counts as not met."""
     missing = []
-    if "converged" in requires and not all(adequacy.converged(rep.records, a, val_metric(metric)) for a in arms):
+    # read on the validation curve the adequacy section follows (BLEU, decoded at the end only: perplexity)
+    curve = adequacy.validation_metric(rep.records, metric, arms)
+    if "converged" in requires and not (curve and all(adequacy.converged(rep.records, a, curve) for a in arms)):
         missing.append("not converged")
     if "tuned" in requires and not _tuned(rep, arms):
         missing.append("not tuned")

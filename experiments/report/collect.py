@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from experiments.run.config import ConfigError, RunConfig, load_config
 from experiments.run.rundir import metric_records, read_status
+from experiments.sweep import registration
 from experiments.sweep.registration import REGISTRATION_FILE
 from experiments.sweep.spec import Sweep, SweepError
 from experiments.sweep.tuning import TUNING_FILE
@@ -40,6 +41,7 @@ class Record:
     config: Optional[RunConfig] = None  # the run's own config.yaml
     hypotheses: Optional[list[str]] = None  # translation: test.hyp, line by line
     summary_only: bool = False  # read from an earlier report.json: the run files were not kept
+    run_id: Optional[str] = None  # the id its status.json records: the config it was made with
 
     @property
     def finished(self) -> bool:
@@ -57,7 +59,9 @@ def collect(sweep: Sweep, out: Path) -> list[Record]:
     manifest = sweep.root / "sweep.json"
     if manifest.is_file() and (registered := json.loads(manifest.read_text()).get("registration")):
         out.mkdir(parents=True, exist_ok=True)  # when the baseline and findings were fixed, and any change since
-        (out / REGISTRATION_FILE).write_text(json.dumps(registered, indent=1, sort_keys=True) + "\n")
+        kept = out / REGISTRATION_FILE  # an earlier part of the sweep, run elsewhere, may have registered first
+        registered = registration.merge(json.loads(kept.read_text()) if kept.is_file() else None, registered)
+        kept.write_text(json.dumps(registered, indent=1, sort_keys=True) + "\n")
     for run in [*sweep.tune_runs, *sweep.runs]:
         src = run.run_dir
         if not (src / "status.json").is_file():
@@ -76,7 +80,7 @@ def collect(sweep: Sweep, out: Path) -> list[Record]:
     earlier = _earlier_runs(out)
     records = []
     for run in sweep.runs:
-        record = _read(run.name, run.variant, run.seed, runs_dir / run.name)
+        record = _current(run, _read(run.name, run.variant, run.seed, runs_dir / run.name))
         if record.state == "missing" and run.name in earlier:
             e = earlier[run.name]
             record = Record(run.name, run.variant, run.seed, e["state"],
@@ -90,12 +94,24 @@ def restore_choices(sweep: Sweep, folder: Path) -> bool:
     """The inverse of :func:`collect` for what a sweep decides from: the report's ``tuning.json``
     and pre-registration into the sweep's root where it has none. True when the tuning record was
     restored (load the sweep again: its confirmation runs depend on it)."""
+    from experiments.sweep.tuning import TuningError, check_recorded
+
     folder, root = Path(folder), sweep.root
-    root.mkdir(parents=True, exist_ok=True)
+    summary = json.loads((folder / "report.json").read_text()) if (folder / "report.json").is_file() else {}
+    if summary.get("name", sweep.name) != sweep.name:
+        raise SweepError(f"--resume-from {folder}: a report of sweep {summary['name']}, not of {sweep.name}")
     restored = False
     if (folder / TUNING_FILE).is_file() and not (root / TUNING_FILE).is_file():
+        if sweep.tune is None:
+            raise SweepError(f"--resume-from {folder}: it holds a {TUNING_FILE}, and {sweep.path} has no tune: section")
+        try:  # choices made over another grid, seeds or metric: refused before anything is written
+            check_recorded(json.loads((folder / TUNING_FILE).read_text()), sweep.tune, folder)
+        except TuningError as err:
+            raise SweepError(f"--resume-from: {err}") from None
+        root.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / TUNING_FILE, root / TUNING_FILE)
         restored = True
+    root.mkdir(parents=True, exist_ok=True)
     manifest = root / "sweep.json"
     if (folder / REGISTRATION_FILE).is_file() and not manifest.is_file():
         manifest.write_text(json.dumps({"registration": json.loads((folder / REGISTRATION_FILE).read_text())}))
@@ -135,7 +151,18 @@ def restore(sweep: Sweep, folder: Path) -> tuple[list[str], list[str]]:
 
 def tune_records(sweep: Sweep, out: Path) -> list[Record]:
     """The tuning runs, read from their copies in ``<out>/runs/`` (never part of a verdict)."""
-    return [_read(run.name, run.variant, run.seed, out / "runs" / run.name) for run in sweep.tune_runs]
+    return [_current(run, _read(run.name, run.variant, run.seed, out / "runs" / run.name)) for run in sweep.tune_runs]
+
+
+def _current(run, record: Record) -> Record:
+    """``record``, unless its copy was made with another config than the sweep's run of that name
+    (another tuning choice or budget, a copy from another machine): then a ``stale`` record that
+    no table averages and the page lists."""
+    if run.awaiting or not record.run_id or record.run_id == run.run_id:
+        return record
+    return Record(run.name, run.variant, run.seed, "stale",
+                  message=f"its copy in runs/ is run {record.run_id}, made with another config than the sweep's "
+                          f"run {run.run_id}; rerun it (ablate sweep) or restore its config")
 
 
 def _earlier_runs(out: Path) -> dict[str, dict[str, Any]]:
@@ -156,7 +183,8 @@ def _read(name: str, variant: str, seed: int, directory: Path) -> Record:
     status = json.loads(status_file.read_text())
     record = Record(name, variant, seed, status["state"], status.get("metrics") or {},
                     (status.get("params") or {}).get("total"), status.get("signature"),
-                    status.get("environment") or {}, status.get("message") or status.get("error"))
+                    status.get("environment") or {}, status.get("message") or status.get("error"),
+                    run_id=status.get("run_id"))
     elapsed, last = 0.0, None
     for row in metric_records(directory):
         t = row.get("time")

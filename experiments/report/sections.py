@@ -37,6 +37,8 @@ def _decoding(rep: Report) -> Optional[str]:
         return None
     task = next((r.config.task for r in rep.records if r.config), None)
     signature = next((r.signature for r in rep.records if r.signature), None)
+    if task is None:  # no run has finished yet: nothing was decoded
+        return None
     return (f"BLEU: sacreBLEU corpus BLEU on detokenized test text, signature `{signature}`; beam search, "
             f"beam {task and task.beam_size}, length penalty {task and task.length_penalty}, "
             f"at most {task and task.max_decode_len} tokens; last checkpoint, no averaging.")
@@ -46,11 +48,12 @@ HOW_TO_READ = (
     "Δ = variant − baseline, averaged over seeds. 95% CI: Student-t, paired by seed where both arms "
     "ran the same seeds, Welch's t otherwise. p: two-sided t test; p (sign-flip): the same test by "
     "exact sign-flipping of the per-seed differences (paired rows only: no normal model, and over n seeds "
-    "never below 2/2^n, 0.0625 for 5); p (Holm): adjusted by Holm–Bonferroni over the {m} distinct tests "
+    "never below 2/2^n, 0.0625 for 5; 1/2^n for a one-sided claim); p (Holm): adjusted by Holm–Bonferroni over the {m} distinct tests "
     "of this report (a finding that repeats a Δ row's test shares its p and counts once). A verdict is "
     "\"better\"/\"worse\" (for a published finding \"agrees\"/\"disagrees\") only when the adjusted "
     "p is below 0.05; otherwise \"no detectable difference\" (\"inconclusive\"). A finding with a margin "
-    "is tested as declared, its p that of the test its method names: `equivalent` by TOST (|Δ| < margin), "
+    "is tested as declared, its p that of the test its method names: `equivalent` by TOST (|Δ| < margin; "
+    "it agrees when the 90% interval, not the 95% one shown, lies inside the margin), "
     "`not_lower`/`not_higher` one-sided; it \"disagrees\" when Δ lies significantly beyond the margin. "
     "A finding of no difference without a margin can be rejected, never shown: \"not rejected\". "
     "\"No spread: no test\": every seed gave the same difference. \"Not tested here\": a precondition of "
@@ -186,8 +189,10 @@ def budget(page: Page) -> list[str]:
               "validation points). BLEU is decoded at the end only, so its rows follow validation perplexity.", "",
               *adequacy.table(rows)]
     quarter = f"{100 * (1 - adequacy.TREND):.0f}%"
-    lines += ["", f"Trend: \"converging\" when |gap| at 100% is below {quarter} of |gap| at 50%, \"diverging\" when "
-              f"above {100 * (1 + adequacy.TREND):.0f}% of it, else \"stable\". Last quarter: the variant's own "
+    lines += ["", f"Trend: \"crossed\" when the gap changed sign from 50% to 100% (the ranking flipped); else "
+              f"\"converging\" when |gap| at 100% is below {quarter} of |gap| at 50%, \"diverging\" when "
+              f"above {100 * (1 + adequacy.TREND):.0f}% of it, else \"stable\" (also when both are below "
+              f"{100 * adequacy.TREND_FLOOR:.1f}%). Last quarter: the variant's own "
               "improvement from 75% to 100% of training (mean over seeds); above "
               f"{100 * adequacy.STILL_IMPROVING:.0f}% it was still learning."]
     return lines
@@ -242,7 +247,8 @@ def source_use(page: Page) -> list[str]:
     lines = ["", "## Source use", "",
              "A run is collapsed when it ignores its source: fewer distinct test outputs than half the test sources, "
              f"or BLEU with shuffled sources at least {100 * adequacy.SHUFFLED_CLOSE:.0f}% of BLEU with the true ones "
-             "(validation sentences). Its BLEU and perplexity then measure a language model of the targets.", "",
+             f"(validation sentences), or below {adequacy.TRANSLATES:.0f} BLEU with the true ones (it does not "
+             "translate). Its BLEU and perplexity then measure a language model of the targets.", "",
              "| variant | collapsed runs |", "|---|---:|"]
     names = {r.name for r in done}
     for variant, runs in rep.by_variant().items():

@@ -9,6 +9,7 @@ from typing import Any, Optional
 from experiments.report.collect import Report, read_lines
 from experiments.report.compare import Comparison
 from experiments.report.stats import mean_std
+from experiments.sweep.tuning import points as tuning_points
 
 
 def _fmt(mean: float, std: float, digits: int = 2) -> str:
@@ -141,8 +142,7 @@ def tuning_lines(rep: Report, data: dict[str, Any], records: list) -> list[str]:
     """The Tuning section's text and table: every variant's final validation value at every tuning
     point (the chosen one in bold), its choice, and an edge warning; ``data`` is ``tuning.json``."""
     tune = rep.sweep.tune
-    keys = list(tune.grid)
-    points = [dict(zip(keys, combo)) for combo in _product(tune.grid)]
+    points = tuning_points(tune.grid)
     metric, mode = tune.select.metric, tune.select.mode
     per_variant = {r.variant: r.cfg.trainer.get("max_steps") for r in rep.sweep.tune_runs}
     steps = next(iter(per_variant.values())) if len(set(per_variant.values())) == 1 else \
@@ -181,12 +181,6 @@ def tuning_lines(rep: Report, data: dict[str, Any], records: list) -> list[str]:
                                 f"its best setting may lie beyond it (extend the grid).")
         lines.append("| " + " | ".join([variant, *cells, verdict]) + " |")
     return lines + ([""] + warnings if warnings else [])
-
-
-def _product(grid: dict[str, list]) -> list[tuple]:
-    import itertools
-
-    return list(itertools.product(*grid.values()))
 
 
 def _tuned(rep: Report, name: str) -> dict[str, Any]:

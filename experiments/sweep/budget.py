@@ -103,6 +103,11 @@ def apply(budget: BudgetSpec, run: Run, where: str) -> Run:
         if budget.by != "steps":
             raise
         tokens = flops = None
+    except (ValueError, TypeError) as err:  # a model the counter cannot build: name the run and the budget
+        if budget.by != "steps":
+            raise BudgetError(f"{where}: budget.by: {budget.by}: the FLOPs of run {run.name} cannot be "
+                              f"counted ({err})") from None
+        tokens = flops = None
     per_step = {"steps": 1.0, "tokens": tokens, "flops": flops}[budget.by]
     steps, val_every, ckpt_every, k, c = schedule(cfg, budget.value / per_step, where, run.name)
     trainer = {**cfg.trainer, "max_steps": steps, "val_check_interval": val_every}

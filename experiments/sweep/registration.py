@@ -1,6 +1,6 @@
 """Pre-registration: what a sweep will be judged by (its baseline, its published findings, its
-confirmation seeds and its tuning rule), written into the sweep's manifest the first time the
-sweep is launched, before any of its runs has finished, and never rewritten. Every later launch
+confirmation seeds, its tuning rule and its budget), written into the sweep's manifest the first
+time the sweep is launched, before any of its runs has finished, and never rewritten. Every later launch
 whose sweep file says otherwise appends a change, with its time and how many runs had finished
 by then, so a report can say whether its verdicts were decided before or after the results."""
 
@@ -19,11 +19,16 @@ REGISTRATION_FILE = "registration.json"  # a report's copy of its sweep's regist
 def registered_terms(sweep: Sweep) -> dict[str, Any]:
     """What the verdicts of ``sweep`` depend on and could be chosen after seeing results."""
     tune = sweep.tune
+    budget = next((r.budget for r in sweep.runs if r.budget), None)
     return {"baseline": sweep.baseline,
             "findings": [dataclasses.asdict(f) for f in sweep.findings],
             "seeds": list(sweep.seeds),
             "tune": None if tune is None else {"grid": {k: list(v) for k, v in tune.grid.items()},
-                                                "seeds": list(tune.seeds), "select": _plain(tune.select)}}
+                                                "seeds": list(tune.seeds), "select": _plain(tune.select)},
+            "budget": None if budget is None else {k: budget.get(k) for k in ("by", "value", "seq_len")}}
+
+
+TERMS = ("baseline", "findings", "seeds", "tune", "budget")  # what a registration fixes
 
 
 def _plain(value: Any) -> Any:
@@ -54,6 +59,21 @@ def update(previous: Optional[dict[str, Any]], sweep: Sweep, now: Optional[float
     return {**previous, "changes": [*(previous.get("changes") or []), entry]}
 
 
+def merge(kept: Optional[dict[str, Any]], newer: dict[str, Any]) -> dict[str, Any]:
+    """One registration from two parts of a sweep run on different machines: the one registered
+    first, with every entry of the other whose terms differ from the last one kept appended as a
+    change (so a later part's different terms show, and the first registration stays first)."""
+    if not kept:
+        return newer
+    first, second = sorted((kept, newer), key=lambda r: r["registered"]["at"])
+    merged = {**first, "changes": list(first.get("changes") or [])}
+    for entry in [second["registered"], *(second.get("changes") or [])]:
+        last = (merged["changes"] or [merged["registered"]])[-1]
+        if {k: last.get(k) for k in TERMS} != {k: entry.get(k) for k in TERMS}:
+            merged["changes"].append(entry)
+    return merged
+
+
 def describe(registration: Optional[dict[str, Any]]) -> list[str]:
     """A report's lines on when its terms were fixed and whether they changed."""
     if not registration:
@@ -66,13 +86,13 @@ def describe(registration: Optional[dict[str, Any]]) -> list[str]:
             + (f" ({tuned} tuning run(s) had, which never enter a verdict)" if tuned else ""))
     changes = registration.get("changes") or []
     if not changes:
-        return [f"The baseline, the findings, the confirmation seeds and the tuning rule were {when}; "
+        return [f"The baseline, the findings, the confirmation seeds, the tuning rule and the budget were {when}; "
                 f"they have not changed since."]
-    lines = [f"The baseline, the findings, the confirmation seeds and the tuning rule were {when}. "
+    lines = [f"The baseline, the findings, the confirmation seeds, the tuning rule and the budget were {when}. "
              f"They changed {len(changes)} time(s) afterwards:", ""]
     before = first
     for change in changes:
-        what = ", ".join(k for k in ("baseline", "findings", "seeds", "tune") if change.get(k) != before.get(k))
+        what = ", ".join(k for k in TERMS if change.get(k) != before.get(k))
         lines.append(f"- {change['at']}, with {change['finished_runs']} run(s) of the verdicts finished: {what} changed"
                      + (f" (baseline {before.get('baseline')} → {change.get('baseline')})"
                         if change.get("baseline") != before.get("baseline") else ""))

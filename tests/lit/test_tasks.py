@@ -148,3 +148,4 @@ def test_a_model_whose_cross_attention_is_zeroed_scores_the_same_on_shuffled_sou
     assert blind["test/src_shuffled_bleu"] == blind["test/src_check_bleu"]
     assert collapsed(Record("r", "v", 0, "completed", metrics=dict(blind))) is not None
     assert task.training  # left as it was found
+

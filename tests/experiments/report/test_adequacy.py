@@ -52,6 +52,7 @@ def test_gaps_are_read_at_shares_of_training_and_over_shared_seeds():
     assert adequacy.trend(None, 0.1) is None
     assert adequacy.trend(0.001, 0.004) == "stable"  # tiny gaps: their ratio is noise
     assert adequacy.trend(0.004, 0.012) == "diverging"
+    assert adequacy.trend(0.10, -0.10) == "crossed" and adequacy.trend(-0.30, 0.05) == "crossed"
 
 
 def test_bleu_rows_follow_validation_perplexity_when_bleu_has_no_curve():
@@ -92,6 +93,8 @@ def test_a_run_that_repeats_one_sentence_or_ignores_shuffled_sources_is_collapse
     reading = Record("c", "v", 0, "completed", {adequacy.SHUFFLED_KEY: 1.0, adequacy.TRUE_KEY: 10.0})
     assert adequacy.collapses([blind, reading, varied]) == {"b": adequacy.collapsed(blind)}
     assert adequacy.unchecked([blind, reading, varied]) == ["r"]
+    untrained = Record("u", "v", 0, "completed", {adequacy.SHUFFLED_KEY: 0.3, adequacy.TRUE_KEY: 0.4})
+    assert adequacy.collapsed(untrained) == "BLEU 0.4 with its true sources: it does not translate"
 
 
 REFS = [f"and the man number {i} went down to the city by the sea" for i in range(40)]

@@ -195,3 +195,20 @@ def test_a_claim_agrees_falsely_at_most_at_alpha_on_its_margin(expect, true):
     scipy_p = max(sps.ttest_1samp(row, -1.0, alternative="greater").pvalue,
                   sps.ttest_1samp(row, 1.0, alternative="less").pvalue)
     assert tost.outcome == "agrees" and tost.p == pytest.approx(scipy_p)
+
+
+def test_convergence_of_a_claim_on_a_metric_without_a_curve_is_read_on_validation_perplexity(tmp_path):
+    """BLEU is decoded at the last validation only: a claim on it that requires convergence is
+    judged on the curve the adequacy section follows (validation perplexity), not found unknown."""
+    claim = _claim("not_lower", ", requires: [converged]").replace("metric: test/ppl", "metric: test/chrf")
+    flat = [{"step": s, "val/ppl": 100.0} for s in (100, 200, 300)] + [{"step": 400, "val/ppl": 100.0,
+                                                                        "val/chrf": 50.0}]
+    sweep = _sweep(tmp_path, claim)
+    records = []
+    for run in sweep.runs:
+        value = (RELU if run.point["model.ffn"] == "relu" else WORSE)[run.seed]
+        record = Record(run.name, run.variant, run.seed, "completed", {"test/ppl": value, "test/chrf": value})
+        record.curve = flat
+        records.append(record)
+    (finding,) = [c for c in family(Report(sweep, tmp_path, records), sweep.findings) if c.kind == "finding"]
+    assert finding.verdict == "agrees"

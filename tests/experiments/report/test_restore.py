@@ -4,12 +4,14 @@ gets its committed finished runs (and tuning record) back, and runs only what is
 import json
 import shutil
 
+import pytest
+
 from experiments.cli import main
 from experiments.report.collect import restore, restore_choices
 from experiments.report.page import build
 from experiments.sweep import tuning
 from experiments.sweep.launchers.base import plan
-from tests.experiments.sweep.test_tuning import _finish, _sweep
+from tests.experiments.sweep.test_tuning import TUNED, _finish, _sweep
 
 
 def _half_done_report(tmp_path):
@@ -52,3 +54,32 @@ def test_resume_from_a_folder_without_runs_is_refused(tmp_path, capsys):
     code = main(["sweep", str(tmp_path / "sweep.yaml"), f"run.root={tmp_path}/runs", "--resume-from",
                  str(tmp_path / "nowhere")])
     assert code == 2 and "not a report folder" in capsys.readouterr().err
+
+
+def test_a_report_of_another_sweep_or_grid_is_refused_before_anything_is_written(tmp_path):
+    from experiments.sweep.spec import SweepError
+
+    _half_done_report(tmp_path)
+    summary = tmp_path / "report" / "report.json"
+    text = summary.read_text()
+    summary.write_text(json.dumps({**json.loads(text), "name": "another"}))
+    with pytest.raises(SweepError, match="a report of sweep another, not of tuned"):
+        restore_choices(_sweep(tmp_path), tmp_path / "report")
+    summary.write_text(text)
+    regridded = TUNED.replace("[1.0e-4, 1.0e-3, 1.0e-2]", "[1.0e-4, 1.0e-3]")
+    with pytest.raises(SweepError, match="its choices were made with tune.grid"):
+        restore_choices(_sweep(tmp_path, regridded), tmp_path / "report")
+    assert not (tmp_path / "runs" / "tuned" / "tuning.json").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_stale_copy_is_listed_not_averaged(tmp_path):
+    """A copy in the report made with another config than the sweep's run of that name (here, a
+    confirmation run copied from another tuning choice) is not read as that run."""
+    _half_done_report(tmp_path)
+    sweep = _sweep(tmp_path)
+    restore_choices(sweep, tmp_path / "report")
+    sweep = _sweep(tmp_path)
+    status = tmp_path / "report" / "runs" / sweep.runs[0].name / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "run_id": "made-elsewhere"}))
+    text = build(sweep, tmp_path / "report").read_text()
+    assert f"`{sweep.runs[0].name}`: stale — its copy in runs/ is run made-elsewhere" in text

@@ -1,4 +1,4 @@
-"""Pre-registration: the baseline, findings, seeds and tuning rule written into the manifest at
+"""Pre-registration: the baseline, findings, seeds, tuning rule and budget written into the manifest at
 the sweep's first launch, never rewritten; a later change appended with its time and the number
 of runs finished by then; the report says which."""
 
@@ -62,3 +62,17 @@ def test_a_baseline_changed_after_results_is_recorded_and_reported(tmp_path):
 
 def test_a_report_of_a_sweep_launched_before_registration_says_so(tmp_path):
     assert registration.describe(None)[0].startswith("Not pre-registered")
+
+
+def test_two_parts_of_a_sweep_keep_the_first_registration_and_the_others_change(tmp_path):
+    """A part run elsewhere without --resume-from registers anew: the report keeps the earlier
+    registration, and the later one's different terms show as a change."""
+    for part in "abc":
+        (tmp_path / part).mkdir()
+    _, first = _launch(tmp_path / "a")
+    _, same = _launch(tmp_path / "b")
+    _, other = _launch(tmp_path / "c", base="gelu")
+    first["registered"]["at"] = "2026-01-01 00:00:00 UTC"  # the earlier part
+    assert registration.merge(first, same) == first and registration.merge(same, first) == first
+    merged = registration.merge(other, first)
+    assert merged["registered"] == first["registered"] and merged["changes"] == [other["registered"]]
