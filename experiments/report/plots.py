@@ -93,7 +93,7 @@ def uneven_throughput(rep: Report) -> dict[str, float]:
 
 def plot_tuning(rep: Report, data: dict, records: list[Record], path: Path) -> Optional[str]:
     """The final validation metric of each variant over the tuning grid: the x axis is the first
-    tuning key with numeric values (log scale when they span a factor of 10 or more), one line
+    tuning key with numeric values (log scale when they span a factor of 4 or more), one line
     per variant and combination of the other keys, the chosen point starred."""
     tune = rep.sweep.tune
     if tune is None:
@@ -131,7 +131,7 @@ def plot_tuning(rep: Report, data: dict, records: list[Record], path: Path) -> O
         plt.close(fig)
         return None
     values = [v for v in tune.grid[x_key] if isinstance(v, (int, float)) and v > 0]
-    if values and max(values) / min(values) >= 10:
+    if values and max(values) / min(values) >= 4:  # learning rates and the like: spaced by factors
         ax.set_xscale("log")
     ax.set_xlabel(x_key)
     ax.set_ylabel(f"final {metric} (mean over tuning seeds)")

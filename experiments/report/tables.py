@@ -171,7 +171,9 @@ def tuning_lines(rep: Report, data: dict[str, Any], records: list) -> list[str]:
             cells.append(f"**{text}**" if chosen else text)
         if choice is None:
             final = sum(r.state in ("completed", "diverged") for r in records if r.variant == variant)
-            verdict = f"not chosen yet ({final}/{len(points) * len(tune.seeds)} tuning runs final)"
+            total = len(points) * len(tune.seeds)
+            verdict = (f"not chosen yet ({final}/{total} tuning runs final)" if final < total else
+                       f"not recorded yet: all {total} tuning runs are final, the next `ablate sweep` records it")
         elif choice.get("chosen") is None:
             verdict = f"nothing to choose: {choice.get('reason')}"
         else:
