@@ -176,11 +176,13 @@ def gaps(records: Sequence[Record], comparisons: Sequence[Any]) -> list[Gap]:
     return rows
 
 
+def pct(value: Optional[float]) -> str:
+    """A relative change as the report's tables print it ("-": unknown)."""
+    return "-" if value is None else f"{100 * value:+.1f}%"
+
+
 def table(rows: Sequence[Gap]) -> list[str]:
     """The Markdown table of :func:`gaps`' rows."""
-    def pct(value: Optional[float]) -> str:
-        return "-" if value is None else f"{100 * value:+.1f}%"
-
     shares = [f"{100 * f:.0f}%" for f in FRACTIONS]
     lines = [f"| variant | metric | followed on | {' | '.join(shares)} | trend | variant's last quarter |",
              "|---|---|---|" + "---:|" * len(shares) + "---|---:|"]

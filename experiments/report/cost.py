@@ -184,10 +184,6 @@ def sci(value: Optional[float]) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def pct(value: Optional[float]) -> str:
-    return "-" if value is None else f"{100 * value:+.1f}%"
-
-
 def cost_table(rows: Sequence[Cost], baseline: Optional[str]) -> list[str]:
     lines = ["| variant | params | FLOPs/token | training FLOPs | tokens/s | peak mem (MB) |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -205,8 +201,8 @@ def equal_table(rows: Sequence[EqualFlops]) -> list[str]:
     lines = ["| variant | metric | Δ % at the end | followed on | smaller budget | read at (FLOPs) "
              "| Δ % at equal FLOPs |", "|---|---|---:|---|---|---:|---:|"]
     for r in rows:
-        at_equal = "equal budgets: the same as at the end" if r.equal else pct(r.gap)
-        lines.append(f"| {r.variant} | {r.metric} | {pct(r.end)} | {r.validation or '-'} | "
+        at_equal = "equal budgets: the same as at the end" if r.equal else adequacy.pct(r.gap)
+        lines.append(f"| {r.variant} | {r.metric} | {adequacy.pct(r.end)} | {r.validation or '-'} | "
                      f"{'-' if r.equal else r.smaller or '-'} | {sci(r.at)} | {at_equal} |")
     return lines
 

@@ -35,13 +35,9 @@ def _plain(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
 
 
-def finished_runs(sweep: Sweep) -> int:
-    """Finished confirmation runs: the runs the verdicts are computed from."""
-    return sum(read_status(r.run_dir).get("state") in FINAL_STATES for r in sweep.runs)
-
-
-def finished_tuning_runs(sweep: Sweep) -> int:
-    return sum(read_status(r.run_dir).get("state") in FINAL_STATES for r in sweep.tune_runs)
+def finished(runs) -> int:
+    """How many of ``runs`` have finished (confirmation runs: the ones the verdicts use)."""
+    return sum(read_status(r.run_dir).get("state") in FINAL_STATES for r in runs)
 
 
 def update(previous: Optional[dict[str, Any]], sweep: Sweep, now: Optional[float] = None) -> dict[str, Any]:
@@ -49,8 +45,8 @@ def update(previous: Optional[dict[str, Any]], sweep: Sweep, now: Optional[float
     the same; with a change appended when it does not; a new one when there was none."""
     now = time.time() if now is None else now
     terms = registered_terms(sweep)
-    entry = {"at": _iso(now), "finished_runs": finished_runs(sweep),
-             "finished_tuning_runs": finished_tuning_runs(sweep), **terms}
+    entry = {"at": _iso(now), "finished_runs": finished(sweep.runs),
+             "finished_tuning_runs": finished(sweep.tune_runs), **terms}
     if not previous:
         return {"registered": entry, "changes": []}
     last = (previous.get("changes") or [previous["registered"]])[-1]
