@@ -7,8 +7,10 @@
   steps and when training ends, keeping the newest ``keep`` periodic ones. A step that is followed
   by a validation is saved at the end of that validation, so that the checkpoint holds its
   metrics and a run killed during it repeats it on resume.
-- :func:`latest_checkpoint` picks the newest complete checkpoint (a truncated or corrupt file,
-  e.g. from a full disk, is skipped with a warning).
+- :func:`latest_checkpoint` picks the newest whole checkpoint: each candidate, newest first, is
+  verified (its zip listing and every member's CRC, see :func:`checkpoint_damage`) until one
+  passes; a truncated or damaged file (a full disk, bytes overwritten on disk) is set aside as
+  ``*.corrupt`` with a warning that names it, and the previous one is used.
 - :class:`ResumeState` carries the random-number generator states, the training time so far and
   the W&B run id in the checkpoint. Training steps draw from their own stream of the global
   generator: the state at the end of one training step is put back at the start of the next, so
@@ -21,9 +23,11 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 import time
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -70,13 +74,42 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def is_complete(path: Path) -> bool:
-    """A torch checkpoint is a zip archive; a truncated one lacks its central directory."""
+def checkpoint_damage(path: Path) -> Optional[str]:
+    """What is wrong with a checkpoint file, or None when it is whole. A torch checkpoint is a
+    zip archive: a truncated one lacks its central directory, and bytes overwritten inside it
+    fail the CRC of the member holding them (what ``zipfile.ZipFile.testzip`` checks; the
+    member is named). Reads the whole file once; a file found whole is not read again in this
+    process while its size and modification time stay the same."""
+    path = Path(path)
     try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key in _WHOLE:
+            return None
         with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("data.pkl") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                return "no data.pkl in the archive"
+            for member in archive.infolist():  # testzip's check, keeping its error message
+                try:
+                    with archive.open(member) as f:
+                        while f.read(1 << 20):
+                            pass
+                except _UNREADABLE as err:
+                    return f"damaged member {member.filename} ({err})"
+    except _UNREADABLE as err:
+        return f"not a readable zip archive ({err})"
+    _WHOLE.add(key)
+    return None
+
+
+_WHOLE: set[tuple[str, int, int, int]] = set()  # checkpoint files verified whole (see checkpoint_damage)
+# what reading a damaged archive raises: bad headers or CRCs, cut short, garbled listing fields
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, struct.error)
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a checkpoint file is whole: its zip listing and every member's CRC check out."""
+    return checkpoint_damage(path) is None
 
 
 def _step_of(path: Path) -> int:
@@ -93,15 +126,27 @@ def checkpoints(directory: Path) -> list[Path]:
 
 
 def latest_checkpoint(directory: Path) -> Optional[Path]:
-    """The newest complete checkpoint in ``directory``, or None. Incomplete or corrupt files are
-    renamed ``*.corrupt`` (kept for inspection, never resumed from or counted again)."""
+    """The newest whole checkpoint in ``directory``, or None. Candidates are verified newest
+    first (:func:`checkpoint_damage`), and only until one passes; a truncated or damaged file is
+    renamed ``*.corrupt`` (kept for inspection, never resumed from or counted again) with a
+    warning naming it, what is wrong with it and the checkpoint used instead."""
+    set_aside: list[tuple[Path, str]] = []
+    chosen = None
     for path in checkpoints(directory):
-        if is_complete(path):
-            return path
-        warnings.warn(f"{path}: incomplete or corrupt checkpoint, set aside as {path.name}.corrupt; "
-                      f"resuming from an older one", stacklevel=2)
-        path.replace(path.with_name(path.name + ".corrupt"))
-    return None
+        problem = checkpoint_damage(path)
+        if problem is None:
+            chosen = path
+            break
+        try:
+            path.replace(path.with_name(path.name + ".corrupt"))
+        except FileNotFoundError:  # removed meanwhile (an old one rotated out by the run itself)
+            continue
+        set_aside.append((path, problem))
+    instead = f"using the older {chosen.name}" if chosen else "no older whole checkpoint is left"
+    for path, problem in set_aside:
+        warnings.warn(f"{path}: incomplete or corrupt checkpoint ({problem}), set aside as "
+                      f"{path.name}.corrupt; {instead}", stacklevel=2)
+    return chosen
 
 
 def remove_partial_writes(directory: Path) -> None:

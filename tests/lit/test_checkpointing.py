@@ -1,14 +1,17 @@
-"""Checkpoint files: atomic writes, the newest complete one found; resumable batch order."""
+"""Checkpoint files: atomic writes, the newest whole one found (verified); resumable batch order."""
+
+import os
 
 import pytest
 import torch
 
-from lit.checkpointing import AtomicCheckpointIO, checkpoint_name, is_complete, latest_checkpoint
+from lit.checkpointing import (AtomicCheckpointIO, checkpoint_damage, checkpoint_name, is_complete,
+                               latest_checkpoint)
 from lit.data.modules import ShuffledBatches, TokenBudgetBatches
 
 
 def _save(directory, step, payload=None):
-    AtomicCheckpointIO().save_checkpoint({"global_step": step, "w": payload or torch.randn(64)},
+    AtomicCheckpointIO().save_checkpoint({"global_step": step, "w": torch.randn(64) if payload is None else payload},
                                          directory / checkpoint_name(step))
     return directory / checkpoint_name(step)
 
@@ -38,6 +41,43 @@ def test_truncated_newest_checkpoint_is_skipped(tmp_path):
     (tmp_path / (checkpoint_name(60) + ".tmp-123")).write_bytes(data[:100])  # a kill mid-write
     with pytest.warns(UserWarning, match="incomplete or corrupt"):
         assert latest_checkpoint(tmp_path) == tmp_path / checkpoint_name(20)
+
+
+def overwrite_middle(path, size=4096):
+    """Overwrite ``size`` bytes in the middle of a file in place (length unchanged): damage on
+    disk or in transit, not a write cut short."""
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        f.write(os.urandom(size))
+
+
+def test_a_checkpoint_overwritten_in_its_middle_is_skipped_for_the_older_one(tmp_path):
+    """4 KiB overwritten inside the newest checkpoint keep its zip listing intact, so only the
+    CRCs find it: it is set aside with a warning naming it and the damaged member, and the
+    older whole one is used. Only candidates are verified: an older damaged file is left as it
+    is while a newer whole one exists."""
+    oldest = _save(tmp_path, 10, torch.randn(8192))
+    overwrite_middle(oldest)
+    older = _save(tmp_path, 20, torch.randn(8192))  # 32 KiB of weights: the middle is inside them
+    newest = _save(tmp_path, 40, torch.randn(8192))
+    overwrite_middle(newest)
+    assert "damaged member" in checkpoint_damage(newest) and "data/0" in checkpoint_damage(newest)
+    assert not is_complete(newest) and is_complete(older)
+    with pytest.warns(UserWarning) as caught:
+        assert latest_checkpoint(tmp_path) == older
+    (warning,) = [str(w.message) for w in caught]
+    assert str(newest) in warning and "damaged member" in warning and "data/0" in warning
+    assert f"set aside as {newest.name}.corrupt; using the older {older.name}" in warning
+    assert not newest.exists() and (tmp_path / f"{newest.name}.corrupt").is_file()
+    assert oldest.is_file()  # never looked at: the run resumes from the newer one
+    assert torch.load(older, weights_only=True)["global_step"] == 20
+
+
+def test_a_damaged_only_checkpoint_leaves_none(tmp_path):
+    only = _save(tmp_path, 20, torch.randn(8192))
+    overwrite_middle(only)
+    with pytest.warns(UserWarning, match="no older whole checkpoint is left"):
+        assert latest_checkpoint(tmp_path) is None
 
 
 def test_no_checkpoint(tmp_path):
