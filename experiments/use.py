@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 import torch
 
 from experiments.run.config import ConfigError, RunConfig, load_config
-from lit.checkpointing import latest_checkpoint
+from lit.checkpointing import checkpoint_damage, checkpoints
 from tools.errors import report_error
 from lit.data.tokenizer import BOS, EOS, PAD, TextTokenizer
 from variants import build_model
@@ -34,15 +34,29 @@ class LoadedRun:
     checkpoint: Path
 
 
+def _newest_checkpoint(run_dir: Path) -> Path:
+    """The run's newest checkpoint, verified whole (its zip CRCs); a damaged one is refused by
+    name, never replaced by an older one behind the user's back (nor renamed: using a run
+    changes nothing in it)."""
+    found = checkpoints(run_dir / "checkpoints")
+    if not found:
+        raise UseError(f"{run_dir}: no complete checkpoint in checkpoints/ (the run has not saved one yet)")
+    problem = checkpoint_damage(found[0])
+    if problem is not None:
+        raise UseError(f"{found[0]}: damaged checkpoint, not loaded: {problem}; ablate train "
+                       f"{run_dir / 'config.yaml'} sets it aside and trains again from the previous "
+                       f"checkpoint (or the start)")
+    return found[0]
+
+
 def load_run(run_dir: str | Path, device: Optional[str] = None) -> LoadedRun:
-    """The run's model (weights of its newest checkpoint, evaluation mode) and tokenizer."""
+    """The run's model (weights of its newest checkpoint, evaluation mode) and tokenizer. A
+    damaged newest checkpoint is refused (:class:`UseError` naming it)."""
     run_dir = Path(run_dir)
     for name in ("config.yaml", "tokenizer.json"):
         if not (run_dir / name).is_file():
             raise UseError(f"{run_dir}: no {name}; is this a run directory (runs/<experiment>/<run>)?")
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None:
-        raise UseError(f"{run_dir}: no complete checkpoint in checkpoints/ (the run has not saved one yet)")
+    checkpoint = _newest_checkpoint(run_dir)
     try:
         cfg = load_config([run_dir / "config.yaml"])
     except ConfigError as err:

@@ -27,6 +27,39 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
     assert "no config.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["generate", "--prompt", "x"], ["translate"], ["export", "--hf", "out"]],
+                         ids=["generate", "translate", "export"])
+def test_a_damaged_newest_checkpoint_is_refused_by_name(tmp_path, capsys, monkeypatch, command):
+    """4 KiB overwritten in the middle of the newest checkpoint (its zip listing intact): the
+    command refuses it in one line naming the file and the damaged member, exit code 2; it
+    neither loads the older checkpoint in its place nor renames anything in the run."""
+    from lit.checkpointing import AtomicCheckpointIO, checkpoint_name
+
+    run_dir = tmp_path / "runs" / "lm-bible" / "some-run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("# run_id: 0123456789\n")
+    (run_dir / "tokenizer.json").write_text("{}")
+    for step in (20, 40):  # the project's own save path: torch.save into a zip archive
+        AtomicCheckpointIO().save_checkpoint({"global_step": step, "state_dict": {"model.w": torch.randn(8192)}},
+                                             run_dir / "checkpoints" / checkpoint_name(step))
+    newest = run_dir / "checkpoints" / checkpoint_name(40)
+    with open(newest, "r+b") as f:
+        f.seek(newest.stat().st_size // 2)
+        f.write(bytes(4096))
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    monkeypatch.setattr("sys.stdin", io.StringIO("ein Satz\n"))
+    monkeypatch.chdir(tmp_path)
+    assert main([command[0], str(run_dir), *command[1:]]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"ablate {command[0]}: {newest}: damaged checkpoint, not loaded: damaged member ")
+    assert "data/0" in line and captured.out == ""
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UseError, match="damaged checkpoint"):
+        load_run(run_dir, "cpu")
+
+
 @pytest.mark.slow
 def test_generate_with_an_lm_run(tmp_path, capsys):
     from variants.decoding import greedy_generate
@@ -46,6 +79,13 @@ def test_generate_with_an_lm_run(tmp_path, capsys):
     assert "learned position table" in capsys.readouterr().err
     assert main(["translate", str(run_dir)]) == 2
     assert "use ablate generate" in capsys.readouterr().err
+
+    (newest,) = (run_dir / "checkpoints").glob("*.ckpt")
+    with open(newest, "r+b") as f:  # 4 KiB overwritten in its middle: refused, by name
+        f.seek(newest.stat().st_size // 2)
+        f.write(bytes(4096))
+    assert main(["generate", str(run_dir), "--prompt", prompt]) == 2
+    assert f"{newest}: damaged checkpoint, not loaded: damaged member" in capsys.readouterr().err
 
     for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
         ckpt.unlink()
