@@ -22,9 +22,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 
 from experiments.run import wandb_log
 from experiments.run.config import RunConfig, run_id, to_yaml
-from experiments.run.gpu_memory import describe_failure, limit_gpu_memory, memory_fraction
+from experiments.run.gpu_memory import describe_failure, is_out_of_memory, limit_gpu_memory, memory_fraction
 from experiments.run.rundir import metric_lines
-from experiments.run.rundir import EXIT_LOCKED, RunDirUnwritable, RunLock, RunLocked, read_status, write_status
+from experiments.run.rundir import (EXIT_LOCKED, FINAL_STATES, RunDirUnwritable, RunLock, RunLocked, read_status,
+                                    write_status)
 from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor
 from lit.data.sources import DataError
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
@@ -108,7 +109,9 @@ warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint th
 
 def train(cfg: RunConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
     """Train, validate and test one configuration (resuming it if it was interrupted); returns
-    the final metrics. Raises :class:`RunLocked` if another live process runs it."""
+    the final metrics. Raises :class:`RunLocked` if another live process runs it. An exception
+    that escapes leaves a status naming it (:func:`_record_failure`), never ``pending`` or
+    ``running``."""
     rid = run_id(cfg)
     if not _is_rank_zero():
         return _train(cfg, rid, extra_callbacks)
@@ -117,7 +120,29 @@ def train(cfg: RunConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[st
         if lock.stale:
             print(f"note: {cfg.run_dir}: taking over the lock of pid {lock.stale.get('pid')} "
                   f"on {lock.stale.get('host')}, which is no longer running")
-        return _train(cfg, rid, extra_callbacks)
+        before = read_status(cfg.run_dir)
+        try:
+            return _train(cfg, rid, extra_callbacks)
+        except Exception as err:
+            _record_failure(cfg.run_dir, rid, err, before)
+            raise
+
+
+def _record_failure(run_dir: Path, rid: str, err: Exception, before: dict[str, Any]) -> None:
+    """A ``failed`` status naming ``err``, an exception that escaped the run (``before``: the
+    status when this attempt started), in place of ``pending``, ``running`` or an earlier
+    attempt's failure or interruption. Kept as they are: the outcome this attempt recorded on
+    the way out (a failure or interruption during fitting, a final status written before a later
+    step failed) and a final result this attempt never touched."""
+    now = read_status(run_dir)
+    recorded_now = now.get("time") != before.get("time") and now.get("state") != "running"
+    if recorded_now or now.get("state") in FINAL_STATES:
+        return
+    error = describe_failure(err) if is_out_of_memory(err) else f"{type(err).__name__}: {err}"
+    try:
+        write_status(run_dir, "failed", step=now.get("step") or 0, run_id=rid, error=error)
+    except OSError as write_err:  # an unwritable directory: the traceback is all there is
+        print(f"note: {run_dir}: could not record the failure in status.json ({write_err})")
 
 
 def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> dict[str, Any]:
@@ -168,11 +193,9 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
         status(run_dir, state, step=trainer.global_step, run_id=rid, error=describe_failure(err))
         if use_wandb:
             code = interrupt_code(err) if state == "interrupted" else wandb_log.EXIT_CODES[state]
-            wandb_log.finish(read_status(run_dir), run_dir / "metrics.jsonl", code)
+            _finish_wandb(read_status(run_dir), run_dir / "metrics.jsonl", code)
 
     metrics = _fit_and_test(cfg, trainer, task, data, resume_from, lead, guard, on_error)
-    if use_wandb and guard.message is None:
-        _log_to_wandb(cfg, task, data, trainer.global_step, rid)
     # the segment clock runs from the start of fitting to now: testing is inside it, not after it
     wall_s, test_s = resume_state.elapsed, metrics.pop("test_s")
     metrics["train_s"] = wall_s - test_s
@@ -184,8 +207,11 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
            params=params, resumed_from_step=resume_state.resumed_from_step,
            environment=environment("cpu" if _runs_on_cpu(cfg) else "gpu"))
     where = None
-    if use_wandb:  # the summary is status.json's result; diverged: a non-zero exit code
-        where = wandb_log.finish(read_status(run_dir), run_dir / "metrics.jsonl", wandb_log.EXIT_CODES[state])
+    if use_wandb:  # after the final status: a W&B failure warns, and never costs the run its result
+        if guard.message is None:
+            _log_to_wandb(cfg, task, data, trainer.global_step, rid)
+        # the summary is status.json's result; diverged: a non-zero exit code
+        where = _finish_wandb(read_status(run_dir), run_dir / "metrics.jsonl", wandb_log.EXIT_CODES[state])
     metrics = {**resume_state.saved_metrics, **metrics,
                "state": state, "run_dir": str(run_dir), "params": params["total"], "run_id": rid}
     _summary(cfg, metrics, guard.message, where)
@@ -224,15 +250,35 @@ def _resume_point(cfg: RunConfig, lead: bool) -> Optional[Path]:
 
 def _log_to_wandb(cfg: RunConfig, task, data, step: int, rid: str) -> None:
     """What people look at beside the numbers: test translations or LM continuations as a
-    Table, and the final checkpoint as an artifact when asked for."""
+    Table, and the final checkpoint as an artifact when asked for. Called after the final
+    status is written: each that fails (W&B cannot write its staging files, say) is a warning
+    naming it, and the run keeps its result."""
     rows = cfg.wandb.table_rows
     if "test" in getattr(task, "last_hypotheses", {}):
-        wandb_log.log_translations(data.sources["test"], data.references["test"], task.last_hypotheses["test"],
-                                   step, rows)
+        _soft("the test translations table", wandb_log.log_translations, data.sources["test"],
+              data.references["test"], task.last_hypotheses["test"], step, rows)
     elif "test" in getattr(data, "streams", {}):
-        wandb_log.log_continuations(task.model, data.tokenizer, data.streams["test"], step, min(rows, 4))
+        _soft("the test continuations table", wandb_log.log_continuations, task.model, data.tokenizer,
+              data.streams["test"], step, min(rows, 4))
     if cfg.wandb.log_checkpoints:
-        wandb_log.log_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"), cfg, rid)
+        _soft("the checkpoint artifact", lambda: wandb_log.log_checkpoint(
+            latest_checkpoint(cfg.run_dir / "checkpoints"), cfg, rid))
+
+
+def _soft(what: str, log, *args) -> Any:
+    """``log(*args)``, a W&B extra: an exception from it is a warning naming ``what`` and the
+    error (the run directory holds the result either way)."""
+    try:
+        return log(*args)
+    except Exception as err:  # noqa: BLE001 - W&B is a copy of the result: never lose the run to it
+        warnings.warn(f"W&B: could not log {what} ({type(err).__name__}: {one_line(str(err))}); the run's "
+                      f"result is in its directory either way", stacklevel=2)
+        return None
+
+
+def _finish_wandb(status: dict[str, Any], metrics_path: Path, exit_code: int) -> Optional[str]:
+    """``wandb_log.finish``, failing soft: a run's status is written before, and stays."""
+    return _soft("the summary and end of the W&B run", wandb_log.finish, status, metrics_path, exit_code)
 
 
 def _fit_and_test(cfg: RunConfig, trainer: L.Trainer, task, data, resume_from: Optional[Path], lead: bool,

@@ -5,9 +5,11 @@ Lightning and the training code once, instead of fresh interpreters that import 
 this module preloaded) for a child that runs ``ablate train``'s code on the run's arguments.
 Each run stays its own process: its own session (signals go to its group, as with a fresh
 interpreter), environment (``CUDA_VISIBLE_DEVICES``, threads), RNG (seeded by the run), run lock
-and log; a crash ends only that child. What a fresh interpreter read from its environment at
-start is applied explicitly: the CPU thread count (``torch.set_num_threads``) and glibc's malloc
-thresholds (``mallopt``). The server never touches CUDA, so children initialise it themselves.
+and log; a crash ends only that child, and leaves what a fresh interpreter's would: the
+exception's traceback in the run's log and a ``failed`` status naming it (written by
+``train``). What a fresh interpreter read from its environment at start is applied explicitly:
+the CPU thread count (``torch.set_num_threads``) and glibc's malloc thresholds (``mallopt``).
+The server never touches CUDA, so children initialise it themselves.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import traceback
 from typing import Optional
 
 import lightning
@@ -99,6 +102,9 @@ def _child(argv: list[str], env: dict[str, str], log_path: str) -> None:
         code = experiments.run.train.run_command(argv[1:])
     except SystemExit as err:  # an interrupted run exits with the signal's code (130, 143)
         code = err.code if isinstance(err.code, int) else 1
+    except BaseException:  # noqa: BLE001 - printed here, as an interpreter does before it exits:
+        traceback.print_exc()  # os._exit below would leave the run's log without it
+        code = 1
     finally:  # what an interpreter does at exit (W&B and Lightning register handlers), then leave
         try:
             atexit._run_exitfuncs()
