@@ -87,7 +87,8 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("experiment, every, kill_after, corrupt_newest", [
     ("lm-bible", 20, 50, False),  # resumes mid-epoch from step 40
     ("lm-bible", 9, 50, False),  # an epoch is 9 batches: resumes from the checkpoint after an epoch's last batch
-    ("lm-bible", 20, 50, True),  # the newest checkpoint is cut short: falls back to step 20
+    ("lm-bible", 20, 50, "truncated"),  # the newest checkpoint is cut short: falls back to step 20
+    ("lm-bible", 20, 50, "overwritten"),  # 4 KiB overwritten inside it (its CRCs fail): falls back to step 20
     ("mt-bible-de-en", 20, 35, False),  # token-budget batches, resumes from step 20
     ("lm-bible", 20, "test", False),  # killed while testing: resumes from the final checkpoint, tests only
     # killed in a validation due at a checkpoint's step: that step is saved only after its
@@ -96,8 +97,8 @@ def reference(tmp_path_factory):
     ("lm-bible", 20, "validation-60", False),
     ("lm-bible", 20, "validation-40", False),
     ("mt-bible-de-en", 20, "validation-40", False),
-], ids=["lm-mid-epoch", "lm-epoch-end", "lm-truncated-checkpoint", "mt-mid-epoch", "lm-killed-in-test",
-        "lm-killed-in-last-validation", "lm-killed-in-validation", "mt-killed-in-validation"])
+], ids=["lm-mid-epoch", "lm-epoch-end", "lm-truncated-checkpoint", "lm-overwritten-checkpoint", "mt-mid-epoch",
+        "lm-killed-in-test", "lm-killed-in-last-validation", "lm-killed-in-validation", "mt-killed-in-validation"])
 def test_kill9_then_rerun_equals_uninterrupted(reference, tmp_path, experiment, every, kill_after, corrupt_newest):
     root = tmp_path / "runs"
     killed = _run(experiment, root, f"checkpoint.every_n_steps={every}", kill_after=kill_after)
@@ -105,14 +106,20 @@ def test_kill9_then_rerun_equals_uninterrupted(reference, tmp_path, experiment, 
     assert _status(root)["state"] == "running"  # what a killed process leaves behind
     (ckpt_dir,) = root.glob("*/*/checkpoints")
     saved = sorted(ckpt_dir.glob("step-*.ckpt"))
-    if corrupt_newest:
+    if corrupt_newest == "truncated":
         data = saved[-1].read_bytes()
         saved[-1].write_bytes(data[: len(data) // 3])
+    elif corrupt_newest == "overwritten":  # damage on disk: the zip listing is intact, the weights are not
+        with open(saved[-1], "r+b") as f:
+            f.seek(saved[-1].stat().st_size // 2)
+            f.write(os.urandom(4096))
     expected_from = int((saved[-2] if corrupt_newest else saved[-1]).stem.split("-")[1])
 
     resumed = _run(experiment, root, f"checkpoint.every_n_steps={every}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"(step {expected_from})" in resumed.stdout
+    if corrupt_newest:
+        assert f"{saved[-1]}: incomplete or corrupt checkpoint" in resumed.stderr
 
     ref, got = _status(reference[experiment]), _status(root)
     assert got["state"] == "completed" and got["step"] == ref["step"] == 60
