@@ -1,4 +1,6 @@
-"""``ablate status``: every run of a sweep with its state, step and headline metric."""
+"""``ablate status``: every run of a sweep with its state, step and headline metric. A run
+directory that holds a run of another configuration (its run id is not the one the sweep computes
+for that run: the sweep's file or overrides changed since) is shown as such, never as this run."""
 
 from __future__ import annotations
 
@@ -10,6 +12,16 @@ from experiments.sweep.spec import Sweep, SweepRun
 from lit.specs import task_spec
 
 
+OTHER = "other configuration"  # the state of a run whose directory (or copy) holds another run id
+
+
+def other_configuration(run: SweepRun, found: Optional[str]) -> bool:
+    """Whether a run id found in a run directory or a copy of one (its ``status.json``) is not the
+    one the sweep computes for ``run``: the test by which ``ablate sweep`` refuses a directory. No
+    id recorded, or a confirmation run awaiting its tuning choice (no id yet), is not a mismatch."""
+    return bool(found) and run.awaiting is None and found != run.run_id
+
+
 def headline_metrics(task: str) -> tuple[str, str]:
     """(validation, test) metric that summarises a run of this task."""
     return task_spec(task).headline
@@ -17,9 +29,15 @@ def headline_metrics(task: str) -> tuple[str, str]:
 
 def run_state(run: SweepRun) -> dict[str, Any]:
     """State, step and metrics of one run, read from its directory (``awaiting``: a confirmation
-    run whose variant's tuning choice is not recorded yet)."""
+    run whose variant's tuning choice is not recorded yet; ``other configuration``: its directory
+    holds another run, whose step and metrics are not shown)."""
     status = {"state": "awaiting", "message": run.awaiting} if run.awaiting else read_status(run.run_dir)
     val_key, test_key = headline_metrics(run.cfg.task.name)
+    if other_configuration(run, status.get("run_id")):
+        return {"name": run.name, "variant": run.variant, "seed": run.seed, "state": OTHER, "step": None,
+                "max_steps": run.cfg.trainer.get("max_steps"), "val": None, "test": None, "wall_s": None,
+                "message": f"its directory holds run {status['run_id']}, the sweep's is {run.run_id}",
+                "holder": status.get("holder"), "run_id": status["run_id"]}
     metrics = status.get("metrics") or {}
     row = {"name": run.name, "variant": run.variant, "seed": run.seed, "state": status["state"],
            "step": status.get("step", 0), "max_steps": run.cfg.trainer.get("max_steps"),
@@ -43,6 +61,8 @@ def format_counts(c: Counter) -> str:
              f"{c['running']} running", f"{c['failed']} failed"]
     if c["interrupted"]:
         parts.append(f"{c['interrupted']} interrupted")
+    if c[OTHER]:
+        parts.append(f"{c[OTHER]} of another configuration")
     parts.append(f"{c['pending'] + c['interrupted']} to go")
     return " · ".join(parts)
 
@@ -58,6 +78,8 @@ def status_table(sweep: Sweep) -> tuple[str, list[dict[str, Any]]]:
     body = []
     for r in rows:
         step = f"{r['step'] or 0}/{r['max_steps']}" if r["max_steps"] else str(r["step"] or 0)
+        if r["state"] == OTHER:  # not this run's step
+            step = "-"
         state = r["state"]
         if r["holder"]:
             state += f" (pid {r['holder'].get('pid')})"
@@ -66,7 +88,11 @@ def status_table(sweep: Sweep) -> tuple[str, list[dict[str, Any]]]:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    notes = [f"  {r['name']}: {r['message']}" for r in rows if r["message"] and r["state"] in ("failed", "diverged")]
+    notes = [f"  {r['name']}: {r['message']}" for r in rows
+             if r["message"] and r["state"] in ("failed", "diverged", OTHER)]
+    if (other := sum(r["state"] == OTHER for r in rows)):
+        notes.insert(0, f"{other} run(s) of another configuration (the sweep's file or overrides changed since "
+                        "they ran): ablate sweep refuses their directories; use another run.root, or delete them")
     totals = [format_counts(counts(rows))]
     if whole:
         start, totals = 2, []

@@ -1,10 +1,43 @@
-"""Reading a run's metrics.jsonl: torn and undecodable lines are skipped, never an error."""
+"""Reading a run's metrics.jsonl: torn and undecodable lines are skipped, never an error. ``ablate
+status`` shows a run directory of another configuration (another run id than the sweep's) as such,
+never as the sweep's run; a tiny real sweep whose overrides were edited after it ran (slow)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
 
 import pytest
 
-from experiments.run.rundir import metric_lines, metric_records
+from experiments.cli import main
+from experiments.run.rundir import metric_lines, metric_records, write_status
+from experiments.sweep.launchers.base import plan
+from experiments.sweep.spec import SweepError, load_sweep
+
+ROOT = Path(__file__).resolve().parents[3]
+TINY = f"""configs: [{ROOT}/configs/experiments/lm-bible.yaml, {ROOT}/configs/debug/smoke.yaml]
+name: edited
+overrides: {{trainer.max_steps: 6, trainer.val_check_interval: 6, checkpoint.every_n_steps: 6, logger: none,
+            data.limit_train: 200, data.limit_eval: 16}}
+grid: {{model.ffn: [relu, swiglu]}}
+seeds: [0]
+baseline: {{model.ffn: relu}}
+"""
+
+
+def tiny_sweep(tmp_path: Path, steps: int, root: Optional[Path] = None) -> Path:
+    """The two-run sweep file ``tmp_path/edited.yaml`` at ``steps`` training steps; with ``root``,
+    first run for real there (``ablate sweep``, seconds)."""
+    path = tmp_path / "edited.yaml"
+    path.write_text(TINY.replace("max_steps: 6", f"max_steps: {steps}"))
+    if root is not None:
+        result = subprocess.run([sys.executable, "-m", "experiments.cli", "sweep", str(path), f"run.root={root}",
+                                 "--workers", "2"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                                env={**os.environ, "WANDB_MODE": "disabled"})
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return path
 
 
 def test_torn_and_undecodable_lines_are_skipped_with_a_warning(tmp_path):
@@ -40,3 +73,36 @@ def test_a_run_started_afresh_drops_what_a_killed_attempt_logged(tmp_path):
     (cfg.run_dir / "metrics.jsonl").write_text('{"step": 4, "train/loss": 6.0}\n{"step": 9, "train/lo')
     assert _resume_point(cfg, lead=True) is None
     assert (cfg.run_dir / "metrics.jsonl").read_text() == ""
+
+
+def test_a_run_directory_of_another_configuration_is_not_the_sweeps_run(tmp_path, capsys):
+    path = tiny_sweep(tmp_path, steps=6)
+    a, b = load_sweep(path, [f"run.root={tmp_path}/runs"]).runs
+    write_status(a.run_dir, "completed", step=6, run_id=a.run_id, metrics={"val/ppl": 9.0})
+    write_status(b.run_dir, "completed", step=6, run_id="0123456789", metrics={"val/ppl": 8.0})
+    assert main(["status", str(path), f"run.root={tmp_path}/runs"]) == 0
+    out = capsys.readouterr().out
+    assert "1 done · 0 running · 0 failed · 1 of another configuration · 0 to go" in out
+    assert f"{b.name}: its directory holds run 0123456789, the sweep's is {b.run_id}" in out
+    row = next(line for line in out.splitlines() if line.startswith(b.name))
+    assert row.split()[1:3] == ["other", "configuration"] and "8" not in row  # neither its step nor its metric
+
+
+@pytest.mark.slow
+def test_status_of_an_edited_sweep_shows_its_old_runs_as_another_configuration(tmp_path, capsys):
+    """The sweep ran at 6 steps, then its overrides were edited to 8: ``ablate sweep`` refuses the
+    old directories, and ``ablate status`` does not show them as the sweep's runs (completed 6/8)."""
+    runs = tmp_path / "runs"
+    path = tiny_sweep(tmp_path, steps=6, root=runs)
+    assert main(["status", str(path), f"run.root={runs}"]) == 0
+    assert "2 done · 0 running · 0 failed · 0 to go" in capsys.readouterr().out
+    tiny_sweep(tmp_path, steps=8)
+    with pytest.raises(SweepError, match="another configuration"):
+        plan(load_sweep(path, [f"run.root={runs}"]))
+    assert main(["status", str(path), f"run.root={runs}"]) == 0
+    out = capsys.readouterr().out
+    assert "completed" not in out and "6/8" not in out
+    assert "0 done · 0 running · 0 failed · 2 of another configuration · 0 to go" in out
+    assert "ablate sweep refuses their directories; use another run.root, or delete them" in out
+    assert main(["status", str(path), f"run.root={tmp_path}/empty"]) == 0  # the fix ablate sweep suggests
+    assert "0 done · 0 running · 0 failed · 2 to go" in capsys.readouterr().out
