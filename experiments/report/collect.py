@@ -2,7 +2,9 @@
 ``config.yaml`` and, for translation, ``test.hyp``) refreshed into ``<out>/runs/`` from the run
 directories that exist (the test sources and references once, as ``<out>/test.src`` and
 ``<out>/test.ref``), then read back as :class:`Record` objects; a report is built from those
-copies alone."""
+copies alone. A run directory or copy that holds another run id than the sweep's run of that name
+(made with another config: the sweep's file or overrides changed since) is never copied nor used:
+its run reads ``other configuration``, listed on the page, never averaged nor counted finished."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from experiments.run.config import ConfigError, RunConfig, load_config
 from experiments.run.rundir import metric_records, read_status
 from experiments.sweep import registration
 from experiments.sweep.registration import REGISTRATION_FILE
-from experiments.sweep.spec import Sweep, SweepError
+from experiments.sweep.spec import Sweep, SweepError, SweepRun
+from experiments.sweep.status import OTHER, other_configuration
 from experiments.sweep.tuning import TUNING_FILE
 from lit.specs import TaskSpec, task_spec
 
@@ -49,9 +52,10 @@ class Record:
 
 
 def collect(sweep: Sweep, out: Path) -> list[Record]:
-    """Refresh ``<out>/runs/<run>/`` from the run directories that exist, then read every run
-    from those copies. A run with neither is read from the ``runs`` list of an earlier
-    ``<out>/report.json`` when it has one (reports built before run files were kept)."""
+    """Refresh ``<out>/runs/<run>/`` from the run directories that exist and hold the sweep's run
+    (a copy of another configuration there is replaced), then read every run from those copies. A
+    run with neither is read from the ``runs`` list of an earlier ``<out>/report.json`` when it has
+    one (reports built before run files were kept) and that report was of the same sweep."""
     runs_dir = out / "runs"
     if (sweep.root / TUNING_FILE).is_file():  # the recorded choices, beside the runs they were made from
         out.mkdir(parents=True, exist_ok=True)
@@ -62,26 +66,36 @@ def collect(sweep: Sweep, out: Path) -> list[Record]:
         kept = out / REGISTRATION_FILE  # an earlier part of the sweep, run elsewhere, may have registered first
         registered = registration.merge(json.loads(kept.read_text()) if kept.is_file() else None, registered)
         kept.write_text(json.dumps(registered, indent=1, sort_keys=True) + "\n")
+    shared = set()
     for run in [*sweep.tune_runs, *sweep.runs]:
         src = run.run_dir
         if not (src / "status.json").is_file():
             continue
+        status = read_status(src)  # the state as it is now ("interrupted" when nobody holds a "running" run)
+        if other_configuration(run, status.get("run_id")):
+            continue  # never copied: its run reads "other configuration" (see _current)
         dst = runs_dir / run.name
         dst.mkdir(parents=True, exist_ok=True)
-        status = read_status(src)  # the state as it is now ("interrupted" when nobody holds a "running" run)
         status.pop("holder", None)
         (dst / "status.json").write_text(json.dumps(status, indent=1, sort_keys=True) + "\n")
-        for name in COPIED[1:]:
+        for name in COPIED[1:]:  # the copy is the run directory's files, none left from an earlier copy
             if (src / name).is_file():
                 shutil.copyfile(src / name, dst / name)
-        for name in SHARED:
-            if (src / name).is_file() and not (out / name).is_file():
+            else:
+                (dst / name).unlink(missing_ok=True)
+        for name in SHARED:  # from this sweep's runs, never left from another configuration's
+            if (src / name).is_file() and name not in shared:
                 shutil.copyfile(src / name, out / name)
-    earlier = _earlier_runs(out)
+                shared.add(name)
+    earlier, same_sweep = _earlier_runs(out, sweep)
     records = []
     for run in sweep.runs:
         record = _current(run, _read(run.name, run.variant, run.seed, runs_dir / run.name))
-        if record.state == "missing" and run.name in earlier:
+        if record.state == "missing" and run.name in earlier and not same_sweep:
+            record = Record(run.name, run.variant, run.seed, OTHER,
+                            message="known only from an earlier report.json of another sweep file or overrides; "
+                                    "not used (rerun it: ablate sweep)")
+        elif record.state == "missing" and run.name in earlier:
             e = earlier[run.name]
             record = Record(run.name, run.variant, run.seed, e["state"],
                             {k: v for k, v in (e.get("metrics") or {}).items() if v is not None},
@@ -154,26 +168,42 @@ def tune_records(sweep: Sweep, out: Path) -> list[Record]:
     return [_current(run, _read(run.name, run.variant, run.seed, out / "runs" / run.name)) for run in sweep.tune_runs]
 
 
-def _current(run, record: Record) -> Record:
-    """``record``, unless its copy was made with another config than the sweep's run of that name
-    (another tuning choice or budget, a copy from another machine): then a ``stale`` record that
-    no table averages and the page lists."""
-    if run.awaiting or not record.run_id or record.run_id == run.run_id:
+def _current(run: SweepRun, record: Record) -> Record:
+    """``record``, read from the run's copy in ``runs/``, unless that copy, or with no copy the
+    run's directory, holds another run id than the sweep's run of that name (another config: the
+    sweep's file or overrides, a tuning choice or budget changed since, or a copy from elsewhere):
+    then an ``other configuration`` record that no table averages and the page lists."""
+    if record.state != "missing":
+        if not other_configuration(run, record.run_id):
+            return record
+        why = f"its copy in runs/ is run {record.run_id}, the sweep's is {run.run_id}; not used (rerun it: ablate sweep)"
+    elif other_configuration(run, (found := read_status(run.run_dir).get("run_id"))):
+        why = (f"its run directory holds run {found}, the sweep's is {run.run_id}; not copied "
+               "(rerun it: ablate sweep with another run.root)")
+    else:
         return record
-    return Record(run.name, run.variant, run.seed, "stale",
-                  message=f"its copy in runs/ is run {record.run_id}, made with another config than the sweep's "
-                          f"run {run.run_id}; rerun it (ablate sweep) or restore its config")
+    return Record(run.name, run.variant, run.seed, OTHER, message=why, run_id=record.run_id)
 
 
-def _earlier_runs(out: Path) -> dict[str, dict[str, Any]]:
+def _earlier_runs(out: Path, sweep: Sweep) -> tuple[dict[str, dict[str, Any]], bool]:
     """Runs of an earlier ``report.json`` whose run files were never copied (``summary_only``);
-    runs it listed as missing (not started then) are not among them."""
+    runs it listed as missing (not started then) or of another configuration are not among them.
+    And whether that report was made from this sweep file and these overrides (its embedded
+    ``sweep.yaml`` and overrides, when it has them): if not, its runs are of another configuration."""
     path = out / "report.json"
     if not path.is_file():
-        return {}
-    runs = json.loads(path.read_text()).get("runs") or []
+        return {}, True
+    summary = json.loads(path.read_text())
+    same = not (out / "sweep.yaml").is_file() or (
+        (out / "sweep.yaml").read_text() == sweep.text
+        and _id_overrides(summary.get("cli_overrides") or []) == _id_overrides(sweep.cli_overrides))
+    runs = summary.get("runs") or []
     return {r["name"]: r for r in runs
-            if r.get("state") != "missing" and not (out / "runs" / r["name"] / "status.json").is_file()}
+            if r.get("state") not in ("missing", OTHER) and not (out / "runs" / r["name"] / "status.json").is_file()}, same
+
+
+def _id_overrides(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if not o.startswith("run.root=")]
 
 
 def _read(name: str, variant: str, seed: int, directory: Path) -> Record:

@@ -7,7 +7,9 @@ online, turned into a ``wandb_workspaces`` Workspace and saved. Panels:
   mean of its seeds) with the seeds' min-max band;
 - the headline test metric per variant as bars (mean, ± standard deviation over seeds);
 - throughput per variant (median tokens/s of each run, mean ± standard deviation);
-- the runs table, filtered to the sweep (job type = the sweep's name), grouped by variant.
+- the runs table, filtered to the sweep (job type = the sweep's name) and to the run ids the sweep
+  computes (a run of another configuration logged under the same job type, before the sweep's
+  file or overrides changed, is left out), grouped by variant.
 
 Offline (no credentials, no network or ``WANDB_MODE=offline``) only the spec is written, with a
 note on how to publish it once the runs are synced.
@@ -19,7 +21,9 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from experiments.run.rundir import read_status
 from experiments.sweep.spec import Sweep
+from experiments.sweep.status import other_configuration
 from experiments.run.wandb_log import STEP_KEY
 from tools.errors import report_error
 from lit.specs import task_spec
@@ -38,6 +42,7 @@ def view_spec(sweep: Sweep) -> dict[str, Any]:
     return {
         "name": f"ablate: {sweep.name}", "entity": cfg.wandb.entity, "project": cfg.wandb.project,
         "sweep": sweep.name, "filter": {"job_type": sweep.name}, "group_by": "variant",
+        "run_ids": [r.run_id for r in sweep.runs if r.awaiting is None],  # config:run_id, another filter
         "baseline": sweep.baseline, "variants": sweep.variants, "seeds": sweep.seeds,
         "panels": [
             {"kind": "line", "title": f"{val} by variant (mean of the seeds, band: min-max)", "x": STEP_KEY,
@@ -69,7 +74,8 @@ def to_workspace(spec: dict[str, Any], entity: Optional[str] = None):
             panels.append(wr.LinePlot(x=panel["x"], y=[panel["y"]], **common))
         else:
             panels.append(wr.BarPlot(metrics=[panel["metric"]], **common))
-    runs = ws.RunsetSettings(filters=[expr.Metric("JobType") == spec["filter"]["job_type"]],
+    runs = ws.RunsetSettings(filters=[expr.Metric("JobType") == spec["filter"]["job_type"],
+                                      expr.Config("run_id").isin(spec["run_ids"])],
                              groupby=[expr.Config(spec["group_by"])],
                              pinned_columns=["run:displayName", *spec["columns"]])
     return ws.Workspace(entity=entity or spec["entity"] or "", project=spec["project"], name=spec["name"],
@@ -105,6 +111,10 @@ def command(sweep: Sweep, out: Optional[str]) -> int:
     except ViewError as err:
         report_error("ablate wandb-view", err)
         return 2
+    other = [run.name for run in sweep.runs if other_configuration(run, read_status(run.run_dir).get("run_id"))]
+    if other:
+        print(f"left out of the view: {len(other)} run director{'y' if len(other) == 1 else 'ies'} of another "
+              f"configuration (run ids not the sweep's): {', '.join(other)}")
     if url:
         print(f"saved the W&B workspace {url} (spec: {path})")
     else:

@@ -82,4 +82,4 @@ def test_a_stale_copy_is_listed_not_averaged(tmp_path):
     status = tmp_path / "report" / "runs" / sweep.runs[0].name / "status.json"
     status.write_text(json.dumps({**json.loads(status.read_text()), "run_id": "made-elsewhere"}))
     text = build(sweep, tmp_path / "report").read_text()
-    assert f"`{sweep.runs[0].name}`: stale — its copy in runs/ is run made-elsewhere" in text
+    assert f"`{sweep.runs[0].name}`: other configuration — its copy in runs/ is run made-elsewhere" in text
