@@ -1,5 +1,6 @@
 """``ablate reproduce``: re-run a committed report's sweep (or a slice of it) and compare every
-metric with the committed numbers."""
+metric with the committed numbers. A committed run whose copy in ``runs/`` holds another run id
+than the sweep's (made with another config) is not compared, nor counted in the seed noise."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Optional, Sequence
 from experiments.sweep.launchers.local import run_local
 from experiments.report.stats import mean_std
 from experiments.run.rundir import read_status
-from experiments.sweep.spec import SweepError, load_sweep
+from experiments.sweep.spec import SweepError, SweepRun, load_sweep
+from experiments.sweep.status import OTHER, other_configuration
 
 
 def reproduce(report_dir: Path, root: str, workers: Optional[int], variants: Sequence[str] = (),
@@ -25,19 +27,26 @@ def reproduce(report_dir: Path, root: str, workers: Optional[int], variants: Seq
     unknown = sorted(set(variants) - set(sweep.variants))
     if unknown:
         raise SweepError(f"unknown variant(s) {', '.join(unknown)}; the report has: {', '.join(sweep.variants)}")
+    committed = {r["name"]: r for r in summary["runs"]}
+    other = {run.name: why for run in sweep.runs if (why := _other(run, report_dir, committed.get(run.name)))}
     sweep.runs = [r for r in sweep.runs if (not variants or r.variant in variants) and (not seeds or r.seed in seeds)]
     if not sweep.runs:
         raise SweepError("no run left after --variant/--seed")
     run_local(sweep, workers)
-    committed = {r["name"]: r for r in summary["runs"]}
     ok = True
     print(f"\nreproduce {report_dir}: committed vs re-run")
     print(f"{'run':44} {'metric':10} {'committed':>12} {'re-run':>12}  verdict")
     for run in sweep.runs:
         status = read_status(run.run_dir)
+        if run.name in other or other_configuration(run, status.get("run_id")):
+            ok = False
+            why = other.get(run.name) or f"the re-run is run {status['run_id']}, the sweep's is {run.run_id}"
+            print(f"{run.name:44} {'-':10} {'-':>12} {'-':>12}  {OTHER}: {why}; not compared")
+            continue
         metrics = status.get("metrics") or {}
         old = committed.get(run.name, {}).get("metrics", {})
-        same_variant = [r for r in summary["runs"] if r["variant"] == run.variant and r["state"] == "completed"]
+        same_variant = [r for r in summary["runs"] if r["variant"] == run.variant and r["state"] == "completed"
+                        and r["name"] not in other]
         for metric in summary["metrics"]:
             a, b = old.get(metric), metrics.get(metric)
             _, noise = mean_std([r["metrics"].get(metric) for r in same_variant])
@@ -51,6 +60,18 @@ def reproduce(report_dir: Path, root: str, workers: Optional[int], variants: Seq
                 verdict, ok = f"DIFFERS (|Δ| {abs(a - b):.3g}, seed σ {noise:.3g})", False
             print(f"{run.name:44} {metric:10} {_num(a):>12} {_num(b):>12}  {verdict}")
     return 0 if ok else 1
+
+
+def _other(run: SweepRun, report_dir: Path, entry: Optional[dict]) -> Optional[str]:
+    """Why the committed numbers of ``run`` are not those of the sweep's run of that name (its copy
+    in ``runs/`` holds another run id, or the report listed it so); None when they are."""
+    copy = report_dir / "runs" / run.name / "status.json"
+    found = json.loads(copy.read_text()).get("run_id") if copy.is_file() else None
+    if other_configuration(run, found):
+        return f"the committed copy is run {found}, the sweep's is {run.run_id}"
+    if entry is not None and entry.get("state") == OTHER:
+        return "the report lists it as another configuration"
+    return None
 
 
 def _num(value: Optional[float]) -> str:
