@@ -71,3 +71,33 @@ def test_version_and_plain_help(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "``" not in capsys.readouterr().out  # no reStructuredText markup in the help
+
+
+def _component_rows(page: Path) -> dict[str, list[set[str]]]:
+    """Slot -> the backticked words of each later cell of the slot's row in the page's table."""
+    from variants import REGISTRIES
+
+    rows = {}
+    for line in page.read_text().splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if cells and re.fullmatch(r"`[a-z_]+`", cells[0]) and cells[0].strip("`") in REGISTRIES:
+            rows[cells[0].strip("`")] = [set(re.findall(r"`([a-z0-9_]+)`", c)) for c in cells[1:]]
+    return rows
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/components.md"])
+def test_the_component_tables_list_every_registered_entry_and_setting(page):
+    """README's table names every entry; docs/components.md also every entry's settings (third
+    column). Nothing else a table names in backticks may be missing from the registries."""
+    from variants import REGISTRIES, ModelConfig
+
+    rows = _component_rows(ROOT / page)
+    assert set(rows) == set(REGISTRIES), f"{page}: slots {sorted(set(REGISTRIES) ^ set(rows))}"
+    fields = set(ModelConfig.__dataclass_fields__)
+    for slot, cells in rows.items():
+        names, options = set(REGISTRIES[slot].names()), set(REGISTRIES[slot].options())
+        assert names <= cells[0], f"{page}: {slot} row lacks {sorted(names - cells[0])}"
+        unknown = cells[0] - names - options - fields
+        assert not unknown, f"{page}: {slot} row names {sorted(unknown)}, which are not registered"
+        if page == "docs/components.md":
+            assert options <= cells[1], f"{page}: {slot} settings lack {sorted(options - cells[1])}"

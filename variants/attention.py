@@ -9,6 +9,7 @@ Reference: Vaswani et al. 2017, "Attention Is All You Need", arXiv:1706.03762.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from variants.init import residual_output
 from variants.positions import apply_rotary
-from variants.registry import ATTENTIONS
+from variants.registry import ATTENTIONS, Option
 
 
 @dataclass
@@ -39,6 +40,7 @@ class AttentionInputs:
     cache: Optional["KVCache"] = None
     memory: Optional[torch.Tensor] = None  # cross-attention: encoder states (B, S, D)
     record: Optional[list] = None  # attention maps asked for: each layer appends its probabilities
+    key_positions: Optional[torch.Tensor] = None  # (B|1, Tk) absolute positions of the keys (self-attention)
 
 
 def self_attention_inputs(position, positions: torch.Tensor, key_positions: torch.Tensor,
@@ -57,7 +59,8 @@ def self_attention_inputs(position, positions: torch.Tensor, key_positions: torc
     else:
         mask, is_causal = attention_mask(positions.size(-1), key_positions.size(-1), causal=causal,
                                          key_valid=key_valid, bias=position.score_bias(positions, key_positions))
-    return AttentionInputs(positions, mask, is_causal, key_valid, position.rotary(positions), score_mod, cache)
+    return AttentionInputs(positions, mask, is_causal, key_valid, position.rotary(positions), score_mod, cache,
+                           key_positions=key_positions)
 
 
 def cross_attention_inputs(positions: torch.Tensor, memory: torch.Tensor, memory_valid: Optional[torch.Tensor],
@@ -125,7 +128,7 @@ def flex_available(device: torch.device, head_dim: int) -> bool:
 
 
 def flex_attention_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Callable,
-                        causal: bool) -> torch.Tensor:
+                        causal: bool, window: Optional[int] = None) -> torch.Tensor:
     """Attention of (B, H, T, hd) ``q, k, v`` with ``score_mod(score, b, h, q_idx, kv_idx)``
     applied to the scores inside the kernel (FlexAttention), and, when ``causal``, the blocks
     above the diagonal skipped: the same function as SDPA with the bias as a float mask,
@@ -133,7 +136,7 @@ def flex_attention_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score
     # inside a compiled model the compiler builds the kernel and the mask itself; eager calls
     # share one compiled kernel and one mask per length
     compiling = torch.compiler.is_compiling()
-    block_mask = _causal_block_mask(q.size(-2), q.device, cached=not compiling) if causal else None
+    block_mask = _block_mask(q.size(-2), q.device, causal, window, cached=not compiling) if causal or window else None
     if compiling:
         kernel = flex_attention
     else:
@@ -141,14 +144,39 @@ def flex_attention_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score
     return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask)
 
 
-def _causal_block_mask(T: int, device: torch.device, cached: bool):
-    key = ("mask", T, device)
+def _block_mask(T: int, device: torch.device, causal: bool, window: Optional[int], cached: bool):
+    """FlexAttention's block mask: causal, within ``window`` tokens, or both; the blocks with no
+    visible key are skipped by the kernel."""
+    key = ("mask", T, device, causal, window)
     if cached and key in _FLEX:
         return _FLEX[key]
-    mask = create_block_mask(lambda b, h, q_idx, kv_idx: kv_idx <= q_idx, None, None, T, T, device=device)
+
+    def visible(b, h, q_idx, kv_idx):
+        near = (q_idx - kv_idx < window) & (kv_idx - q_idx < window) if window else q_idx >= 0
+        return near & (kv_idx <= q_idx) if causal else near
+
+    mask = create_block_mask(visible, None, None, T, T, device=device)
     if cached:
         _FLEX[key] = mask
     return mask
+
+
+def windowed_mask(inputs: AttentionInputs, window: int, tq: int, tk: int, device) -> torch.Tensor:
+    """``inputs.mask`` (or its causality) with keys ``window`` or more positions from the query
+    masked out as well: an SDPA mask for a sliding-window layer. Rows left with no key (padding)
+    attend to every key, as in :func:`attention_mask`."""
+    distance = inputs.positions.unsqueeze(-1) - inputs.key_positions.unsqueeze(-2)  # (B|1, Tq, Tk)
+    near = (distance.abs() < window).unsqueeze(1)  # (B|1, 1, Tq, Tk)
+    mask = inputs.mask
+    if mask is None:
+        if inputs.is_causal:
+            mask = torch.ones(tq, tk, dtype=torch.bool, device=device).tril(tk - tq)
+        else:
+            mask = torch.ones(1, 1, 1, tk, dtype=torch.bool, device=device)
+    if mask.is_floating_point():
+        return mask.masked_fill(~near, float("-inf"))
+    allowed = mask & near
+    return allowed | ~allowed.any(dim=-1, keepdim=True)
 
 
 class KVCache:
@@ -237,64 +265,179 @@ def attend_and_record(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs:
     return (probs.to(v.dtype) @ v)
 
 
+class QKNorm(nn.Module):
+    """RMSNorm of queries and keys before the scores (and before RoPE): per head, one gain of
+    ``head_dim`` shared by the heads (``qk_norm: head``, Qwen 3, Gemma 3), or over each whole
+    projection (``qk_norm: full``, OLMo 2: a gain of ``d_model`` for the queries and one of the
+    key width for the keys). Computed in fp32, as the model's RMSNorm."""
+
+    def __init__(self, mode: str, q_width: int, k_width: int, eps: float) -> None:
+        super().__init__()
+        self.mode, self.eps = mode, eps
+        self.q_weight = nn.Parameter(torch.ones(q_width))
+        self.k_weight = nn.Parameter(torch.ones(k_width))
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.size(-1),), weight.float(), self.eps).to(x.dtype)
+
+    def queries(self, q: torch.Tensor) -> torch.Tensor:
+        return self._norm(q, self.q_weight)
+
+    def keys(self, k: torch.Tensor) -> torch.Tensor:
+        return self._norm(k, self.k_weight)
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, Hkv, T, hd) -> (B, Hkv * groups, T, hd): each key/value head serves ``groups``
+    consecutive query heads (the layout of every grouped-query reference model)."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
 @ATTENTIONS.register("mha")
 class MultiHeadAttention(nn.Module):
     """Multi-head attention (Vaswani et al. 2017) on SDPA: self-attention with one fused
     ``[q; k; v]`` projection, or (``cross=True``) decoder queries over encoder states with a
     fused ``[k; v]``. Called with ``(x, inputs, layer)``; :class:`AttentionInputs` carries the
-    rest, so a new input (a bias, a cache layout) is a field there, not a new argument here."""
+    rest, so a new input (a bias, a cache layout) is a field there, not a new argument here.
+
+    ``qk_norm`` (all attention entries): ``none``, ``head`` or ``full`` (:class:`QKNorm`), in
+    self- and cross-attention. Subclasses set ``n_kv_heads`` (key/value heads shared by groups
+    of query heads) through :meth:`kv_heads`."""
+
+    options = (
+        Option("qk_norm", "none", "RMSNorm of queries and keys: per head (Qwen 3, Gemma 3) or over "
+               "the whole projection (OLMo 2)", short="qk", choices=("none", "head", "full")),
+        Option("window", None, "sliding-window self-attention: each query sees the keys fewer than this many "
+               "positions away (Mistral, Gemma 2)", short="win", kind=int, minimum=1, examples=(4,)),
+        Option("window_global_every", 0, "with a window: every this-many-th layer attends globally "
+               "(2: Gemma 2's alternation; 6: Gemma 3's 5 local to 1 global); 0: every layer local",
+               short="glob", minimum=0, examples=({"window": 4, "window_global_every": 2},)),
+    )
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        if cfg.window_global_every and cfg.window is None:
+            raise ValueError(f"model.window_global_every={cfg.window_global_every} needs model.window")
 
     def __init__(self, cfg, cross: bool = False) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.head_dim
+        self.n_kv_heads = self.kv_heads(cfg)
+        self.qk_norm = cfg.qk_norm
+        self.window, self.window_global_every = cfg.window, cfg.window_global_every
         self.dropout = cfg.dropout
         self.cross = cross
-        self.out = residual_output(nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias))
+        q_width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.out = residual_output(nn.Linear(q_width, cfg.d_model, bias=cfg.bias))
         if cross:
-            self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-            self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=cfg.bias)
+            self.q = nn.Linear(cfg.d_model, q_width, bias=cfg.bias)
+            self.kv = nn.Linear(cfg.d_model, 2 * kv_width, bias=cfg.bias)
         else:
-            self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+            self.qkv = nn.Linear(cfg.d_model, q_width + 2 * kv_width, bias=cfg.bias)
+        if self.qk_norm == "head":
+            self.qk_norms = QKNorm("head", self.head_dim, self.head_dim, cfg.norm_eps)
+        elif self.qk_norm == "full":
+            self.qk_norms = QKNorm("full", q_width, kv_width, cfg.norm_eps)
+        else:
+            self.qk_norms = None
+
+    @staticmethod
+    def kv_heads(cfg) -> int:
+        """Key/value heads: one per query head."""
+        return cfg.n_heads
+
+    def cache_layout(self) -> tuple[int, int]:
+        """(heads, head dim) of the keys and values this layer stores in a KV cache."""
+        return self.n_kv_heads, self.head_dim
+
+    def local(self, layer: int) -> bool:
+        """Whether self-attention layer ``layer`` sees only its window (sliding-window attention)."""
+        every = self.window_global_every
+        return self.window is not None and not self.cross and not (every and (layer + 1) % every == 0)
 
     def forward(self, x: torch.Tensor, inputs: AttentionInputs, layer: int = 0) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D); ``layer`` indexes the KV cache."""
+        """(B, T, D) -> (B, T, D); ``layer`` indexes the KV cache (and the window pattern)."""
         q, k, v = self._cross_qkv(x, inputs, layer) if self.cross else self._self_qkv(x, inputs, layer)
+        groups = self.n_heads // self.n_kv_heads
+        window = self.window if self.local(layer) else None
+        if window is not None and inputs.score_mod is None:  # the window as part of SDPA's mask
+            inputs = dataclasses.replace(inputs, mask=windowed_mask(inputs, window, q.size(-2), k.size(-2), q.device),
+                                         is_causal=False)
         if inputs.record is not None:  # attention maps asked for (variants.maps): explicit softmax
-            y = attend_and_record(q, k, v, inputs)
+            y = attend_and_record(q, _repeat_kv(k, groups), _repeat_kv(v, groups), inputs)
         elif inputs.score_mod is not None:  # the position bias inside a FlexAttention kernel
-            y = flex_attention_with(q, k, v, inputs.score_mod, inputs.is_causal)
+            y = flex_attention_with(q, _repeat_kv(k, groups), _repeat_kv(v, groups), inputs.score_mod,
+                                    inputs.is_causal, window)
         else:
             mask = inputs.mask
             if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
                 mask = mask.to(q.dtype)  # a float bias under autocast: SDPA wants the query's dtype
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=inputs.is_causal,
-                dropout_p=self.dropout if self.training else 0.0,
+                dropout_p=self.dropout if self.training else 0.0, enable_gqa=groups > 1,
             )  # (B, H, T, hd)
         B, _, T, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
-    def _self_qkv(self, x, inputs: AttentionInputs, layer: int):
+    def _heads(self, x: torch.Tensor, heads: int, norm=None) -> torch.Tensor:
+        """(B, T, heads * hd) -> (B, heads, T, hd), normed over the whole projection or per head."""
         B, T, _ = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
-        q, k, v = qkv
-        if inputs.rotary is not None:  # rotate before caching: cached keys keep their own positions
-            q, k = apply_rotary(qkv[:2], *inputs.rotary)  # queries and keys in one pass
+        if norm is not None and self.qk_norm == "full":
+            x = norm(x)
+        x = x.view(B, T, heads, self.head_dim).transpose(1, 2)
+        return norm(x) if norm is not None and self.qk_norm == "head" else x
+
+    def _self_qkv(self, x, inputs: AttentionInputs, layer: int):
+        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        if H == Hkv and self.qk_norms is None:  # one view and one permute for all three
+            B, T, _ = x.shape
+            qkv = self.qkv(x).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+            q, k, v = qkv
+            if inputs.rotary is not None:  # rotate before caching: cached keys keep their own positions
+                q, k = apply_rotary(qkv[:2], *inputs.rotary)  # queries and keys in one pass
+        else:
+            q, k, v = self.qkv(x).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
+            norms = self.qk_norms
+            q = self._heads(q, H, norms and norms.queries)
+            k = self._heads(k, Hkv, norms and norms.keys)
+            v = self._heads(v, Hkv)
+            if inputs.rotary is not None:
+                q, k = apply_rotary(q, *inputs.rotary), apply_rotary(k, *inputs.rotary)
         if inputs.cache is not None:
-            k, v = inputs.cache.append(layer, k, v)  # (B, H, Tk, hd)
+            k, v = inputs.cache.append(layer, k, v)  # (B, Hkv, Tk, hd)
         return q, k, v
 
     def _cross_qkv(self, x, inputs: AttentionInputs, layer: int):
-        B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        norms = self.qk_norms
+        q = self._heads(self.q(x), self.n_heads, norms and norms.queries)  # (B, H, T, hd)
         cache = inputs.cache
         if cache is not None and cache.cross[layer] is not None:
             k, v = cache.cross[layer]
         else:
-            memory = inputs.memory
-            S = memory.size(1)
-            k, v = self.kv(memory).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            k, v = self.kv(inputs.memory).chunk(2, dim=-1)
+            k, v = self._heads(k, self.n_kv_heads, norms and norms.keys), self._heads(v, self.n_kv_heads)
             if cache is not None:
                 cache.cross[layer] = (k, v)
         return q, k, v
+
+
+@ATTENTIONS.register("gqa")
+class GroupedQueryAttention(MultiHeadAttention):
+    """Grouped-query attention (Ainslie et al. 2023, arXiv:2305.13245): ``n_kv_heads`` key/value
+    heads, each shared by ``n_heads / n_kv_heads`` consecutive query heads; 1 is multi-query
+    attention (Shazeer 2019, arXiv:1911.02150), ``n_heads`` computes what ``mha`` computes. The
+    KV cache stores ``n_kv_heads`` heads. Llama 2 70B / 3, Mistral, Qwen 2/3, Gemma."""
+
+    options = MultiHeadAttention.options + (
+        Option("n_kv_heads", 1, "key/value heads (1: multi-query; n_heads: multi-head)", short="kv", minimum=1,
+               examples=(2, 4)),)
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        if cfg.n_kv_heads > cfg.n_heads or cfg.n_heads % cfg.n_kv_heads:
+            raise ValueError(f"model.n_kv_heads ({cfg.n_kv_heads}) must divide n_heads ({cfg.n_heads})")
+
+    @staticmethod
+    def kv_heads(cfg) -> int:
+        return cfg.n_kv_heads

@@ -20,7 +20,8 @@ from variants.attention import (AttentionInputs, KVCache, cross_attention_inputs
                                 self_attention_inputs)
 from variants.config import ModelConfig
 from variants.loss import linear_cross_entropy
-from variants.registry import ATTENTIONS, FFNS, INITS, NORM_POSITIONS, NORMS, POSITIONS, REGISTRIES
+from variants.registry import (ATTENTIONS, FFNS, INITS, NORM_POSITIONS, NORMS, POSITIONS, REGISTRIES, options_of,
+                               settings_label)
 
 
 class Block(nn.Module):
@@ -141,12 +142,15 @@ class TransformerBase(nn.Module):
         return linear_cross_entropy(hidden, self.head_weight(), targets, ignore_index, label_smoothing)
 
     def fingerprint(self) -> dict[str, str]:
-        """Which registry entry fills each slot, read from the modules actually built."""
+        """Which registry entry fills each slot, with its settings away from their defaults
+        (``gqa(n_kv_heads=2)``), read from the modules actually built."""
         found: dict[str, set[str]] = {slot: set() for slot in REGISTRIES}
         for module in self.modules():
             slot = getattr(module, "slot", None)
             if slot in found:
-                found[slot].add(module.registry_name)
+                settings = {key: getattr(module, key) for key, option in options_of(type(module)).items()
+                            if getattr(module, key) != option.default}
+                found[slot].add(settings_label(module.registry_name, settings))
         for slot, names in found.items():
             if len(names) != 1:
                 raise RuntimeError(f"slot {slot!r} is filled by {sorted(names) or 'nothing'}")
@@ -162,10 +166,11 @@ class TransformerBase(nn.Module):
         return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """An empty KV cache for incremental decoding of up to ``max_len`` tokens."""
+        """An empty KV cache for incremental decoding of up to ``max_len`` tokens, laid out as the
+        decoder's self-attention says (:meth:`cache_layout` of the attention class)."""
         p = self.embed.weight
-        return KVCache(len(self.decoder.blocks), batch_size, self.cfg.n_heads, self.cfg.head_dim,
-                       max_len, device=p.device, dtype=p.dtype)
+        heads, head_dim = self.decoder.blocks[0].attn.cache_layout()
+        return KVCache(len(self.decoder.blocks), batch_size, heads, head_dim, max_len, device=p.device, dtype=p.dtype)
 
 
 class DecoderLM(TransformerBase):

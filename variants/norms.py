@@ -70,3 +70,31 @@ class PostNorm(Residual):
 
     def forward(self, x: torch.Tensor, sublayer, *args, **kwargs) -> torch.Tensor:
         return self.norm(x + self.dropout(sublayer(x, *args, **kwargs)))
+
+
+@NORM_POSITIONS.register("sandwich")
+class SandwichNorm(Residual):
+    """``x + norm_out(f(norm(x)))``: Pre-LN with a second norm on each sub-layer's output
+    before the residual add (Ding et al. 2021, "CogView", arXiv:2105.13290; Gemma 2 and 3);
+    the stack ends with a final norm."""
+
+    final_norm = True
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.post_norm = NORMS.build(cfg.norm, cfg)
+
+    def forward(self, x: torch.Tensor, sublayer, *args, **kwargs) -> torch.Tensor:
+        return x + self.dropout(self.post_norm(sublayer(self.norm(x), *args, **kwargs)))
+
+
+@NORM_POSITIONS.register("reordered")
+class ReorderedNorm(Residual):
+    """``x + norm(f(x))``: the norm moved from the sub-layer's input to its output, inside the
+    residual branch (OLMo 2, "2 OLMo 2 Furious", arXiv:2501.00656; Swin v2's res-post-norm);
+    the stack ends with a final norm."""
+
+    final_norm = True
+
+    def forward(self, x: torch.Tensor, sublayer, *args, **kwargs) -> torch.Tensor:
+        return x + self.dropout(self.norm(sublayer(x, *args, **kwargs)))

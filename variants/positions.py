@@ -41,7 +41,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from variants.registry import POSITIONS
+from variants.registry import POSITIONS, Option
 
 
 class PositionScheme(nn.Module):
@@ -128,32 +128,132 @@ class Learned(PositionScheme):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (..., T, hd) queries or keys by the angles in ``cos``/``sin`` (B|1, 1, T, hd).
+    """Rotate (..., T, hd) queries or keys by the angles in ``cos``/``sin`` (B|1, 1, T, r).
 
     ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = [-x2, x1]`` on the halves of the
     last dimension; ``sin`` comes from :meth:`Rotary.rotary` with the first half negated, so the
-    rotation is a roll of ``x`` and one fused multiply-add (three kernels, not six).
+    rotation is a roll of ``x`` and one fused multiply-add (three kernels, not six). With partial
+    rotary embeddings (r < hd) the first r features rotate and the rest pass unchanged.
     """
+    rotated = cos.size(-1)
+    if rotated < x.size(-1):
+        return torch.cat([apply_rotary(x[..., :rotated], cos, sin), x[..., rotated:]], dim=-1)
     half = x.size(-1) // 2
     return torch.addcmul(x * cos, x.roll(half, dims=-1), sin).to(x.dtype)
 
 
+def rotated_dims(cfg) -> int:
+    """The features of each head that RoPE rotates (all, unless ``rope_fraction`` < 1)."""
+    return int(cfg.head_dim * cfg.rope_fraction)
+
+
+def rope_frequencies(cfg) -> tuple[torch.Tensor, float]:
+    """The inverse frequencies (r/2,) of the rotated features, and the factor on cos and sin,
+    under ``rope_scaling``:
+
+    - ``linear`` (position interpolation, Chen et al. 2023, arXiv:2306.15595): every frequency
+      divided by ``rope_factor``;
+    - ``llama3`` (Llama 3.1): wavelengths longer than ``rope_original_max_len / rope_low_freq_factor``
+      divided by the factor, shorter than ``.../ rope_high_freq_factor`` kept, smoothly between;
+    - ``yarn`` (Peng et al. 2023, arXiv:2309.00071): frequencies that turn fewer than
+      ``rope_beta_slow`` times over the original context interpolated, more than ``rope_beta_fast``
+      times kept, a linear ramp between, and cos and sin scaled by ``0.1 ln(factor) + 1``.
+
+    Computed as Hugging Face's ``modeling_rope_utils`` does (float32), so imports match.
+    """
+    rotated = rotated_dims(cfg)
+    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, rotated, 2, dtype=torch.float32) / rotated))
+    kind, factor = cfg.rope_scaling, cfg.rope_factor
+    original = cfg.rope_original_max_len or max(1, round(cfg.max_seq_len / factor))
+    if kind == "linear":
+        return inv_freq / factor, 1.0
+    if kind == "llama3":
+        low, high = original / cfg.rope_low_freq_factor, original / cfg.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low, inv_freq / factor, inv_freq)
+        smooth = (original / wavelen - cfg.rope_low_freq_factor) / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high) & ~(wavelen > low)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        def dim_of(rotations: float) -> float:  # the feature index whose frequency turns that often
+            return rotated * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(cfg.rope_base))
+
+        lo, hi = max(math.floor(dim_of(cfg.rope_beta_fast)), 0), min(math.ceil(dim_of(cfg.rope_beta_slow)), rotated - 1)
+        ramp = ((torch.arange(rotated // 2, dtype=torch.float32) - lo) / ((hi - lo) or 0.001)).clamp(0, 1)
+        keep = 1 - ramp  # 1: extrapolate (keep the frequency), 0: interpolate
+        attention = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+        return inv_freq / factor * (1 - keep) + inv_freq * keep, attention
+    return inv_freq, 1.0
+
+
 @POSITIONS.register("rope")
 class Rotary(PositionScheme):
-    """Rotate each (i, i + hd/2) feature pair of q and k by ``p * base^(-2i / hd)``."""
+    """Rotate each (i, i + r/2) feature pair of q and k by ``p * base^(-2i / r)``; r = hd, or
+    ``rope_fraction`` of it (partial rotary embeddings: GPT-NeoX, Phi); the frequencies scaled
+    for a longer context by ``rope_scaling`` (:func:`rope_frequencies`)."""
+
+    options = (
+        Option("rope_scaling", "none", "frequency scaling for a longer context: linear (position "
+               "interpolation), llama3 (Llama 3.1), yarn (Qwen, DeepSeek)", short="scale",
+               choices=("none", "linear", "llama3", "yarn"),
+               examples=tuple({"rope_scaling": k, "rope_factor": 4.0} for k in ("linear", "llama3", "yarn"))),
+        Option("rope_factor", 1.0, "how many times longer the context than the original (rope_scaling)",
+               short="x", minimum=1.0, examples=({"rope_scaling": "linear", "rope_factor": 2.0},)),
+        Option("rope_original_max_len", None, "the context the frequencies were made for (default: "
+               "max_seq_len / rope_factor)", short="orig", kind=int, minimum=1,
+               examples=({"rope_scaling": "llama3", "rope_factor": 4.0, "rope_original_max_len": 16},)),
+        Option("rope_low_freq_factor", 1.0, "llama3: wavelengths over original / this are scaled",
+               short="lowf", minimum=0.0,
+               examples=({"rope_scaling": "llama3", "rope_factor": 4.0, "rope_low_freq_factor": 2.0},)),
+        Option("rope_high_freq_factor", 4.0, "llama3: wavelengths under original / this are kept",
+               short="highf", minimum=0.0,
+               examples=({"rope_scaling": "llama3", "rope_factor": 4.0, "rope_high_freq_factor": 8.0},)),
+        Option("rope_beta_fast", 32.0, "yarn: frequencies turning more often over the original context are kept",
+               short="bfast", minimum=0.0,
+               examples=({"rope_scaling": "yarn", "rope_factor": 4.0, "rope_beta_fast": 16.0},)),
+        Option("rope_beta_slow", 1.0, "yarn: frequencies turning less often are interpolated", short="bslow",
+               minimum=0.0, examples=({"rope_scaling": "yarn", "rope_factor": 4.0, "rope_beta_slow": 2.0},)),
+        Option("rope_fraction", 1.0, "the fraction of each head's features that rotate", short="frac",
+               minimum=0.0, examples=(0.5,)),
+    )
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        if cfg.head_dim % 2:
+            raise ValueError(f"position 'rope' needs an even head dimension, but d_model / n_heads = "
+                             f"{cfg.d_model} / {cfg.n_heads} = {cfg.head_dim}")
+        rotated = rotated_dims(cfg)
+        if not 0 < cfg.rope_fraction <= 1 or rotated < 2 or rotated % 2:
+            raise ValueError(f"model.rope_fraction ({cfg.rope_fraction}) must rotate an even number of at least 2 "
+                             f"of the {cfg.head_dim} features of a head (got {rotated})")
+        if (cfg.rope_scaling == "none") != (cfg.rope_factor == 1.0):
+            raise ValueError(f"model.rope_scaling={cfg.rope_scaling!r} with rope_factor={cfg.rope_factor}: a scaling "
+                             f"needs a factor above 1, and a factor needs a scaling (linear, llama3 or yarn)")
+        if cfg.rope_low_freq_factor >= cfg.rope_high_freq_factor:
+            raise ValueError(f"model.rope_low_freq_factor ({cfg.rope_low_freq_factor}) must be below "
+                             f"rope_high_freq_factor ({cfg.rope_high_freq_factor})")
+        if cfg.rope_beta_slow >= cfg.rope_beta_fast:
+            raise ValueError(f"model.rope_beta_slow ({cfg.rope_beta_slow}) must be below rope_beta_fast "
+                             f"({cfg.rope_beta_fast})")
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        hd = cfg.head_dim
-        inv_freq = cfg.rope_base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        for option in self.options:  # kept under their keys: the fingerprint reads them here
+            setattr(self, option.key, getattr(cfg, option.key))
+        inv_freq, self.attention_factor = rope_frequencies(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def rotary(self, positions):
-        """``(cos, sin)`` (B|1, 1, T, hd) for :func:`apply_rotary`, the first half of ``sin``
-        negated."""
-        angles = positions.unsqueeze(-1).float() * self.inv_freq  # (B, T, hd/2)
+        """``(cos, sin)`` (B|1, 1, T, r) for :func:`apply_rotary`, the first half of ``sin``
+        negated, both times the scaling's attention factor (1 but for YaRN)."""
+        angles = positions.unsqueeze(-1).float() * self.inv_freq  # (B, T, r/2)
         sin = angles.sin()
-        return torch.cat([angles, angles], dim=-1).cos().unsqueeze(1), torch.cat([-sin, sin], dim=-1).unsqueeze(1)
+        cos = torch.cat([angles, angles], dim=-1).cos().unsqueeze(1)
+        sin = torch.cat([-sin, sin], dim=-1).unsqueeze(1)
+        if self.attention_factor != 1.0:
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        return cos, sin
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -230,9 +330,23 @@ class T5Bias(PositionScheme):
     cache and the bias is the full pass's. It has no in-kernel form here (a learned bias needs
     gradients through the kernel's ``score_mod``): on GPUs it is folded into SDPA's mask."""
 
+    options = (
+        Option("t5_num_buckets", 32, "buckets of relative distance (half per direction in an encoder)",
+               short="buckets", minimum=4, examples=(8,)),
+        Option("t5_max_distance", 128, "distances from here on share the last bucket", short="maxdist",
+               minimum=1, examples=(64,)),
+    )
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        if cfg.t5_max_distance <= cfg.t5_num_buckets // 2:
+            raise ValueError(f"model.t5_max_distance ({cfg.t5_max_distance}) must exceed t5_num_buckets / 2 "
+                             f"({cfg.t5_num_buckets // 2}), where the log-spaced buckets begin")
+
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        self.num_buckets, self.max_distance = cfg.t5_num_buckets, cfg.t5_max_distance
+        self.t5_num_buckets, self.t5_max_distance = cfg.t5_num_buckets, cfg.t5_max_distance
+        self.num_buckets, self.max_distance = self.t5_num_buckets, self.t5_max_distance
         self.bias = nn.Embedding(self.num_buckets, cfg.n_heads)
 
     def score_bias(self, q_pos, k_pos):

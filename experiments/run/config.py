@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lit.config import DataConfig, TaskConfig
 from lit.specs import task_spec
 from variants import ModelConfig
-from variants.registry import POSITIONS
+from variants.registry import POSITIONS, option_owners
 
 LOGGERS = ("wandb", "none")
 
@@ -99,6 +99,8 @@ class RunConfig:
     logger: str = "wandb"  # "wandb" (online with credentials, else offline) or "none"
     wandb: WandbSection = field(default_factory=WandbSection)
     derived: DerivedSection = field(default_factory=DerivedSection)
+    # modules imported before the config is checked: a researcher's own registered components
+    plugins: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for key in ("name", "experiment"):  # a directory name under run.root, never a path out of it
@@ -159,27 +161,74 @@ class RunConfig:
 
 
 def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> RunConfig:
-    """Merge YAML layers left to right, then ``dotted.key=value`` overrides, into a RunConfig."""
-    merged = OmegaConf.structured(RunConfig)
+    """Merge YAML layers left to right, then ``dotted.key=value`` overrides, into a RunConfig.
+    The modules named under ``plugins`` (any layer) are imported first, so the components they
+    register are known when the config is checked."""
+    layers = []
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
             check_yaml_mapping(path, "config file")
-            merged = OmegaConf.merge(merged, _derived_keys_moved(OmegaConf.load(path)))  # its loader: 1e-3 is a float
+            layers.append((str(path), OmegaConf.load(path)))  # its loader: 1e-3 is a float
         except OmegaConfBaseException as err:
             raise ConfigError(f"{path}: {_describe(err)}") from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
     try:
-        merged = OmegaConf.merge(merged, _derived_keys_moved(OmegaConf.from_dotlist(list(overrides))))
+        layers.append(("command-line override", OmegaConf.from_dotlist(list(overrides))))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"command-line override: {_describe(err)}") from None
+    for where, layer in layers:
+        import_plugins(layer.get("plugins") if isinstance(layer, DictConfig) else None, where)
+    merged = OmegaConf.structured(RunConfig)
+    for where, layer in layers[:-1]:
+        try:
+            merged = OmegaConf.merge(merged, _options_moved(_derived_keys_moved(layer)))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{where}: {_describe(err)}") from None
+    try:
+        merged = OmegaConf.merge(merged, _options_moved(_derived_keys_moved(layers[-1][1])))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(f"command-line override: {_describe(err)}") from None
     except ValueError as err:  # validation in the dataclasses
         raise ConfigError(str(err)) from None
+
+
+def import_plugins(modules, where: str) -> None:
+    """Import each module named in a layer's ``plugins`` (its components register themselves)."""
+    if modules is None:
+        return
+    if isinstance(modules, str) or not all(isinstance(m, str) and m for m in modules):
+        raise ConfigError(f"{where}: key 'plugins': a list of module names, got {modules!r}")
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ConfigError(f"{where}: key 'plugins': cannot import {module!r} ({err}); the module must be "
+                              f"importable from the working directory or the Python path") from None
+
+
+def _options_moved(layer):
+    """A config layer with the components' settings (``model.n_kv_heads``) moved under
+    ``model.options``, where the model config keeps them; other unknown keys stay, and are
+    refused by name in the merge."""
+    model = layer.get("model") if isinstance(layer, DictConfig) else None
+    if not isinstance(model, DictConfig):
+        return layer
+    owners = option_owners()
+    keys = [key for key in model if key in owners and key not in _MODEL_FIELDS]
+    if not keys:
+        return layer
+    layer = layer.copy()
+    for key in keys:
+        OmegaConf.update(layer, f"model.options.{key}", layer.model.pop(key), force_add=True)
+    return layer
 
 
 def _derived_keys_moved(layer):
@@ -199,12 +248,12 @@ def _derived_keys_moved(layer):
 
 
 # Settings that change how a run is logged or stored, never what it computes: left out of the run id.
-_NOT_IN_RUN_ID = ("run.root", "logger", "wandb", "perf", "checkpoint", "derived", "data.cache_dir", "data.num_workers",
+_NOT_IN_RUN_ID = ("run.root", "logger", "wandb", "perf", "plugins", "checkpoint", "derived", "data.cache_dir", "data.num_workers",
                   "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps")
 # Keys added after runs were made, with the value that computes what those runs computed: left out
 # of the run id at that value, so existing run directories keep their ids (and resume).
-_ADDED_LATER = {"model.attention": "mha", "model.t5_num_buckets": 32, "model.t5_max_distance": 128,
-                "data.length_multiple": 1, "model.init": "gpt2", "run.test": True}
+# (A component's own settings need no entry: they enter the run id only away from their defaults.)
+_ADDED_LATER = {"model.attention": "mha", "data.length_multiple": 1, "model.init": "gpt2", "run.test": True}
 
 
 def check_yaml_mapping(path: Path, what: str) -> None:
@@ -229,6 +278,7 @@ def check_yaml_mapping(path: Path, what: str) -> None:
 
 
 _MODEL_DEFAULTS = ModelConfig()
+_MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -238,6 +288,7 @@ def run_id(cfg: RunConfig) -> str:
     tree = OmegaConf.to_container(OmegaConf.structured(cfg))
     for key in DERIVED_MODEL_KEYS:
         tree["model"][key] = getattr(_MODEL_DEFAULTS, key)
+    tree["model"].update(tree["model"].pop("options"))  # settings away from their defaults, as model keys
     for dotted in (*_NOT_IN_RUN_ID, *_ADDED_LATER):
         *parents, last = dotted.split(".")
         node = tree
@@ -255,6 +306,8 @@ def resolved(cfg: RunConfig) -> dict[str, Any]:
     tree = OmegaConf.to_container(OmegaConf.structured(cfg))
     for key in DERIVED_MODEL_KEYS:
         tree["model"].pop(key)
+    tree["model"].pop("options")
+    tree["model"].update(cfg.model.option_values())  # every setting of the chosen components, as model keys
     return tree
 
 

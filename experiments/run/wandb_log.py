@@ -75,8 +75,15 @@ def variant_name(cfg: RunConfig) -> str:
 def run_config(cfg: RunConfig, extra: dict[str, Any]) -> dict[str, Any]:
     """The W&B config: keys to group and filter by first, then the whole resolved config."""
     keys = {"variant": variant_name(cfg), "sweep": cfg.wandb.sweep, "seed": cfg.seed,
-            "is_baseline": cfg.wandb.baseline, **cfg.model.components()}
+            "is_baseline": cfg.wandb.baseline, **cfg.model.components(), **cfg.model.option_values()}
     return {**keys, **resolved(cfg), **extra}
+
+
+def run_tags(cfg: RunConfig) -> list[str]:
+    """The chosen entries' names, their settings away from the defaults (``n_kv_heads=2``), then
+    the config's own tags."""
+    settings = [f"{key}={value}" for key, value in sorted(cfg.model.options.items())]
+    return [*cfg.model.components().values(), *settings, *cfg.wandb.tags]
 
 
 def saved_id(run_dir: Path) -> Optional[str]:
@@ -120,7 +127,7 @@ def make_logger(cfg: RunConfig, run_dir: Path, extra: dict[str, Any], resume_fro
         sent=sent_metrics(run_segments(run_dir, wandb_id)) if wandb_id and resume_from is not None else set(),
         project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.run_name,
         group=cfg.wandb.group or variant_name(cfg), job_type=cfg.wandb.job_type or cfg.wandb.sweep or cfg.run.experiment,
-        tags=[*cfg.model.components().values(), *cfg.wandb.tags], save_dir=str(run_dir),
+        tags=run_tags(cfg), save_dir=str(run_dir),
         id=wandb_id, resume="allow" if wandb_id else None, config=run_config(cfg, extra),
         mode=os.environ.get("WANDB_MODE"),  # read now: W&B's settings outlive a run in a long process
     )
@@ -240,7 +247,8 @@ def log_checkpoint(path: Path, cfg: RunConfig, run_id: str) -> None:
     if wandb.run is None or path is None or not path.is_file():
         return
     artifact = wandb.Artifact(f"model-{cfg.run_name}", type="model",
-                              metadata={"run_id": run_id, "step": _step_of(path), **cfg.model.components()})
+                              metadata={"run_id": run_id, "step": _step_of(path), **cfg.model.components(),
+                                        **cfg.model.option_values()})
     artifact.add_file(str(path))
     artifact.add_file(str(cfg.run_dir / "config.yaml"))
     if (cfg.run_dir / "tokenizer.json").is_file():

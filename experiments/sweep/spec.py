@@ -53,9 +53,14 @@ from experiments.sweep.findings import flatten as _flatten
 from experiments.sweep.schema import SlurmSpec, SweepError, read_spec
 from experiments.sweep.tuning import TuneSpec, TuningError
 from variants import REGISTRIES
+from variants.registry import option_owners
 
 
-COMPONENT_KEYS = tuple(f"model.{slot}" for slot in REGISTRIES)
+def component_keys() -> set[str]:
+    """The config keys that name a variant's components: every slot, and every setting a
+    registered component declares (``model.n_kv_heads``); read when asked, so components a
+    config's ``plugins`` registered count too."""
+    return {f"model.{key}" for key in (*REGISTRIES, *option_owners())}
 
 
 STAGES = ("tune", "confirm")
@@ -140,10 +145,11 @@ def _slug(value: Any) -> str:
 
 
 def run_name(cfg: RunConfig, point: dict[str, Any]) -> str:
-    """``norm-placement-position-ffn`` (see :meth:`ModelConfig.components_name`) plus
-    ``<key><value>`` for every non-component grid key."""
+    """``norm-placement-position-ffn`` (see :meth:`ModelConfig.components_name`, which also
+    names the components' settings) plus ``<key><value>`` for every other grid key."""
+    components = component_keys()
     parts = [cfg.model.components_name()]
-    parts += [f"{key.split('.')[-1]}{_slug(value)}" for key, value in point.items() if key not in COMPONENT_KEYS]
+    parts += [f"{key.split('.')[-1]}{_slug(value)}" for key, value in point.items() if key not in components]
     return "-".join(parts)
 
 
@@ -180,9 +186,9 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
     tune, tune_runs, choices = None, [], {}
     if spec.get("tune") is not None:
         tune = _tune_spec(spec["tune"])
-        components = sorted(set(tune.grid) & set(COMPONENT_KEYS))
+        components = sorted(set(tune.grid) & component_keys())
         if components:
-            raise SweepError(f"{path}: tune.grid: {', '.join(components)} is a component slot: components are what "
+            raise SweepError(f"{path}: tune.grid: {', '.join(components)} is a component or its setting: components are what "
                              f"a sweep compares (put them in grid), settings are what it tunes")
         try:
             tuning.check(tune, str(path), list(grid), seeds)

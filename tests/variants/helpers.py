@@ -5,7 +5,9 @@ newly registered component joins every test without test edits.
 
 The model grid: ``kind`` x every slot in ``GRID_SLOTS`` (the full product), plus every other
 slot varied over its whole registry one at a time (both kinds) with the remaining slots at
-``BASE_SLOTS``. Set ``ABLATE_FULL_GRID=1`` to run the full product of every slot instead.
+``BASE_SLOTS``, plus every entry at each non-default example of each of its settings
+(:func:`option_examples`). Set ``ABLATE_FULL_GRID=1`` to run the full product of every slot
+instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from variants import REGISTRIES, ModelConfig, build_model
 from variants.config import KINDS
+from variants.registry import Option, options_of
 
 PAD = 0
 
@@ -56,6 +59,23 @@ def config_id(kind: str, slots: dict[str, str]) -> str:
     return "-".join([kind] + [slots[s] for s in order])
 
 
+def option_examples(option: Option) -> list:
+    """The non-default values of a setting that the tests run in the tiny config: its
+    ``examples``, or its other choices, or the other truth value of a flag."""
+    if option.examples:
+        return list(option.examples)
+    if option.choices:
+        return [c for c in option.choices if c != option.default]
+    if isinstance(option.default, bool):
+        return [not option.default]
+    return []
+
+
+def example_settings(key: str, example) -> dict:
+    """An example of setting ``key`` as the settings it takes: itself, or a mapping given."""
+    return dict(example) if isinstance(example, dict) else {key: example}
+
+
 def slot_grid(kinds=KINDS) -> list[dict[str, str]]:
     """One dict ``{"kind": ..., <slot>: <name>, ...}`` per grid point, without duplicates."""
     slots = sorted(REGISTRIES)
@@ -72,8 +92,20 @@ def slot_grid(kinds=KINDS) -> list[dict[str, str]]:
                 continue
             for name in REGISTRIES[slot].names():
                 points.append({"kind": kind, **BASE_SLOTS, slot: name})
-    unique = {config_id(p["kind"], {s: p[s] for s in slots}): p for p in points}
+        for slot in slots:  # each setting of each entry away from its default, one at a time
+            for name in REGISTRIES[slot].names():
+                for key, option in options_of(REGISTRIES[slot].get(name)).items():
+                    points += [{"kind": kind, **BASE_SLOTS, slot: name, **example_settings(key, value)}
+                               for value in option_examples(option)]
+    unique = {point_id(p): p for p in points}
     return [unique[k] for k in sorted(unique)]
+
+
+def point_id(point: dict) -> str:
+    """``lm-rope-pre-layernorm-gelu-gpt2-gqa`` plus ``-n_kv_heads2`` for each setting."""
+    slots = {s: point[s] for s in REGISTRIES}
+    settings = [f"{k}{v}" for k, v in sorted(point.items()) if k != "kind" and k not in REGISTRIES]
+    return "-".join([config_id(point["kind"], slots), *settings])
 
 
 def grid_params(kinds=KINDS, where=None) -> list:
@@ -82,8 +114,7 @@ def grid_params(kinds=KINDS, where=None) -> list:
     for point in slot_grid(kinds):
         if where is not None and not where(point):
             continue
-        slots = {s: point[s] for s in REGISTRIES}
-        params.append(pytest.param(point, id=config_id(point["kind"], slots)))
+        params.append(pytest.param(point, id=point_id(point)))
     return params
 
 

@@ -129,3 +129,92 @@ def test_a_new_attention_and_a_new_bias_plug_in():
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "plugins ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# grouped-query attention and QK-norm, against hand-written attention
+
+
+def _reference_attention(attn, x: torch.Tensor) -> torch.Tensor:
+    """Causal self-attention of a built layer written out from its weights: q/k/v split by
+    width, each key/value head shared by consecutive query heads, QK-norm as its references."""
+    H, Hkv, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    B, T, _ = x.shape
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
+
+    def rms(t, w):
+        return t / (t.pow(2).mean(-1, keepdim=True) + attn.qk_norms.eps).sqrt() * w
+
+    if attn.qk_norm == "full":
+        q, k = rms(q, attn.qk_norms.q_weight), rms(k, attn.qk_norms.k_weight)
+    q = q.view(B, T, H, hd).transpose(1, 2)
+    k = k.view(B, T, Hkv, hd).transpose(1, 2)
+    v = v.view(B, T, Hkv, hd).transpose(1, 2)
+    if attn.qk_norm == "head":
+        q, k = rms(q, attn.qk_norms.q_weight), rms(k, attn.qk_norms.k_weight)
+    k = torch.stack([k[:, h // (H // Hkv)] for h in range(H)], dim=1)
+    v = torch.stack([v[:, h // (H // Hkv)] for h in range(H)], dim=1)
+    scores = q @ k.transpose(-2, -1) / hd ** 0.5
+    scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    y = scores.softmax(-1) @ v
+    return y.transpose(1, 2).reshape(B, T, H * hd) @ attn.out.weight.T + attn.out.bias
+
+
+@pytest.mark.parametrize("qk_norm", ["none", "head", "full"])
+@pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
+def test_grouped_query_attention_and_qk_norm_compute_the_written_out_attention(n_kv_heads, qk_norm):
+    from tests.variants.helpers import build
+
+    torch.manual_seed(0)
+    model = build(tiny_config(attention="gqa", n_kv_heads=n_kv_heads, qk_norm=qk_norm, position="none"))
+    attn = model.decoder.blocks[0].attn
+    for p in attn.parameters():  # gains and biases away from 1 and 0, so a missing one shows
+        torch.nn.init.normal_(p, 0.0, 0.3 if p.dim() > 1 else 1.0)
+    assert attn.qkv.weight.shape == (32 + 2 * n_kv_heads * 8, 32)
+    x = torch.randn(2, 7, 32)
+    pos = torch.arange(7)[None]
+    inputs = self_attention_inputs(model.decoder.position, pos, pos, None, causal=True, cache=None,
+                                   in_kernel=False)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, inputs), _reference_attention(attn, x), rtol=1e-4, atol=1e-5)
+
+
+def test_gqa_at_n_heads_computes_what_mha_computes_and_one_head_is_multi_query():
+    from tests.variants.helpers import build
+
+    x = torch.randint(1, 61, (2, 9))
+    for kind in ("lm", "seq2seq"):
+        mha, full = build(tiny_config(kind)), build(tiny_config(kind, attention="gqa", n_kv_heads=4))
+        assert mha.num_params() == full.num_params()
+        with torch.no_grad():
+            args = (x,) if kind == "lm" else (x, x)
+            torch.testing.assert_close(full(*args), mha(*args), rtol=0, atol=0)
+        mqa = build(tiny_config(kind, attention="gqa"))
+        assert mqa.decoder.blocks[0].attn.qkv.weight.shape == (32 + 2 * 8, 32)
+        assert mqa.new_cache(2, 9).keys[0].shape == (2, 1, 9, 8)  # the cache holds one head
+
+
+@pytest.mark.parametrize("kind", ["lm", "seq2seq"])
+@pytest.mark.parametrize("every", [0, 2])
+def test_a_sliding_window_hides_keys_beyond_it_in_local_layers_only(kind, every):
+    """With a window of 3, the logits at position t depend on tokens t-2..t only through local
+    layers; a model of one local layer sees nothing further back, and a global layer (every 2nd)
+    sees all of it. In an encoder the window is two-sided."""
+    from tests.variants.helpers import build
+
+    cfg = tiny_config(kind, n_layers=2 if every else 1, window=3, window_global_every=every, position="rope")
+    model = build(cfg)
+    attn = model.decoder.blocks[0].attn
+    assert attn.local(0) and attn.local(1) != (every == 2)
+    x = torch.randint(1, 61, (1, 10))
+    y = x.clone()
+    y[0, 2] = x[0, 2] % 60 + 1  # position 2 changed: outside the window of position 9 (and of 5)
+    with torch.no_grad():
+        if kind == "lm":
+            a, b = model(x)[0, 9], model(y)[0, 9]
+        else:  # encoder states at position 9 (decoder cross-attention is never windowed)
+            a, b = model.encode(x)[0][0, 9], model.encode(y)[0][0, 9]
+    if every:
+        assert not torch.allclose(a, b, atol=1e-5), "the global layer sees past the window"
+    else:
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -85,6 +85,21 @@ LMS = {
                                     n_inner=48), fingerprint("learned", "pre", "layernorm", "relu")),
     "llama": (llama, {}, fingerprint("rope", "pre", "rmsnorm", "swiglu")),
     "llama-tied": (llama, dict(tie_word_embeddings=True), fingerprint("rope", "pre", "rmsnorm", "swiglu")),
+    "llama-gqa": (llama, dict(num_key_value_heads=2),
+                  fingerprint("rope", "pre", "rmsnorm", "swiglu", "gqa(n_kv_heads=2)")),
+    "llama-mqa": (llama, dict(num_key_value_heads=1), fingerprint("rope", "pre", "rmsnorm", "swiglu", "gqa")),
+    # Llama 3.1: GQA and llama3 RoPE scaling (an original context of 12, so every regime shows at 12 tokens)
+    "llama3": (llama, dict(num_key_value_heads=2, rope_scaling=dict(
+        rope_type="llama3", factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=12)),
+        {**fingerprint("rope", "pre", "rmsnorm", "swiglu", "gqa(n_kv_heads=2)"), "position": "rope(rope_factor=4.0, "
+         "rope_original_max_len=12, rope_scaling=llama3)"}),
+    "llama-linear": (llama, dict(rope_scaling=dict(rope_type="linear", factor=2.0)),
+                     {**fingerprint("rope", "pre", "rmsnorm", "swiglu"),
+                      "position": "rope(rope_factor=2.0, rope_scaling=linear)"}),
+    "llama-yarn": (llama, dict(rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=12,
+                                                 beta_fast=16.0, beta_slow=2.0)),
+                   {**fingerprint("rope", "pre", "rmsnorm", "swiglu"), "position": "rope(rope_beta_fast=16.0, "
+                    "rope_beta_slow=2.0, rope_factor=4.0, rope_original_max_len=12, rope_scaling=yarn)"}),
     "bloom": (bloom, {}, fingerprint("alibi", "pre", "layernorm", "gelu_tanh")),
     "bloom-6-heads": (bloom, dict(hidden_size=48, n_head=6),  # ALiBi slopes of a non-power of 2
                       fingerprint("alibi", "pre", "layernorm", "gelu_tanh")),
@@ -122,7 +137,7 @@ def test_eager_attention_matches_too(make):
     assert_logits_close(mine, theirs)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "bloom-6-heads"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "llama-gqa", "llama3", "llama-yarn", "bloom-6-heads"])
 def test_lm_kv_cache_decoding_matches_full_sequence(name):
     make, overrides, _ = LMS[name]
     hf = make(**overrides)
@@ -227,14 +242,9 @@ def test_marian_kv_cache_decoding_matches_full_sequence():
 # --- what cannot be imported is refused, naming the reason ------------------------------------
 
 
-def test_grouped_query_attention_refused():
-    with pytest.raises(NotImplementedError, match="grouped-query attention.*num_key_value_heads=2"):
-        from_hf(llama(num_key_value_heads=2))
-
-
-def test_rope_scaling_refused():
-    hf = llama(rope_scaling={"rope_type": "linear", "factor": 2.0})
-    with pytest.raises(NotImplementedError, match="RoPE scaling.*linear"):
+def test_rope_scaling_without_a_counterpart_refused():
+    hf = llama(rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    with pytest.raises(NotImplementedError, match="RoPE scaling rope_type='dynamic'"):
         from_hf(hf)
 
 
@@ -314,6 +324,12 @@ EXPORTABLE = {
     "llama": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="swiglu", bias=False,
                   rope_base=5000.0),
     "llama-geglu-bias": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="geglu"),
+    "llama-gqa": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="swiglu", bias=False,
+                      attention="gqa", n_kv_heads=2),
+    "llama3": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="swiglu", bias=False,
+                   attention="gqa", n_kv_heads=2, rope_scaling="llama3", rope_factor=4.0, rope_original_max_len=12),
+    "llama-yarn": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="swiglu", bias=False,
+                       rope_scaling="yarn", rope_factor=4.0),
     "bloom": dict(kind="lm", position="alibi", norm="layernorm", norm_position="pre", ffn="gelu_tanh",
                   embed_norm=True),
     "marian": dict(kind="seq2seq", position="sinusoidal", norm="layernorm", norm_position="post", ffn="gelu",
@@ -355,7 +371,7 @@ def test_export_computes_the_same_logits(name, tmp_path):
         torch.testing.assert_close(back.state_dict()[key], value, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "bloom"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "llama-gqa", "llama3", "bloom"])
 def test_exported_greedy_generation_is_ours(name):
     from variants.decoding import greedy_generate
     from variants.interop import to_hf
@@ -376,7 +392,10 @@ def test_exported_greedy_generation_is_ours(name):
     (dict(kind="lm", position="learned", bias=False), "bias=False has no equivalent in GPT2LMHeadModel"),
     (dict(kind="lm", position="alibi", ffn="gelu_tanh"), "embed_norm=False has no equivalent in BloomForCausalLM"),
     (dict(kind="seq2seq", position="rope"), "position 'rope' has no Hugging Face equivalent for a seq2seq model"),
-], ids=["t5", "gpt2-rmsnorm", "llama-gelu", "gpt2-post-ln", "gpt2-no-bias", "bloom-no-embed-norm", "s2s-rope"])
+    (dict(kind="lm", position="rope", norm="rmsnorm", ffn="swiglu", qk_norm="head"),
+     r"options=\{'qk_norm': 'head'\} has no equivalent in LlamaForCausalLM"),
+], ids=["t5", "gpt2-rmsnorm", "llama-gelu", "gpt2-post-ln", "gpt2-no-bias", "bloom-no-embed-norm", "s2s-rope",
+        "llama-qk-norm"])
 def test_compositions_without_an_equivalent_are_refused_by_name(fields, message):
     from variants.interop import to_hf
 

@@ -97,7 +97,7 @@ def test_output_shapes(point):
 
 def test_fingerprint_reports_the_configured_slots(point):
     model = build(config_of(point))
-    assert model.fingerprint() == {slot: point[slot] for slot in REGISTRIES}
+    assert model.fingerprint() == config_of(point).labels()
 
 
 @pytest.mark.parametrize("norm_position", NORM_POSITIONS.names())
@@ -146,9 +146,12 @@ def test_seq2seq_decoder_is_causal_encoder_is_not(s2s_point):
     a, b = model(src, tgt), model(src, other)
     assert_close(a[:, :4], b[:, :4])
     assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-4)
-    # the encoder is bidirectional: the last source token reaches the first encoder state
+    # the encoder is bidirectional: a later source token (the last, or the last in a sliding
+    # window) reaches the first encoder state
+    window = model.cfg.options.get("window")
+    j = 7 if window is None else min(7, window - 1)
     src2 = src.clone()
-    src2[0, 7] = src[0, 7] % (V - 1) + 1
+    src2[0, j] = src[0, j] % (V - 1) + 1
     assert not torch.allclose(model.encode(src2)[0][0, 0], model.encode(src)[0][0, 0], atol=1e-4)
 
 
@@ -280,12 +283,13 @@ def test_greedy_generate_matches_argmax_of_full_forward(lm_point):
     model = build(config_of(lm_point))
     prompt = left_pad(seqs_of([5, 3], 62), 5)
     out = greedy_generate(model, prompt, 4)
-    seq = prompt
+    seq, valid = prompt, prompt != PAD
     for i in range(4):
-        with torch.no_grad():
-            expected = model(seq)[:, -1].argmax(-1)
+        with torch.no_grad():  # generated tokens are real even when one is the padding id
+            expected = model.logits(model.decoder(model.embed_tokens(seq), valid))[:, -1].argmax(-1)
         assert torch.equal(out[:, i], expected), f"step {i}"
         seq = torch.cat([seq, out[:, i:i + 1]], dim=1)
+        valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
 
 
 def test_seq2seq_cache_matches_full_forward(s2s_point):
@@ -479,3 +483,24 @@ def test_other_positions_extrapolate(kind, position):
         cached = s2s_cached(model, seq, memory, valid, [MAX_LEN - 1])
     assert full.shape == (2, T, V) and full.isfinite().all()
     assert_close(cached, full)
+
+
+@pytest.mark.parametrize("norm_position,formula", [
+    ("pre", lambda x, f, n, n2: x + f(n(x))),
+    ("post", lambda x, f, n, n2: n(x + f(x))),
+    ("sandwich", lambda x, f, n, n2: x + n2(f(n(x)))),
+    ("reordered", lambda x, f, n, n2: x + n(f(x))),
+])
+def test_each_norm_placement_computes_its_formula(norm_position, formula):
+    """The residual wrapper of each placement against its written-out formula, with gains away
+    from 1 (so two norms that share nothing show it)."""
+    residual = NORM_POSITIONS.get(norm_position)(tiny_config(norm_position=norm_position))
+    norms = [m for m in residual.modules() if getattr(m, "slot", None) == "norm"]
+    for norm in norms:
+        torch.nn.init.normal_(norm.weight, 1.0, 0.5)
+    sublayer = torch.nn.Linear(32, 32)
+    x = torch.randn(2, 5, 32)
+    second = getattr(residual, "post_norm", None)
+    assert len(norms) == (2 if norm_position == "sandwich" else 1)
+    with torch.no_grad():
+        assert_close(residual(x, sublayer), formula(x, sublayer, residual.norm, second))

@@ -16,7 +16,7 @@ model_type     class                position  norm_position  norm       ffn
 
 (*) mapped from the config's activation name (``gelu_new`` -> ``gelu_tanh``, ``swish`` -> ``silu``,
 LLaMA's ``hidden_act`` -> the matching gated entry). Anything the composition cannot express
-(grouped-query attention, RoPE scaling, a non-zero ``final_logits_bias``, ...) raises
+(RoPE scaling, a non-zero ``final_logits_bias``, ...) raises
 ``NotImplementedError`` naming the setting, rather than importing a different function. Every
 tensor of the source state dict must be used (tied copies are checked equal), so a weight the
 mapping does not know about fails loudly too.
@@ -122,7 +122,8 @@ _EXPORTS = {name: (family.KIND, family.EXPORT_SLOTS, family.HF_CLASS, family.hf_
             for name, family in _FAMILIES.items()}
 # fields the round trip must give back unchanged (the rest are sizes, set from the model)
 _ROUND_TRIP = ("kind", "norm", "norm_position", "position", "ffn", "attention", "bias", "norm_eps", "embed_norm",
-               "embeddings_scaled", "tie_embeddings", "rope_base", "d_model", "n_heads", "vocab_size")
+               "embeddings_scaled", "tie_embeddings", "rope_base", "d_model", "n_heads", "vocab_size",
+               "options")  # the components' settings
 
 
 def export_family(cfg: ModelConfig) -> str:

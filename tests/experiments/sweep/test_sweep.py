@@ -16,7 +16,7 @@ from experiments.run.wandb_log import wandb_reachable
 from experiments.sweep.launchers.base import plan
 from experiments.sweep.launchers.wandb import wandb_sweep_config
 from experiments.run.rundir import RunLock, read_status, write_status
-from experiments.sweep.spec import COMPONENT_KEYS, SweepError, load_sweep
+from experiments.sweep.spec import SweepError, component_keys, load_sweep
 
 ROOT = Path(__file__).resolve().parents[3]
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
@@ -179,10 +179,11 @@ def test_cpu_workers_split_the_cores_and_keep_the_users_settings(monkeypatch):
     assert slot["MALLOC_MMAP_THRESHOLD_"] == "65536" and slot["OMP_NUM_THREADS"] == "1"
 
 
-def test_component_keys_are_the_registry_slots():
-    from variants.registry import REGISTRIES
+def test_component_keys_are_the_registry_slots_and_their_settings():
+    from variants.registry import REGISTRIES, option_owners
 
-    assert {k.split(".")[1] for k in COMPONENT_KEYS} == set(REGISTRIES)
+    assert {k.split(".")[1] for k in component_keys()} == set(REGISTRIES) | set(option_owners())
+    assert "model.t5_num_buckets" in component_keys()
 
 
 # ------------------------------------------------------------------------------ end to end (slow)
