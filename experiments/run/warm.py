@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import traceback
+import weakref
 from typing import Optional
 
 import lightning
@@ -82,6 +83,7 @@ def start_run(argv: list[str], env: dict[str, str], log_path: str) -> WarmRun:
 
 
 def _child(argv: list[str], env: dict[str, str], log_path: str) -> None:
+    _disown_inherited_finalizers()
     os.setsid()  # its own process group, as start_new_session gives a fresh interpreter
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
@@ -112,6 +114,16 @@ def _child(argv: list[str], env: dict[str, str], log_path: str) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+
+
+def _disown_inherited_finalizers() -> None:
+    """The parent's exit-time finalizers stay the parent's: the child runs the ``atexit`` handlers at
+    its end (as an interpreter does), and among them ``weakref.finalize`` would otherwise clean up
+    what the parent created before the fork, such as the temporary directories of
+    ``tempfile.TemporaryDirectory`` (W&B stages its tables in one made at import), deleting them
+    under the parent and every later child. Finalizers the child registers itself still run."""
+    for finalizer in list(weakref.finalize._registry):  # noqa: SLF001 - no public listing
+        finalizer.atexit = False
 
 
 def _apply_malloc_settings(env: dict[str, str]) -> None:

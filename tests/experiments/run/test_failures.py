@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,20 @@ def test_the_warm_runner_logs_the_traceback_of_any_exception(tmp_path, monkeypat
     assert "RuntimeError: EOF while parsing a string at line 52 column 5" in log
     status = _status(tmp_path)
     assert status["state"] == "failed" and "EOF while parsing" in status["error"]
+
+
+def test_a_forked_run_leaves_its_parents_temporary_directories_alone(tmp_path):
+    """The child runs the exit handlers at its end, as an interpreter does; before, they included
+    the parent's ``weakref.finalize`` cleanups, so a child deleted the temporary directories the
+    parent had made (W&B's media staging directory among them: every later table of the parent,
+    or of the warm server's later children, failed with FileNotFoundError)."""
+    kept = tempfile.TemporaryDirectory()
+    try:
+        code, log = _fork_child(tmp_path, ["train", str(LM), "no.such.key=1"])
+        assert code == 2 and "key 'no'" in log
+        assert Path(kept.name).is_dir()
+    finally:
+        kept.cleanup()
 
 
 @pytest.mark.slow
