@@ -344,6 +344,7 @@ def decode(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> li
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt = torch.randint(3, cfg.vocab_size, (cfg.decode_batch, cfg.decode_prompt), generator=gen).to(device)
     rows = _decode_lm(cfg, device, peak, prompt, log)
+    rows += _decode_gqa(cfg, device, peak, prompt, log)
     if M.available("transformers"):
         rows += _decode_translation(cfg, device, peak, prompt, log)
     return rows
@@ -393,6 +394,39 @@ def _decode_lm(cfg: BenchConfig, device: torch.device, peak: float, prompt: torc
     settings = f"batch {B}, prompt {P}, {N} new tokens; tokens/s counts new tokens"
     ref = "transformers generate" if any(c.impl == "transformers generate" for c in contenders) else None
     return _rows("decode", title, contenders, ref, peak, settings, profile_on=_profiling(cfg, device))
+
+
+def _decode_gqa(cfg: BenchConfig, device: torch.device, peak: float, prompt: torch.Tensor, log) -> list[dict]:
+    """Greedy LM continuation of the llama-style composition with 1, 2 and ``n_heads`` key/value
+    heads (multi-query, grouped-query, multi-head): tokens/s against multi-head, and the KV
+    cache's size (its keys and values for the prompt and every new token)."""
+    B, P, N = cfg.decode_batch, cfg.decode_prompt, cfg.decode_new
+    title = "llama-style LM, greedy: key/value heads"
+    log(f"decode {title}")
+    heads = cfg.n_heads
+    contenders = []
+    for kv in sorted({1, min(2, heads), heads}):
+        if heads % kv:
+            continue
+        attention = {"attention": "mha"} if kv == heads else {"attention": "gqa", "n_kv_heads": kv}
+        mcfg = M.preset_config("llama", kind="lm", **{**cfg.dims(), "dropout": 0.0}).replace(**attention)
+        _seeded(cfg.seed)
+        model = M.ours(mcfg).to(device).eval()
+        cache = model.new_cache(B, P + N)
+        cache_mb = sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values)) / 2**20
+        del cache
+
+        def unit(model=model):
+            return greedy_generate(model, prompt, N)
+
+        name = "ablate mha" if kv == heads else f"ablate gqa, {kv} key/value head{'s' if kv > 1 else ''}"
+        contenders.append(Contender(name, unit, B * N, lm_decode_flops(model, B, P, N), ours=True,
+                                    note=f"KV cache {cache_mb:.3g} MB ({kv} of {heads} heads)",
+                                    memory=_no_grad_peak(unit, device, model)))
+    time_interleaved(contenders, device, 1, cfg.decode_repeats, log)
+    settings = f"batch {B}, prompt {P}, {N} new tokens; tokens/s counts new tokens; ratio against multi-head"
+    # all ours (no peer, so no speed goal): the ratio reads against multi-head
+    return _rows("decode", title, contenders, "ablate mha", peak, settings, profile_on=_profiling(cfg, device))
 
 
 def _decode_translation(cfg: BenchConfig, device: torch.device, peak: float, prompt: torch.Tensor,

@@ -100,6 +100,11 @@ def test_tiny_bench_end_to_end(tmp_path):
         impls = {r["impl"] for r in rows}
         assert {"x-transformers", "transformers (GPT2)", "torch.nn.Transformer", "transformers generate"} <= impls
         assert all(r["ratio"] > 0 for r in rows)
+    gqa = {r["impl"]: r for r in rows if r["model"] == "llama-style LM, greedy: key/value heads"}
+    assert set(gqa) == {"ablate mha", "ablate gqa, 1 key/value head", "ablate gqa, 2 key/value heads"}
+    assert all(r["ours"] and r["reference"] == "ablate mha" for r in gqa.values())
+    cache_mb = {impl: float(r["note"].split()[2]) for impl, r in gqa.items()}  # "KV cache X MB (...)"
+    assert cache_mb["ablate gqa, 1 key/value head"] * 4 == pytest.approx(cache_mb["ablate mha"], rel=0.01)
     assert set(result["breakdown"]) == {"gpt2-style", "alibi (bloom-style)", "vaswani enc-dec"}
     assert result["targets"] == check_targets(rows) and result["targets"]
     for r in rows:  # ours and each reference are profiled
