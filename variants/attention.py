@@ -1,10 +1,14 @@
 """The attention slot (``attention``): multi-head attention on ``scaled_dot_product_attention``,
 the inputs every attention layer is called with, their masks, and the KV cache.
 
-Shapes: B batch, T query tokens, S source tokens, Tk key tokens, H heads, hd head dim,
-D = H * hd. Boolean masks follow SDPA: ``True`` = may attend.
+Shapes: B batch, T query tokens, S source tokens, Tk key tokens, H heads, hd head dim
+(d_model / H, or the ``head_dim`` setting), D = d_model. Boolean masks follow SDPA: ``True`` =
+may attend.
 
-Reference: Vaswani et al. 2017, "Attention Is All You Need", arXiv:1706.03762.
+References: Vaswani et al. 2017, "Attention Is All You Need", arXiv:1706.03762; Gemma Team
+2024, "Gemma 2: Improving Open Language Models at a Practical Size", arXiv:2408.00118 (scores
+soft-capped, scaled by a width of their own); Qwen Team 2024, "Qwen2 Technical Report",
+arXiv:2407.10671 (biases on q, k, v only).
 """
 
 from __future__ import annotations
@@ -128,11 +132,12 @@ def flex_available(device: torch.device, head_dim: int) -> bool:
 
 
 def flex_attention_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Callable,
-                        causal: bool, window: Optional[int] = None) -> torch.Tensor:
+                        causal: bool, window: Optional[int] = None, scale: Optional[float] = None) -> torch.Tensor:
     """Attention of (B, H, T, hd) ``q, k, v`` with ``score_mod(score, b, h, q_idx, kv_idx)``
     applied to the scores inside the kernel (FlexAttention), and, when ``causal``, the blocks
     above the diagonal skipped: the same function as SDPA with the bias as a float mask,
-    without the (H, T, T) bias tensor or the masked-out half of the work."""
+    without the (H, T, T) bias tensor or the masked-out half of the work. ``scale``: the factor
+    on q·k (default hd^-½)."""
     # inside a compiled model the compiler builds the kernel and the mask itself; eager calls
     # share one compiled kernel and one mask per length
     compiling = torch.compiler.is_compiling()
@@ -141,7 +146,7 @@ def flex_attention_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score
         kernel = flex_attention
     else:
         kernel = _FLEX.get("kernel") or _FLEX.setdefault("kernel", torch.compile(flex_attention, dynamic=False))
-    return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask)
+    return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
 
 def _block_mask(T: int, device: torch.device, causal: bool, window: Optional[int], cached: bool):
@@ -250,10 +255,16 @@ class KVCache:
                           for kv in self.cross]
 
 
-def attend_and_record(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
-    """SDPA written out (no dropout), appending the probabilities (B, H, Tq, Tk) to
-    ``inputs.record``. Used only when attention maps are asked for, never in training."""
-    scores = (q.float() @ k.float().transpose(-2, -1)) / q.size(-1) ** 0.5
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs, *,
+                       scale: Optional[float] = None, softcap: Optional[float] = None,
+                       dropout: float = 0.0) -> torch.Tensor:
+    """SDPA written out: scores ``q·k * scale`` (default hd^-½), soft-capped to
+    ``softcap · tanh(scores / softcap)`` when given (Gemma 2), then the mask and the softmax
+    (float32). The path for what SDPA cannot compute (soft-capping) and for attention maps: when
+    ``inputs.record`` is a list, the probabilities (B, H, Tq, Tk) are appended to it."""
+    scores = (q.float() @ k.float().transpose(-2, -1)) * (scale or q.size(-1) ** -0.5)  # (B, H, Tq, Tk)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     if inputs.is_causal:  # SDPA's flag: top-left aligned, queries and keys of equal length
         scores = scores.masked_fill(~torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril(),
                                     float("-inf"))
@@ -261,15 +272,27 @@ def attend_and_record(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs:
         mask = inputs.mask
         scores = scores + mask.float() if mask.is_floating_point() else scores.masked_fill(~mask, float("-inf"))
     probs = scores.softmax(dim=-1)
-    inputs.record.append(probs.detach())
-    return (probs.to(v.dtype) @ v)
+    if inputs.record is not None:
+        inputs.record.append(probs.detach())
+    if dropout:
+        probs = F.dropout(probs, dropout)
+    return probs.to(v.dtype) @ v
+
+
+def softcapped(score_mod: Callable, cap: float) -> Callable:
+    """``score_mod`` applied to soft-capped scores (``cap · tanh(score / cap)``), inside a
+    FlexAttention kernel: the position bias is added after the cap, as a mask would be."""
+    def mod(score, b, h, q_idx, kv_idx):
+        return score_mod(cap * torch.tanh(score / cap), b, h, q_idx, kv_idx)
+
+    return mod
 
 
 class QKNorm(nn.Module):
     """RMSNorm of queries and keys before the scores (and before RoPE): per head, one gain of
     ``head_dim`` shared by the heads (``qk_norm: head``, Qwen 3, Gemma 3), or over each whole
-    projection (``qk_norm: full``, OLMo 2: a gain of ``d_model`` for the queries and one of the
-    key width for the keys). Computed in fp32, as the model's RMSNorm."""
+    projection (``qk_norm: full``, OLMo 2: a gain of ``n_heads * head_dim`` for the queries and one
+    of the key width for the keys). Computed in fp32, as the model's RMSNorm."""
 
     def __init__(self, mode: str, q_width: int, k_width: int, eps: float) -> None:
         super().__init__()
@@ -300,9 +323,11 @@ class MultiHeadAttention(nn.Module):
     fused ``[k; v]``. Called with ``(x, inputs, layer)``; :class:`AttentionInputs` carries the
     rest, so a new input (a bias, a cache layout) is a field there, not a new argument here.
 
-    ``qk_norm`` (all attention entries): ``none``, ``head`` or ``full`` (:class:`QKNorm`), in
-    self- and cross-attention. Subclasses set ``n_kv_heads`` (key/value heads shared by groups
-    of query heads) through :meth:`kv_heads`."""
+    Settings of all attention entries, in self- and cross-attention: ``qk_norm`` (``none``,
+    ``head`` or ``full``, :class:`QKNorm`), a sliding ``window``, ``qkv_bias``, ``head_dim``
+    (kept as set, None by default; the width in use is ``head_width``), ``attn_softcap`` and
+    ``attn_scale_dim``. Subclasses set ``n_kv_heads`` (key/value heads shared by groups of query
+    heads) through :meth:`kv_heads`."""
 
     options = (
         Option("qk_norm", "none", "RMSNorm of queries and keys: per head (Qwen 3, Gemma 3) or over "
@@ -312,31 +337,53 @@ class MultiHeadAttention(nn.Module):
         Option("window_global_every", 0, "with a window: every this-many-th layer attends globally "
                "(2: Gemma 2's alternation; 6: Gemma 3's 5 local to 1 global); 0: every layer local",
                short="glob", minimum=0, examples=({"window": 4, "window_global_every": 2},)),
+        Option("qkv_bias", False, "biases on the query, key and value projections only, in a model without "
+               "biases (bias: false; Qwen 2)", short="qkvbias", examples=({"qkv_bias": True, "bias": False},)),
+        Option("head_dim", None, "the width of each head, set apart from d_model / n_heads (Qwen 3, Gemma); "
+               "the output projection maps n_heads * head_dim back to d_model", short="hd", kind=int, minimum=1,
+               examples=(16,)),
+        Option("attn_softcap", None, "soft-capped scores, cap * tanh(scores / cap), before the mask and softmax "
+               "(Gemma 2: 50)", short="acap", kind=float, minimum=0.0, examples=(5.0,)),
+        Option("attn_scale_dim", None, "scores scaled by attn_scale_dim ** -0.5 instead of head_dim ** -0.5 "
+               "(Gemma 2's query_pre_attn_scalar)", short="sdim", kind=int, minimum=1, examples=(32,)),
     )
 
     @staticmethod
     def check_config(cfg) -> None:
         if cfg.window_global_every and cfg.window is None:
             raise ValueError(f"model.window_global_every={cfg.window_global_every} needs model.window")
+        if cfg.qkv_bias and cfg.bias:
+            raise ValueError("model.qkv_bias=true with model.bias=true: every linear layer has biases already; "
+                             "set model.bias=false to keep biases on the query, key and value projections only")
+        head_dim = cfg.options.get("head_dim")  # the setting (cfg.head_dim is the width in use)
+        if head_dim is not None and head_dim * cfg.n_heads == cfg.d_model:
+            raise ValueError(f"model.head_dim={head_dim} is d_model / n_heads ({cfg.d_model} / {cfg.n_heads}), "
+                             f"the width without it: leave model.head_dim out")
+        if cfg.attn_softcap is not None and cfg.attn_softcap <= 0:
+            raise ValueError(f"model.attn_softcap must be positive, got {cfg.attn_softcap}")
 
     def __init__(self, cfg, cross: bool = False) -> None:
         super().__init__()
+        for option in self.options:  # kept under their keys: the fingerprint reads them here
+            setattr(self, option.key, getattr(cfg, option.key))
+        self.head_dim = cfg.options.get("head_dim")  # the setting; cfg.head_dim is the width
         self.n_heads = cfg.n_heads
-        self.head_dim = cfg.head_dim
+        self.head_width = cfg.head_dim  # hd: the head_dim setting, or d_model / n_heads
         self.n_kv_heads = self.kv_heads(cfg)
-        self.qk_norm = cfg.qk_norm
-        self.window, self.window_global_every = cfg.window, cfg.window_global_every
+        # the factor on q·k: None = SDPA's own hd^-1/2
+        self.scale = None if self.attn_scale_dim is None else self.attn_scale_dim ** -0.5
         self.dropout = cfg.dropout
         self.cross = cross
-        q_width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q_width, kv_width = self.n_heads * self.head_width, self.n_kv_heads * self.head_width
+        qkv_bias = cfg.bias or self.qkv_bias
         self.out = residual_output(nn.Linear(q_width, cfg.d_model, bias=cfg.bias))
         if cross:
-            self.q = nn.Linear(cfg.d_model, q_width, bias=cfg.bias)
-            self.kv = nn.Linear(cfg.d_model, 2 * kv_width, bias=cfg.bias)
+            self.q = nn.Linear(cfg.d_model, q_width, bias=qkv_bias)
+            self.kv = nn.Linear(cfg.d_model, 2 * kv_width, bias=qkv_bias)
         else:
-            self.qkv = nn.Linear(cfg.d_model, q_width + 2 * kv_width, bias=cfg.bias)
+            self.qkv = nn.Linear(cfg.d_model, q_width + 2 * kv_width, bias=qkv_bias)
         if self.qk_norm == "head":
-            self.qk_norms = QKNorm("head", self.head_dim, self.head_dim, cfg.norm_eps)
+            self.qk_norms = QKNorm("head", self.head_width, self.head_width, cfg.norm_eps)
         elif self.qk_norm == "full":
             self.qk_norms = QKNorm("full", q_width, kv_width, cfg.norm_eps)
         else:
@@ -349,7 +396,7 @@ class MultiHeadAttention(nn.Module):
 
     def cache_layout(self) -> tuple[int, int]:
         """(heads, head dim) of the keys and values this layer stores in a KV cache."""
-        return self.n_kv_heads, self.head_dim
+        return self.n_kv_heads, self.head_width
 
     def local(self, layer: int) -> bool:
         """Whether self-attention layer ``layer`` sees only its window (sliding-window attention)."""
@@ -364,32 +411,38 @@ class MultiHeadAttention(nn.Module):
         if window is not None and inputs.score_mod is None:  # the window as part of SDPA's mask
             inputs = dataclasses.replace(inputs, mask=windowed_mask(inputs, window, q.size(-2), k.size(-2), q.device),
                                          is_causal=False)
-        if inputs.record is not None:  # attention maps asked for (variants.maps): explicit softmax
-            y = attend_and_record(q, _repeat_kv(k, groups), _repeat_kv(v, groups), inputs)
-        elif inputs.score_mod is not None:  # the position bias inside a FlexAttention kernel
-            y = flex_attention_with(q, _repeat_kv(k, groups), _repeat_kv(v, groups), inputs.score_mod,
-                                    inputs.is_causal, window)
+        dropout = self.dropout if self.training else 0.0
+        if inputs.score_mod is not None:  # the position bias inside a FlexAttention kernel
+            score_mod = inputs.score_mod
+            if self.attn_softcap is not None:
+                score_mod = softcapped(score_mod, self.attn_softcap)
+            y = flex_attention_with(q, _repeat_kv(k, groups), _repeat_kv(v, groups), score_mod,
+                                    inputs.is_causal, window, self.scale)
+        elif inputs.record is not None or self.attn_softcap is not None:
+            # attention maps asked for (variants.maps), or soft-capped scores: an explicit softmax
+            y = explicit_attention(q, _repeat_kv(k, groups), _repeat_kv(v, groups), inputs, scale=self.scale,
+                                   softcap=self.attn_softcap, dropout=dropout)
         else:
             mask = inputs.mask
             if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
                 mask = mask.to(q.dtype)  # a float bias under autocast: SDPA wants the query's dtype
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=inputs.is_causal,
-                dropout_p=self.dropout if self.training else 0.0, enable_gqa=groups > 1,
+                q, k, v, attn_mask=mask, is_causal=inputs.is_causal, dropout_p=dropout,
+                scale=self.scale, enable_gqa=groups > 1,
             )  # (B, H, T, hd)
         B, _, T, _ = y.shape
-        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, H * hd) -> (B, T, D)
 
     def _heads(self, x: torch.Tensor, heads: int, norm=None) -> torch.Tensor:
         """(B, T, heads * hd) -> (B, heads, T, hd), normed over the whole projection or per head."""
         B, T, _ = x.shape
         if norm is not None and self.qk_norm == "full":
             x = norm(x)
-        x = x.view(B, T, heads, self.head_dim).transpose(1, 2)
+        x = x.view(B, T, heads, self.head_width).transpose(1, 2)
         return norm(x) if norm is not None and self.qk_norm == "head" else x
 
     def _self_qkv(self, x, inputs: AttentionInputs, layer: int):
-        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_width
         if H == Hkv and self.qk_norms is None:  # one view and one permute for all three
             B, T, _ = x.shape
             qkv = self.qkv(x).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
@@ -435,6 +488,7 @@ class GroupedQueryAttention(MultiHeadAttention):
 
     @staticmethod
     def check_config(cfg) -> None:
+        MultiHeadAttention.check_config(cfg)
         if cfg.n_kv_heads > cfg.n_heads or cfg.n_heads % cfg.n_kv_heads:
             raise ValueError(f"model.n_kv_heads ({cfg.n_kv_heads}) must divide n_heads ({cfg.n_heads})")
 

@@ -2,7 +2,7 @@
 
 ``attention_maps(model, tokens)`` (decoder-only) or ``attention_maps(model, src, tgt)``
 (encoder-decoder) runs one forward pass in evaluation mode through an explicit softmax
-(:func:`variants.attention.attend_and_record`), which computes the same function as the SDPA path
+(:func:`variants.attention.explicit_attention`), which computes the same function as the SDPA path
 and records its probabilities; nothing changes for training or for any other call.
 """
 

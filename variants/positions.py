@@ -221,8 +221,9 @@ class Rotary(PositionScheme):
     @staticmethod
     def check_config(cfg) -> None:
         if cfg.head_dim % 2:
-            raise ValueError(f"position 'rope' needs an even head dimension, but d_model / n_heads = "
-                             f"{cfg.d_model} / {cfg.n_heads} = {cfg.head_dim}")
+            width = (f"model.head_dim = {cfg.head_dim}" if cfg.head_dim * cfg.n_heads != cfg.d_model
+                     else f"d_model / n_heads = {cfg.d_model} / {cfg.n_heads} = {cfg.head_dim}")
+            raise ValueError(f"position 'rope' needs an even head dimension, but {width}")
         rotated = rotated_dims(cfg)
         if not 0 < cfg.rope_fraction <= 1 or rotated < 2 or rotated % 2:
             raise ValueError(f"model.rope_fraction ({cfg.rope_fraction}) must rotate an even number of at least 2 "

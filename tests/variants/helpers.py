@@ -76,6 +76,12 @@ def example_settings(key: str, example) -> dict:
     return dict(example) if isinstance(example, dict) else {key: example}
 
 
+def options_only(settings: dict) -> dict:
+    """The components' settings among ``settings``, without the model fields an example sets
+    beside them (``qkv_bias`` needs ``bias: false``)."""
+    return {key: value for key, value in settings.items() if key not in ModelConfig.__dataclass_fields__}
+
+
 def slot_grid(kinds=KINDS) -> list[dict[str, str]]:
     """One dict ``{"kind": ..., <slot>: <name>, ...}`` per grid point, without duplicates."""
     slots = sorted(REGISTRIES)

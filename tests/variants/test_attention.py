@@ -132,15 +132,25 @@ def test_a_new_attention_and_a_new_bias_plug_in():
 
 
 # ---------------------------------------------------------------------------------------------
-# grouped-query attention and QK-norm, against hand-written attention
+# grouped-query attention, QK-norm and the attention settings, against hand-written attention
 
 
-def _reference_attention(attn, x: torch.Tensor) -> torch.Tensor:
-    """Causal self-attention of a built layer written out from its weights: q/k/v split by
-    width, each key/value head shared by consecutive query heads, QK-norm as its references."""
-    H, Hkv, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
+def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    return x @ layer.weight.T + (0 if layer.bias is None else layer.bias)
+
+
+def _reference_attention(attn, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+    """Self-attention (causal) of a built layer, or its cross-attention over ``memory``, written
+    out from its weights: q/k/v split by width (``head_width`` per head), each key/value head
+    shared by consecutive query heads, QK-norm as its references, scores scaled by
+    ``attn_scale_dim ** -0.5`` (default ``head_width ** -0.5``) and soft-capped as in Gemma 2."""
+    H, Hkv, hd = attn.n_heads, attn.n_kv_heads, attn.head_width
     B, T, _ = x.shape
-    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
+    if memory is None:
+        q, k, v = _linear(x, attn.qkv).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
+    else:
+        q, (k, v) = _linear(x, attn.q), _linear(memory, attn.kv).chunk(2, dim=-1)
+    Tk = k.size(1)
 
     def rms(t, w):
         return t / (t.pow(2).mean(-1, keepdim=True) + attn.qk_norms.eps).sqrt() * w
@@ -148,35 +158,140 @@ def _reference_attention(attn, x: torch.Tensor) -> torch.Tensor:
     if attn.qk_norm == "full":
         q, k = rms(q, attn.qk_norms.q_weight), rms(k, attn.qk_norms.k_weight)
     q = q.view(B, T, H, hd).transpose(1, 2)
-    k = k.view(B, T, Hkv, hd).transpose(1, 2)
-    v = v.view(B, T, Hkv, hd).transpose(1, 2)
+    k = k.view(B, Tk, Hkv, hd).transpose(1, 2)
+    v = v.view(B, Tk, Hkv, hd).transpose(1, 2)
     if attn.qk_norm == "head":
         q, k = rms(q, attn.qk_norms.q_weight), rms(k, attn.qk_norms.k_weight)
     k = torch.stack([k[:, h // (H // Hkv)] for h in range(H)], dim=1)
     v = torch.stack([v[:, h // (H // Hkv)] for h in range(H)], dim=1)
-    scores = q @ k.transpose(-2, -1) / hd ** 0.5
-    scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    scale = (attn.attn_scale_dim or hd) ** -0.5
+    scores = q @ k.transpose(-2, -1) * scale
+    if attn.attn_softcap is not None:
+        scores = attn.attn_softcap * torch.tanh(scores / attn.attn_softcap)
+    if memory is None:
+        scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
     y = scores.softmax(-1) @ v
-    return y.transpose(1, 2).reshape(B, T, H * hd) @ attn.out.weight.T + attn.out.bias
+    return _linear(y.transpose(1, 2).reshape(B, T, H * hd), attn.out)
 
 
+def _randomized(model):
+    """Every attention parameter away from its initial value (gains and biases away from 1 and 0,
+    so a missing one shows)."""
+    for block in model.decoder.blocks:
+        for attn in (block.attn, block.cross_attn):
+            for p in attn.parameters() if attn is not None else ():
+                torch.nn.init.normal_(p, 0.0, 0.3 if p.dim() > 1 else 1.0)
+    return model
+
+
+SETTINGS = {
+    "default": {},
+    "qkv-bias": dict(qkv_bias=True, bias=False),
+    "head-dim-16": dict(head_dim=16),
+    "head-dim-6": dict(head_dim=6),  # 4 heads of 6: a query width (24) apart from d_model (32)
+    "softcap": dict(attn_softcap=1.5),
+    "scale-dim": dict(attn_scale_dim=50),
+    "all": dict(qkv_bias=True, bias=False, head_dim=12, attn_softcap=2.0, attn_scale_dim=20),
+}
+
+
+@pytest.mark.parametrize("settings", list(SETTINGS.values()), ids=list(SETTINGS))
 @pytest.mark.parametrize("qk_norm", ["none", "head", "full"])
 @pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
-def test_grouped_query_attention_and_qk_norm_compute_the_written_out_attention(n_kv_heads, qk_norm):
+def test_attention_computes_the_written_out_attention(n_kv_heads, qk_norm, settings):
+    """Self- and cross-attention of every combination of key/value heads, QK-norm and the
+    settings (q/k/v biases alone, a head width of its own, soft-capped scores, another score
+    scale) equal the attention written out in the test."""
     from tests.variants.helpers import build
 
     torch.manual_seed(0)
-    model = build(tiny_config(attention="gqa", n_kv_heads=n_kv_heads, qk_norm=qk_norm, position="none"))
-    attn = model.decoder.blocks[0].attn
-    for p in attn.parameters():  # gains and biases away from 1 and 0, so a missing one shows
-        torch.nn.init.normal_(p, 0.0, 0.3 if p.dim() > 1 else 1.0)
-    assert attn.qkv.weight.shape == (32 + 2 * n_kv_heads * 8, 32)
-    x = torch.randn(2, 7, 32)
+    model = _randomized(build(tiny_config("seq2seq", attention="gqa", n_kv_heads=n_kv_heads, qk_norm=qk_norm,
+                                          position="none", **settings)))
+    attn, cross = model.decoder.blocks[0].attn, model.decoder.blocks[0].cross_attn
+    hd = settings.get("head_dim", 8)
+    assert attn.head_width == hd and attn.cache_layout() == (n_kv_heads, hd)
+    assert attn.qkv.weight.shape == ((4 + 2 * n_kv_heads) * hd, 32) and attn.out.weight.shape == (32, 4 * hd)
+    assert (attn.qkv.bias is not None, attn.out.bias is not None) == (True, "bias" not in settings)
+    x, memory = torch.randn(2, 7, 32), torch.randn(2, 5, 32)
     pos = torch.arange(7)[None]
     inputs = self_attention_inputs(model.decoder.position, pos, pos, None, causal=True, cache=None,
                                    in_kernel=False)
     with torch.no_grad():
         torch.testing.assert_close(attn(x, inputs), _reference_attention(attn, x), rtol=1e-4, atol=1e-5)
+        got = cross(x, cross_attention_inputs(pos, memory, None, None))
+        torch.testing.assert_close(got, _reference_attention(cross, x, memory), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("key,value", [("attn_softcap", 0.5), ("attn_scale_dim", 2)])
+def test_softcap_and_scale_change_the_attention(key, value):
+    """The written-out comparison above could pass with a setting ignored on both sides; here
+    the same weights give other outputs with the setting than without it."""
+    from tests.variants.helpers import build
+
+    model = _randomized(build(tiny_config(position="none", **{key: value})))
+    attn = model.decoder.blocks[0].attn
+    x, pos = torch.randn(2, 7, 32), torch.arange(7)[None]
+    inputs = self_attention_inputs(model.decoder.position, pos, pos, None, causal=True, cache=None,
+                                   in_kernel=False)
+    with torch.no_grad():
+        with_setting = attn(x, inputs)
+        setattr(attn, key, None)
+        attn.scale = None
+        assert not torch.allclose(attn(x, inputs), with_setting, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["lm", "seq2seq"])
+def test_attention_settings_together_under_the_kv_cache_left_padding_and_maps(kind):
+    """Every new setting at once, with grouped-query heads, RoPE and a sliding window: cached
+    decoding after a left-padded prompt gives the full pass's logits, and the recorded attention
+    maps are distributions from the same function."""
+    from tests.variants.helpers import build
+    from variants.maps import _recording, attention_maps
+
+    cfg = tiny_config(kind, attention="gqa", n_kv_heads=2, qkv_bias=True, bias=False, head_dim=12,
+                      attn_softcap=3.0, attn_scale_dim=20, window=5, position="rope", qk_norm="head")
+    model = _randomized(build(cfg))
+    seq = torch.randint(1, 61, (3, 9), generator=torch.Generator().manual_seed(3))
+    seq[1, :5] = seq[2, :2] = 0  # left padding (padding of the source in seq2seq)
+    real = seq != 0
+    with torch.no_grad():
+        if kind == "lm":
+            full = model(seq)
+            cache = model.new_cache(3, 9)
+            steps = [model(seq[:, :5], cache)] + [model(seq[:, t:t + 1], cache) for t in range(5, 9)]
+            torch.testing.assert_close(torch.cat(steps, 1)[real], full[real], rtol=1e-4, atol=1e-5)
+            args = (seq,)
+        else:
+            memory, valid = model.encode(seq)
+            tgt = torch.randint(1, 61, (3, 6), generator=torch.Generator().manual_seed(4))
+            full = model.decode(tgt, memory, valid)
+            cache = model.new_cache(3, 6)
+            steps = [model.decode(tgt[:, t:t + 1], memory, valid, cache) for t in range(6)]
+            torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
+            args = (seq, tgt)
+        expected = model(*args)
+        with _recording(model):
+            torch.testing.assert_close(model(*args), expected, rtol=1e-4, atol=1e-5)
+    for m in attention_maps(model, *args).values():
+        torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
+    assert model.new_cache(3, 9).keys[0].shape == (3, 2, 9, 12)
+
+
+def test_attention_settings_are_checked_naming_the_keys():
+    with pytest.raises(ValueError, match=r"model.qkv_bias=true with model.bias=true"):
+        tiny_config(qkv_bias=True)
+    with pytest.raises(ValueError, match=r"model.head_dim=8 is d_model / n_heads \(32 / 4\)"):
+        tiny_config(head_dim=8)
+    with pytest.raises(ValueError, match=r"model.attn_softcap must be positive"):
+        tiny_config(attn_softcap=0.0)
+    with pytest.raises(ValueError, match=r"d_model \(30\) must be divisible by n_heads \(4\)"):
+        tiny_config(d_model=30)
+    cfg = tiny_config(d_model=30, head_dim=8, attention="gqa", n_kv_heads=2)  # 4 heads of 8 over 30
+    assert cfg.head_dim == 8 and cfg.options == {"head_dim": 8, "n_kv_heads": 2}
+    with pytest.raises(ValueError, match=r"rope' needs an even head dimension, but model.head_dim = 7"):
+        tiny_config(head_dim=7, position="rope")
+    with pytest.raises(ValueError, match=r"window_global_every=2 needs model.window"):
+        tiny_config(attention="gqa", window_global_every=2)  # gqa runs the checks of every attention
 
 
 def test_gqa_at_n_heads_computes_what_mha_computes_and_one_head_is_multi_query():
