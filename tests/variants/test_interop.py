@@ -15,6 +15,8 @@ from variants.interop import from_hf  # noqa: E402
 # transformers imports model classes lazily (~2 s for the first); do it at collection time.
 GPT2, LLAMA, BLOOM, MARIAN = (transformers.GPT2LMHeadModel, transformers.LlamaForCausalLM,
                               transformers.BloomForCausalLM, transformers.MarianMTModel)
+MISTRAL, QWEN2, QWEN3, OLMO2 = (transformers.MistralForCausalLM, transformers.Qwen2ForCausalLM,
+                                transformers.Qwen3ForCausalLM, transformers.Olmo2ForCausalLM)
 
 V = 100  # vocabulary of every test model
 SPECIALS = dict(bos_token_id=1, eos_token_id=2)  # inside the tiny vocabulary
@@ -45,6 +47,31 @@ def llama(**kw):
                **SPECIALS)
     cfg.update(kw)
     return randomize(LLAMA(transformers.LlamaConfig(**cfg)))
+
+
+def _llama_like(model_class, config_class, defaults: dict, kw: dict):
+    cfg = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=48, vocab_size=V,
+               max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False, **SPECIALS)
+    cfg.update(defaults)
+    cfg.update(kw)
+    return randomize(model_class(config_class(**cfg)))
+
+
+def mistral(**kw):  # grouped-query, a window of 5 (shorter than the 9-12 tokens of the tests)
+    return _llama_like(MISTRAL, transformers.MistralConfig, dict(num_key_value_heads=2, sliding_window=5,
+                                                                 rope_theta=500.0), kw)
+
+
+def qwen2(**kw):
+    return _llama_like(QWEN2, transformers.Qwen2Config, dict(num_key_value_heads=2), kw)
+
+
+def qwen3(**kw):  # heads of 12, apart from 32 / 4
+    return _llama_like(QWEN3, transformers.Qwen3Config, dict(num_key_value_heads=2, head_dim=12), kw)
+
+
+def olmo2(**kw):
+    return _llama_like(OLMO2, transformers.Olmo2Config, dict(num_key_value_heads=2, pad_token_id=None), kw)
 
 
 def bloom(**kw):
@@ -100,6 +127,21 @@ LMS = {
                                                  beta_fast=16.0, beta_slow=2.0)),
                    {**fingerprint("rope", "pre", "rmsnorm", "swiglu"), "position": "rope(rope_beta_fast=16.0, "
                     "rope_beta_slow=2.0, rope_factor=4.0, rope_original_max_len=12, rope_scaling=yarn)"}),
+    "llama-head-dim": (llama, dict(head_dim=12), fingerprint("rope", "pre", "rmsnorm", "swiglu", "mha(head_dim=12)")),
+    "mistral": (mistral, {}, fingerprint("rope", "pre", "rmsnorm", "swiglu", "gqa(n_kv_heads=2, window=5)")),
+    "mistral-mha-head-dim-no-window": (mistral, dict(num_key_value_heads=4, head_dim=16, sliding_window=None),
+                                       fingerprint("rope", "pre", "rmsnorm", "swiglu", "mha(head_dim=16)")),
+    "qwen2": (qwen2, {}, fingerprint("rope", "pre", "rmsnorm", "swiglu", "gqa(n_kv_heads=2, qkv_bias=True)")),
+    "qwen2-window": (qwen2, dict(use_sliding_window=True, sliding_window=4, max_window_layers=0),
+                     fingerprint("rope", "pre", "rmsnorm", "swiglu", "gqa(n_kv_heads=2, qkv_bias=True, window=4)")),
+    "qwen3": (qwen3, {}, fingerprint("rope", "pre", "rmsnorm", "swiglu", "gqa(head_dim=12, n_kv_heads=2, qk_norm=head)")),
+    "qwen3-window-every-2nd-global": (
+        qwen3, dict(use_sliding_window=True, sliding_window=3, layer_types=["sliding_attention", "full_attention"]),
+        fingerprint("rope", "pre", "rmsnorm", "swiglu",
+                    "gqa(head_dim=12, n_kv_heads=2, qk_norm=head, window=3, window_global_every=2)")),
+    "olmo2": (olmo2, {}, fingerprint("rope", "reordered", "rmsnorm", "swiglu", "gqa(n_kv_heads=2, qk_norm=full)")),
+    "olmo2-mha": (olmo2, dict(num_key_value_heads=4), fingerprint("rope", "reordered", "rmsnorm", "swiglu",
+                                                                  "mha(qk_norm=full)")),
     "bloom": (bloom, {}, fingerprint("alibi", "pre", "layernorm", "gelu_tanh")),
     "bloom-6-heads": (bloom, dict(hidden_size=48, n_head=6),  # ALiBi slopes of a non-power of 2
                       fingerprint("alibi", "pre", "layernorm", "gelu_tanh")),
@@ -119,7 +161,8 @@ def test_lm_logits_match(name):
         assert_logits_close(ours(tokens), hf(tokens).logits)
 
 
-@pytest.mark.parametrize("make", [gpt2, llama, marian], ids=["gpt2", "llama", "marian"])
+@pytest.mark.parametrize("make", [gpt2, llama, marian, mistral, qwen2, qwen3, olmo2],
+                         ids=["gpt2", "llama", "marian", "mistral", "qwen2", "qwen3", "olmo2"])
 def test_eager_attention_matches_too(make):
     """The tests above compare with HF's default attention (SDPA; BLOOM has only eager)."""
     hf = make(attn_implementation="eager")
@@ -137,7 +180,8 @@ def test_eager_attention_matches_too(make):
     assert_logits_close(mine, theirs)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "llama-gqa", "llama3", "llama-yarn", "bloom-6-heads"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "llama-gqa", "llama3", "llama-yarn", "bloom-6-heads", "mistral",
+                                  "qwen2", "qwen2-window", "qwen3", "qwen3-window-every-2nd-global", "olmo2"])
 def test_lm_kv_cache_decoding_matches_full_sequence(name):
     make, overrides, _ = LMS[name]
     hf = make(**overrides)
@@ -151,7 +195,8 @@ def test_lm_kv_cache_decoding_matches_full_sequence(name):
     assert_logits_close(torch.cat(steps, dim=1), theirs)
 
 
-@pytest.mark.parametrize("make", [gpt2, llama, bloom], ids=["gpt2", "llama", "bloom"])
+@pytest.mark.parametrize("make", [gpt2, llama, bloom, mistral, qwen2, qwen3, olmo2],
+                         ids=["gpt2", "llama", "bloom", "mistral", "qwen2", "qwen3", "olmo2"])
 def test_lm_left_padding_matches_hf_attention_mask(make):
     """pad_token_id becomes pad_id: our implicit mask = HF with attention_mask and
     position_ids counted over real tokens (what ``generate`` passes)."""
@@ -255,6 +300,24 @@ def test_partial_rotary_refused():
         from_hf(hf)
 
 
+def test_import_refuses_what_has_no_counterpart_naming_it():
+    with pytest.raises(NotImplementedError, match=r"Qwen 3 with attention_bias=True cannot be imported"):
+        from_hf(qwen3(attention_bias=True))
+    with pytest.raises(NotImplementedError, match=r"OLMo 2 with attention_bias=True cannot be imported"):
+        from_hf(olmo2(attention_bias=True))
+    with pytest.raises(NotImplementedError, match=r"Mistral with attention_dropout=0.1 cannot be imported"):
+        from_hf(mistral(attention_dropout=0.1))
+    # Qwen 2's default pattern: sliding windows from max_window_layers on (here layer 1 of 2 only)
+    with pytest.raises(NotImplementedError, match=r"Qwen 2 with layer_types=\['full_attention', "
+                                                  r"'sliding_attention'\] cannot be imported"):
+        from_hf(qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=1))
+    with pytest.raises(NotImplementedError, match=r"RoPE scaling rope_type='dynamic'"):
+        from_hf(qwen3(rope_scaling={"rope_type": "dynamic", "factor": 2.0}))
+    # a window switched off: layer_types may still say sliding, and nothing is windowed
+    assert from_hf(qwen2(use_sliding_window=False, layer_types=["sliding_attention"] * 2)).cfg.options == {
+        "n_kv_heads": 2, "qkv_bias": True}
+
+
 def test_unsupported_model_type_lists_supported():
     bert = transformers.BertModel(transformers.BertConfig(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
@@ -330,6 +393,16 @@ EXPORTABLE = {
                    attention="gqa", n_kv_heads=2, rope_scaling="llama3", rope_factor=4.0, rope_original_max_len=12),
     "llama-yarn": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="swiglu", bias=False,
                        rope_scaling="yarn", rope_factor=4.0),
+    "llama-head-dim": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="swiglu",
+                           head_dim=12),
+    "mistral": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="swiglu", bias=False,
+                    attention="gqa", n_kv_heads=2, window=4),
+    "qwen2": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="swiglu", bias=False,
+                  qkv_bias=True, attention="gqa", n_kv_heads=2, window=4, window_global_every=2),
+    "qwen3": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="swiglu", bias=False,
+                  qk_norm="head", head_dim=16, attention="gqa", n_kv_heads=2),
+    "olmo2": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="reordered", ffn="swiglu", bias=False,
+                  qk_norm="full", attention="gqa", n_kv_heads=2),
     "bloom": dict(kind="lm", position="alibi", norm="layernorm", norm_position="pre", ffn="gelu_tanh",
                   embed_norm=True),
     "marian": dict(kind="seq2seq", position="sinusoidal", norm="layernorm", norm_position="post", ffn="gelu",
@@ -350,6 +423,11 @@ def _ours(**fields):
     return model
 
 
+# the family each LLaMA-like composition exports to (the first whose fields and settings fit)
+EXPORTED_AS = {"llama-head-dim": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+               "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM"}
+
+
 @pytest.mark.parametrize("name", list(EXPORTABLE))
 def test_export_computes_the_same_logits(name, tmp_path):
     from variants.interop import to_hf
@@ -366,12 +444,15 @@ def test_export_computes_the_same_logits(name, tmp_path):
             tgt = torch.randint(3, 61, (2, 7), generator=torch.Generator().manual_seed(2))
             expected, got = ours(src, tgt), loaded(input_ids=src, decoder_input_ids=tgt).logits
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert type(hf).__name__ == EXPORTED_AS.get(name, type(hf).__name__)
     back = from_hf(loaded)  # and the import gives our weights back
+    assert back.cfg.options == ours.cfg.options
     for key, value in ours.state_dict().items():
         torch.testing.assert_close(back.state_dict()[key], value, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "llama-gqa", "llama3", "bloom"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "llama-gqa", "llama3", "bloom", "mistral", "qwen2", "qwen3",
+                                  "olmo2"])
 def test_exported_greedy_generation_is_ours(name):
     from variants.decoding import greedy_generate
     from variants.interop import to_hf
@@ -392,12 +473,34 @@ def test_exported_greedy_generation_is_ours(name):
     (dict(kind="lm", position="learned", bias=False), "bias=False has no equivalent in GPT2LMHeadModel"),
     (dict(kind="lm", position="alibi", ffn="gelu_tanh"), "embed_norm=False has no equivalent in BloomForCausalLM"),
     (dict(kind="seq2seq", position="rope"), "position 'rope' has no Hugging Face equivalent for a seq2seq model"),
-    (dict(kind="lm", position="rope", norm="rmsnorm", ffn="swiglu", qk_norm="head"),
-     r"options=\{'qk_norm': 'head'\} has no equivalent in LlamaForCausalLM"),
+    (dict(kind="lm", position="rope", norm="rmsnorm", ffn="swiglu", qk_norm="head"),  # Qwen 3 has no biases
+     r"qk_norm='head' has no equivalent in LlamaForCausalLM"),
+    (dict(kind="lm", position="rope", norm="rmsnorm", ffn="swiglu", bias=False, window=4, window_global_every=2),
+     r"window_global_every=2 has no equivalent in MistralForCausalLM"),
+    (dict(kind="lm", position="rope", norm="rmsnorm", ffn="swiglu", qkv_bias=True, bias=False, qk_norm="head"),
+     r"qk_norm='head' has no equivalent in Qwen2ForCausalLM"),
+    (dict(kind="lm", position="rope", norm="rmsnorm", norm_position="reordered", ffn="swiglu", bias=False),
+     r"norm_position 'reordered' has no equivalent in LlamaForCausalLM"),  # OLMo 2 needs qk_norm full too
 ], ids=["t5", "gpt2-rmsnorm", "llama-gelu", "gpt2-post-ln", "gpt2-no-bias", "bloom-no-embed-norm", "s2s-rope",
-        "llama-qk-norm"])
+        "llama-qk-norm", "mistral-global-layers", "qkv-bias-and-qk-norm", "olmo2-without-qk-norm"])
 def test_compositions_without_an_equivalent_are_refused_by_name(fields, message):
     from variants.interop import to_hf
 
     with pytest.raises(NotImplementedError, match=message.replace("(", r"\(")):
         to_hf(_ours(**fields))
+
+
+@pytest.mark.parametrize("shift", [-1, 1])
+def test_mistral_window_is_not_off_by_one(shift):
+    """transformers' sliding_window of 5 is our window of 5: the same weights with a window one
+    shorter or longer give other logits (so the parity above pins the off-by-one)."""
+    from variants import build_model
+
+    hf = mistral()
+    ours = from_hf(hf)
+    other = build_model(ours.cfg.replace(window=ours.cfg.window + shift)).eval()
+    other.load_state_dict(ours.state_dict())
+    tokens = lm_tokens()
+    with torch.no_grad():
+        assert_logits_close(ours(tokens), hf(tokens).logits)
+        assert (other(tokens) - hf(tokens).logits).abs().max() > 1e-3

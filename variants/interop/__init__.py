@@ -5,30 +5,42 @@ compositions that have an equivalent (:func:`to_hf`).
 ``transformers`` itself), picks the :class:`variants.ModelConfig` whose registry slots compute the
 same function, builds it with :func:`variants.build_model` and copies the weights in. Supported:
 
-=============  ===================  ========  =============  =========  ===============
-model_type     class                position  norm_position  norm       ffn
-=============  ===================  ========  =============  =========  ===============
-``gpt2``       GPT2LMHeadModel      learned   pre            layernorm  gelu_tanh (*)
-``llama``      LlamaForCausalLM     rope      pre            rmsnorm    swiglu (*)
-``bloom``      BloomForCausalLM     alibi     pre            layernorm  gelu_tanh
-``marian``     MarianMTModel        sinus.    post           layernorm  from config (*)
-=============  ===================  ========  =============  =========  ===============
+=============  ===================  ========  =============  =========  ===============  ==========================
+model_type     class                position  norm_position  norm       ffn              attention
+=============  ===================  ========  =============  =========  ===============  ==========================
+``gpt2``       GPT2LMHeadModel      learned   pre            layernorm  gelu_tanh (*)    mha
+``llama``      LlamaForCausalLM     rope      pre            rmsnorm    swiglu (*)       mha / gqa, head_dim
+``mistral``    MistralForCausalLM   rope      pre            rmsnorm    swiglu (*)       + window
+``qwen2``      Qwen2ForCausalLM     rope      pre            rmsnorm    swiglu (*)       + qkv_bias, window (**)
+``qwen3``      Qwen3ForCausalLM     rope      pre            rmsnorm    swiglu (*)       + qk_norm head, window (**)
+``olmo2``      Olmo2ForCausalLM     rope      reordered      rmsnorm    swiglu (*)       + qk_norm full
+``bloom``      BloomForCausalLM     alibi     pre            layernorm  gelu_tanh        mha
+``marian``     MarianMTModel        sinus.    post           layernorm  from config (*)  mha
+=============  ===================  ========  =============  =========  ===============  ==========================
 
 (*) mapped from the config's activation name (``gelu_new`` -> ``gelu_tanh``, ``swish`` -> ``silu``,
-LLaMA's ``hidden_act`` -> the matching gated entry). Anything the composition cannot express
-(RoPE scaling, a non-zero ``final_logits_bias``, ...) raises
-``NotImplementedError`` naming the setting, rather than importing a different function. Every
-tensor of the source state dict must be used (tied copies are checked equal), so a weight the
-mapping does not know about fails loudly too.
+LLaMA's ``hidden_act`` -> the matching gated entry). (**) when ``use_sliding_window`` is on, on
+every layer or all but every n-th (``window_global_every``). The LLaMA-like families carry GQA,
+``head_dim`` and RoPE scaling (linear, llama3, yarn) alike. Anything the composition cannot
+express (another RoPE scaling, a non-zero ``final_logits_bias``, attention dropout in the newer
+families, Qwen 3's and OLMo 2's ``attention_bias``, ...) raises ``NotImplementedError`` naming the
+setting, rather than importing a different function. Every tensor of the source state dict must
+be used (tied copies are checked equal), so a weight the mapping does not know about fails
+loudly too. The logits measured against transformers on tiny random models are in the table of
+``docs/components.md`` ("Faithful to the reference implementations").
 
 One module per family (:mod:`~variants.interop.gpt2`, :mod:`~variants.interop.llama`,
-:mod:`~variants.interop.bloom`, :mod:`~variants.interop.marian`) holds its import converter,
-its export config builder and its layout conversions; :mod:`variants.interop.common` the
-helpers they share. This module dispatches on ``model_type``.
+:mod:`~variants.interop.mistral`, :mod:`~variants.interop.qwen2`, :mod:`~variants.interop.qwen3`,
+:mod:`~variants.interop.olmo2`, :mod:`~variants.interop.bloom`, :mod:`~variants.interop.marian`)
+holds its import converter, its export config builder and its layout conversions;
+:mod:`variants.interop.common` the helpers they share (and :mod:`~variants.interop.llama` those of
+the LLaMA-like families). This module dispatches on ``model_type``; an export goes to the first
+family whose slots, fields and settings carry the composition.
 
 Reference: Wolf et al. 2020, "Transformers: State-of-the-Art Natural Language Processing",
 EMNLP (system demonstrations), arXiv:1910.03771; the layouts were read from
-``transformers/models/{gpt2,llama,bloom,marian}/modeling_*.py`` (transformers 5.23).
+``transformers/models/{gpt2,llama,mistral,qwen2,qwen3,olmo2,bloom,marian}/modeling_*.py``
+(transformers 5.25).
 """
 
 from __future__ import annotations
@@ -38,16 +50,19 @@ from typing import Callable, Optional
 import torch
 
 from variants.config import ModelConfig
-from variants.interop import bloom, gpt2, llama, marian
+from variants.interop import bloom, gpt2, llama, marian, mistral, olmo2, qwen2, qwen3
 from variants.interop.common import _Weights
 from variants.models import TransformerBase, build_model
+from variants.registry import REGISTRIES
 
 __all__ = ["from_hf", "to_hf", "export_family", "SUPPORTED"]
 
 _FROM_CONFIG = object()  # sentinel: take pad_id from the Hugging Face config
 
-# model_type -> its module: HF_CLASS, KIND, EXPORT_SLOTS, convert(), hf_config()
-_FAMILIES = {"gpt2": gpt2, "llama": llama, "bloom": bloom, "marian": marian}
+# model_type -> its module: HF_CLASS, KIND, EXPORT_SLOTS, EXPORT_OPTIONS (optional), convert(), hf_config()
+# (in the order an export tries them: LLaMA first among the RoPE families)
+_FAMILIES = {"gpt2": gpt2, "llama": llama, "mistral": mistral, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2,
+             "bloom": bloom, "marian": marian}
 
 _Converter = Callable[[object, _Weights, dict], "tuple[ModelConfig, dict]"]
 
@@ -116,8 +131,8 @@ def from_hf(hf_model, *, pad_id=_FROM_CONFIG) -> TransformerBase:
 # Export: the inverse of the converters
 
 
-# family -> (model kind, the slots it fixes, HF class name, config builder). The position
-# scheme picks the family; every other slot must then be the family's.
+# family -> (model kind, the slots and fields it fixes, HF class name, config builder). The position
+# scheme narrows the families; the first whose every slot, field and setting fits is chosen.
 _EXPORTS = {name: (family.KIND, family.EXPORT_SLOTS, family.HF_CLASS, family.hf_config)
             for name, family in _FAMILIES.items()}
 # fields the round trip must give back unchanged (the rest are sizes, set from the model)
@@ -126,21 +141,44 @@ _ROUND_TRIP = ("kind", "norm", "norm_position", "position", "ffn", "attention", 
                "options")  # the components' settings
 
 
+def _misfits(family: str, cfg: ModelConfig) -> list[str]:
+    """Why ``cfg`` does not export to ``family``: each slot or field outside the values it
+    fixes, and each setting away from its default that it cannot carry; empty when it fits."""
+    _, slots, class_name, _ = _EXPORTS[family]
+    found = []
+    for slot, allowed in slots.items():
+        value = getattr(cfg, slot, None)  # None: a setting no chosen component declares
+        if value not in allowed:
+            shown = f"{slot} {value!r}" if slot in REGISTRIES else f"{slot}={value!r}"
+            found.append(f"{shown} has no equivalent in {class_name} (the export for position {cfg.position!r}), "
+                         f"which needs {slot} in {', '.join(map(repr, allowed))}")
+    carried = getattr(_FAMILIES[family], "EXPORT_OPTIONS", None)
+    if carried is not None:
+        found += [f"{key}={value!r} has no equivalent in {class_name}"
+                  for key, value in sorted(cfg.options.items()) if key not in carried and key not in slots]
+    return found
+
+
 def export_family(cfg: ModelConfig) -> str:
-    """The Hugging Face family ``cfg``'s composition exports to; ``NotImplementedError`` naming
-    the component (slot and entry) that has no equivalent."""
-    for family, (kind, slots, _, _) in _EXPORTS.items():
-        if kind == cfg.kind and cfg.position in slots["position"]:
-            for slot, allowed in slots.items():
-                if getattr(cfg, slot) not in allowed:
-                    raise NotImplementedError(
-                        f"{slot} {getattr(cfg, slot)!r} has no equivalent in {_EXPORTS[family][2]} (the export "
-                        f"for position {cfg.position!r}), which needs {slot} in {', '.join(map(repr, allowed))}")
+    """The Hugging Face family ``cfg``'s composition exports to: the first (in ``_FAMILIES``
+    order) for its position scheme whose slots, fields and settings fit. ``NotImplementedError``
+    naming what has no equivalent in the nearest family otherwise."""
+    candidates = [family for family, (kind, slots, _, _) in _EXPORTS.items()
+                  if kind == cfg.kind and cfg.position in slots["position"]]
+    if not candidates:
+        firsts = {}  # each position once, with the first family that exports it
+        for name, (kind, slots, *_rest) in _EXPORTS.items():
+            if kind == cfg.kind:
+                firsts.setdefault(slots["position"][0], name)
+        positions = ", ".join(f"{position} ({name})" for position, name in firsts.items())
+        raise NotImplementedError(f"position {cfg.position!r} has no Hugging Face equivalent for a {cfg.kind} "
+                                  f"model here; exportable positions: {positions}")
+    misfits = {family: _misfits(family, cfg) for family in candidates}
+    for family in candidates:
+        if not misfits[family]:
             return family
-    positions = ", ".join(f"{slots['position'][0]} ({name})" for name, (kind, slots, *_rest) in _EXPORTS.items()
-                          if kind == cfg.kind)
-    raise NotImplementedError(f"position {cfg.position!r} has no Hugging Face equivalent for a {cfg.kind} model "
-                              f"here; exportable positions: {positions}")
+    nearest = min(candidates, key=lambda family: len(misfits[family]))  # the first of the nearest
+    raise NotImplementedError("; ".join(misfits[nearest]))
 
 
 def _probe(hf_model) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
@@ -166,9 +204,11 @@ def _probe(hf_model) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]
 def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optional[int] = None):
     """A Hugging Face ``transformers`` model (fp32, CPU, eval mode) computing the same function
     as ``model``: ``GPT2LMHeadModel`` (learned positions, Pre-LN LayerNorm), ``LlamaForCausalLM``
-    (RoPE, Pre-LN RMSNorm, gated feed-forward), ``BloomForCausalLM`` (ALiBi with an embedding
-    norm) or ``MarianMTModel`` (sinusoids, Post-LN). Other compositions raise
-    ``NotImplementedError`` naming the component without an equivalent.
+    (RoPE, Pre-LN RMSNorm, gated feed-forward), ``MistralForCausalLM`` (the same without biases,
+    with a sliding window), ``Qwen2ForCausalLM`` (``qkv_bias``), ``Qwen3ForCausalLM``
+    (``qk_norm: head``), ``Olmo2ForCausalLM`` (``reordered``, ``qk_norm: full``),
+    ``BloomForCausalLM`` (ALiBi with an embedding norm) or ``MarianMTModel`` (sinusoids, Post-LN).
+    Other compositions raise ``NotImplementedError`` naming the component without an equivalent.
 
     The weights are placed by running the import converter of the family backwards: each HF
     tensor is filled with its elements' indices, the converter maps them to our layout, and our
