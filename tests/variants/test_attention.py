@@ -333,3 +333,29 @@ def test_a_sliding_window_hides_keys_beyond_it_in_local_layers_only(kind, every)
         assert not torch.allclose(a, b, atol=1e-5), "the global layer sees past the window"
     else:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["lm", "seq2seq"])
+def test_softcap_and_scale_inside_the_alibi_kernel_match_the_explicit_softmax(kind, monkeypatch):
+    """On a GPU, ALiBi runs inside a FlexAttention kernel: the soft-cap joins its score_mod and
+    the scale its ``scale``; the outputs equal the CPU's explicit softmax."""
+    import variants.attention as attention
+    from variants import ModelConfig, build_model
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind=kind, vocab_size=97, d_model=64, n_heads=4, n_layers=2, max_seq_len=256, dropout=0.0,
+                      position="alibi", attn_softcap=2.0, attn_scale_dim=8)  # heads of 16: what the kernel takes
+    cpu = build_model(cfg).eval()
+    gpu = build_model(cfg).eval().cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    calls = []
+    kernel = attention.flex_attention_with
+    monkeypatch.setattr(attention, "flex_attention_with", lambda *a: calls.append(1) or kernel(*a))
+    tokens = torch.randint(1, 97, (2, 120))
+    args = (tokens,) if kind == "lm" else (tokens, tokens[:, :90])
+    with torch.no_grad():
+        expected, got = cpu(*args), gpu(*(a.cuda() for a in args)).cpu()
+    assert calls, "the in-kernel path was not taken"
+    torch.testing.assert_close(got, expected, atol=2e-4, rtol=2e-4)
