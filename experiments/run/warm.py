@@ -117,13 +117,18 @@ def _child(argv: list[str], env: dict[str, str], log_path: str) -> None:
 
 
 def _disown_inherited_finalizers() -> None:
-    """The parent's exit-time finalizers stay the parent's: the child runs the ``atexit`` handlers at
+    """The parent's exit-time cleanups stay the parent's: the child runs the ``atexit`` handlers at
     its end (as an interpreter does), and among them ``weakref.finalize`` would otherwise clean up
     what the parent created before the fork, such as the temporary directories of
-    ``tempfile.TemporaryDirectory`` (W&B stages its tables in one made at import), deleting them
-    under the parent and every later child. Finalizers the child registers itself still run."""
+    ``tempfile.TemporaryDirectory``, deleting them under the parent and every later child. W&B
+    makes its media staging directory (where tables are written) at import and registers its
+    removal with ``atexit`` itself: when the parent imported W&B, that handler is dropped too.
+    Cleanups the child registers itself still run."""
     for finalizer in list(weakref.finalize._registry):  # noqa: SLF001 - no public listing
         finalizer.atexit = False
+    media = sys.modules.get("wandb.sdk.data_types._private")
+    if media is not None:
+        atexit.unregister(media.MEDIA_TMP.cleanup)
 
 
 def _apply_malloc_settings(env: dict[str, str]) -> None:

@@ -98,11 +98,14 @@ def test_a_forked_run_leaves_its_parents_temporary_directories_alone(tmp_path):
     the parent's ``weakref.finalize`` cleanups, so a child deleted the temporary directories the
     parent had made (W&B's media staging directory among them: every later table of the parent,
     or of the warm server's later children, failed with FileNotFoundError)."""
+    from wandb.sdk.data_types._private import MEDIA_TMP  # made, and its removal registered, at import
+
     kept = tempfile.TemporaryDirectory()
     try:
         code, log = _fork_child(tmp_path, ["train", str(LM), "no.such.key=1"])
         assert code == 2 and "key 'no'" in log
         assert Path(kept.name).is_dir()
+        assert Path(MEDIA_TMP.name).is_dir()
     finally:
         kept.cleanup()
 
