@@ -10,9 +10,10 @@ from typing import Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-SECTIONS = ("train-lm", "train-seq2seq", "loss", "decode", "positions", "breakdown", "profile", "sweep")
+SECTIONS = ("train-lm", "train-seq2seq", "loss", "decode", "positions", "moe", "breakdown", "profile", "sweep")
 # the positions section (our gpt2-style model with each position scheme) runs by default on a GPU;
-# the sweep section (whole `ablate sweep` runs, minutes) only when asked for
+# the moe section (llama-style dense vs iso-FLOP mixtures of experts) and the sweep section (whole
+# `ablate sweep` runs, minutes) only when asked for
 CPU_SECTIONS = ("train-lm", "train-seq2seq", "loss", "decode", "breakdown", "profile")
 GPU_SECTIONS = ("train-lm", "train-seq2seq", "loss", "decode", "positions", "breakdown", "profile")
 

@@ -122,6 +122,8 @@ def run_bench(cfg: BenchConfig, command: str = "ablate bench", log=print) -> dic
         rows += suites.decode(cfg, device, peak, log)
     if "positions" in cfg.sections:
         rows += suites.positions(cfg, device, peak, log)
+    if "moe" in cfg.sections:
+        rows += suites.moe(cfg, device, peak, log)
     if "sweep" in cfg.sections:
         rows += sweep_throughput(cfg, device, peak, log)
     breakdown = breakdowns(cfg, device, log) if "breakdown" in cfg.sections else {}

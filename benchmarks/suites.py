@@ -50,9 +50,12 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def ours_loss(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Our training objective as ``ablate train`` computes it: head and loss fused."""
+    """Our training objective as ``ablate train`` computes it: head and loss fused, plus the
+    auxiliary losses of its components (a mixture of experts' load balancing)."""
     objective, _ = model.loss(hidden, targets, PAD)
-    return objective / (targets != PAD).sum().clamp(min=1)
+    objective = objective / (targets != PAD).sum().clamp(min=1)
+    auxiliary = model.auxiliary()
+    return objective + auxiliary["loss"] if auxiliary else objective
 
 
 def training_unit(model: nn.Module, objective: Callable[[], torch.Tensor],
@@ -302,6 +305,37 @@ def positions(cfg: BenchConfig, device: torch.device, peak: float, log=print) ->
         time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
         rows += _rows("positions", title, contenders, "ablate, rope", peak, settings)
     return rows
+
+
+MOE_CONTENDERS = (("ablate dense (swiglu)", {"ffn": "swiglu"}),
+                  ("ablate moe, 4 experts top-2", {"ffn": "moe"}),
+                  ("ablate moe, 8 experts top-2", {"ffn": "moe", "n_experts": 8}))
+
+
+def moe(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
+    """Our llama-style LM with its SwiGLU feed-forward and with mixtures of SwiGLU experts sized
+    to the same active FLOPs per token (``moe_sizing: active``), all else equal; ratios against
+    the dense model. Tokens/s at equal active FLOPs is what routing costs; MFU counts active
+    FLOPs."""
+    B, T = cfg.lm_batch, cfg.lm_seq_len
+    inputs, targets = lm_batch(cfg, device)
+    settings = (f"llama-style (RMSNorm, Pre-LN, RoPE, SwiGLU experts, top-2, load-balancing loss 0.01): vocab "
+                f"{cfg.vocab_size}, d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, d_ff "
+                f"{cfg.d_ff}, context {T}, batch {B}")
+    title = "llama-style LM: dense vs mixture of experts (iso-FLOP)"
+    log(f"moe {title}")
+    contenders = []
+    for impl, ffn in MOE_CONTENDERS:
+        mcfg = M.preset_config("llama", kind="lm", **cfg.dims()).replace(**ffn)
+        _seeded(cfg.seed)
+        model = M.ours(mcfg)
+        counts = model.num_params()
+        flops = FlopCounter(model)(B * T, T)
+        note = f"{counts['total']:,} parameters" + (f", {counts['active']:,} active" if "active" in counts else "")
+        contenders.append(train_contender(impl, model, (inputs,), targets, B * T, flops, device, ours=True,
+                                          note=note))
+    time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
+    return _rows("moe", title, contenders, "ablate dense (swiglu)", peak, settings)
 
 
 # --------------------------------------------------------------------------- seq2seq training

@@ -53,6 +53,7 @@ class TaskConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine floor
     label_smoothing: float = 0.0  # training loss only; never in reported loss/perplexity
+    z_loss: float = 0.0  # training objective += z_loss * logsumexp(logits)^2 per token (PaLM, OLMo 2)
     # language modelling: test perplexity at these multiples of the training context
     extrapolation: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
     extrapolation_stride: Optional[int] = None  # sliding-window stride; default the context
@@ -67,6 +68,8 @@ class TaskConfig:
             raise ValueError(f"unknown task.schedule {self.schedule!r}; choices: {', '.join(SCHEDULES)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"task.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.z_loss >= 0:
+            raise ValueError(f"task.z_loss must be non-negative, got {self.z_loss}")
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError("task.lr must be positive and task.warmup_steps non-negative")
         self.betas = tuple(self.betas)

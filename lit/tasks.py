@@ -2,8 +2,10 @@
 optimizer, around a pure ``variants`` model.
 
 Reported metrics follow the standard definitions:
-- ``loss`` is the mean negative log-likelihood (nats) per non-pad target token; label smoothing
-  changes only the training objective (logged as ``train/objective``), never ``loss``/``ppl``;
+- ``loss`` is the mean negative log-likelihood (nats) per non-pad target token; label smoothing,
+  the z-loss (``train/z_loss``) and a mixture of experts' auxiliary losses (``train/aux_loss``,
+  with ``train/moe_balance`` and ``train/router_z`` unweighted) change only the training
+  objective (logged as ``train/objective``), never ``loss``/``ppl``;
 - ``ppl = exp(sum NLL / number of non-pad target tokens)`` over the whole split (sums are
   accumulated in float64 torchmetrics ``SumMetric``s and reduced over ranks, not per-batch
   perplexities averaged), so it depends neither on batching nor on the number of processes;
@@ -77,32 +79,49 @@ class TaskModule(L.LightningModule):
         """(final states (B, T, D) before the output head, targets (B, T)) of a batch."""
         raise NotImplementedError
 
-    def losses(self, batch, smoothing: float):
-        """(objective, NLL, targets) of a batch, summed over the non-pad targets."""
+    def losses(self, batch, smoothing: float, z_loss: float = 0.0):
+        """(objective, NLL, z, auxiliary, targets) of a batch: objective, NLL and ``z`` (the summed
+        squared log-partition, :func:`variants.loss.linear_cross_entropy`) summed over the non-pad
+        targets, the objective with ``z_loss * z``; ``auxiliary``: what the model's components
+        add (:meth:`variants.models.TransformerBase.auxiliary`: the MoE losses, per token)."""
         # head and cross-entropy fused (``model.loss``): the (B, T, V) logits are never built
         hidden, targets = self.forward_batch(batch)
-        objective, nll = self.model.loss(hidden, targets, self.pad_id, smoothing)
-        return objective, nll, targets
+        objective, nll, z = self.model.loss(hidden, targets, self.pad_id, smoothing, z_loss, with_z=True)
+        return objective, nll, z, self.model.auxiliary(), targets
 
     def model_step(self, batch):
+        """(the objective per target token, with gradient; the summed NLL; the target count; the
+        objective's extra terms per token for logging: ``z_loss`` (weighted) and the model's
+        auxiliary losses, ``aux_loss`` weighted)."""
         smoothing = self.cfg.label_smoothing if self.training else 0.0
+        z_loss = self.cfg.z_loss if self.training else 0.0
         if self._cuda_graphs:  # a new step: the graphs' output buffers of the last one may be reused
             torch.compiler.cudagraph_mark_step_begin()
-        objective, nll, targets = (self._compiled_losses or self.losses)(batch, smoothing)
+        objective, nll, z, aux, targets = (self._compiled_losses or self.losses)(batch, smoothing, z_loss)
         if self._cuda_graphs:  # kept past the next replay (the loss is read at logging steps only)
-            objective, nll = objective.clone(), nll.clone()
+            objective, nll, z = objective.clone(), nll.clone(), z.clone()
+            aux = {key: value.clone() for key, value in aux.items()}
         tokens = (targets != self.pad_id).sum()
-        return objective / tokens.clamp(min=1), nll.detach(), tokens
+        objective = objective / tokens.clamp(min=1)
+        terms = {}
+        if z_loss:
+            terms["z_loss"] = z_loss * z / tokens.clamp(min=1)
+        if aux:
+            objective = objective + aux["loss"]
+            terms.update(aux_loss=aux["loss"].detach(), moe_balance=aux["moe_balance"], router_z=aux["router_z"])
+        return objective, nll.detach(), tokens, terms
 
     def training_step(self, batch, batch_idx):
-        objective, nll, tokens = self.model_step(batch)
+        objective, nll, tokens, terms = self.model_step(batch)
         self.log("train/loss", nll / tokens.clamp(min=1), prog_bar=True)
-        if self.cfg.label_smoothing > 0:
+        if self.cfg.label_smoothing > 0 or terms:
             self.log("train/objective", objective.detach())
+        for key, value in terms.items():
+            self.log(f"train/{key}", value)
         return objective
 
     def _eval_step(self, batch, stage: str) -> None:
-        _, nll, tokens = self.model_step(batch)
+        _, nll, tokens, _ = self.model_step(batch)
         if stage not in self.split_sums:
             self.split_sums[stage] = split_sums(nll.device)
         for metric, value in zip(self.split_sums[stage], (nll, tokens)):

@@ -55,6 +55,7 @@ class ModelConfig:
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (init 'xavier' does so itself)
     embed_norm: bool = False  # a norm right after the embeddings (BLOOM)
     init_std: float = 0.02
+    logit_softcap: Optional[float] = None  # final logits = c * tanh(logits / c) (Gemma 2); None: none
     options: Dict[str, Any] = field(default_factory=dict)  # the chosen components' settings
 
     def __post_init__(self) -> None:
@@ -68,12 +69,15 @@ class ModelConfig:
         for name in ("d_ff", "ffn_hidden", "n_encoder_layers", "n_decoder_layers"):
             if getattr(self, name) is not None:
                 _positive(self, name)
-        if self.d_model % self.n_heads:
+        if self.d_model % self.n_heads and self.options.get("head_dim") is None:
             raise ValueError(
-                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}), or the attention's "
+                f"head_dim set"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise ValueError(f"logit_softcap must be positive (or null for none), got {self.logit_softcap}")
         if self.norm_eps <= 0:
             raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
         if self.pad_id is not None and not 0 <= self.pad_id < self.vocab_size:
@@ -152,7 +156,8 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        """The width of one attention head: the attention's ``head_dim`` setting, else d_model / n_heads."""
+        return self.options.get("head_dim") or self.d_model // self.n_heads
 
     @property
     def embeddings_scaled(self) -> bool:

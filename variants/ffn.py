@@ -20,14 +20,14 @@ code outside the model (peers in the bench) can read them from the registry.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from variants.init import residual_output
-from variants.registry import FFNS
+from variants.registry import FFNS, Option, options_of
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -115,3 +115,104 @@ class GEGLU(GatedMLP):
 @FFNS.register("reglu")
 class ReGLU(GatedMLP):
     activation = staticmethod(F.relu)
+
+
+@FFNS.register("moe")
+class MixtureOfExperts(nn.Module):
+    """Top-k routed mixture of feed-forward experts (Shazeer et al. 2017, arXiv:1701.06538; Switch
+    Transformer, Fedus et al. 2021, arXiv:2101.03961; Mixtral, Jiang et al. 2024, arXiv:2401.04088).
+
+    A linear router (no bias) scores the ``n_experts`` experts per token; the softmax over them is
+    taken in fp32, each token goes to its ``top_k`` best, and their outputs are summed weighted by
+    those probabilities, renormalised over the chosen ones (Mixtral); with ``top_k`` 1 the one
+    output is scaled by its probability unnormalised (Switch), so that the router learns from the
+    loss. Each expert is the
+    ``expert_ffn`` entry. Sizing (``moe_sizing``): ``active`` gives each expert the dense entry's
+    hidden width divided by ``top_k``, so that a token's active feed-forward FLOPs match the dense
+    baseline's (iso-FLOP; the router adds ``d_model x n_experts``); ``total`` divides by
+    ``n_experts`` instead, so that all experts together hold the dense parameter count. An
+    explicit ``ffn_hidden`` is each expert's width (imported models).
+
+    Training adds ``moe_aux_weight`` times the load-balancing loss of Switch, ``n_experts *
+    sum_e f_e P_e`` (``f_e`` the share of routing assignments to expert e, ``P_e`` its mean router
+    probability: 1 when balanced) and ``moe_z_weight`` times the router z-loss of ST-MoE (Zoph et
+    al. 2022, arXiv:2202.08906: the mean squared log-partition of the router logits). Every token
+    counts, padding included. One device holds every expert (no expert parallelism); experts run
+    one after another over the tokens routed to them.
+    """
+
+    gated = False  # as a whole: its experts are the gated (or plain) entries
+
+    options = (
+        Option("n_experts", 4, "experts per layer", short="e", minimum=2, examples=(3,)),
+        Option("top_k", 2, "experts each token is routed to", short="top", minimum=1, examples=(1,)),
+        Option("expert_ffn", "swiglu", "the feed-forward entry each expert is", short="x",
+               choices=("swiglu", "geglu", "reglu", "relu", "gelu", "gelu_tanh", "silu")),
+        Option("moe_sizing", "active", "active: experts as wide as the dense width / top_k (active FLOPs "
+               "match the dense feed-forward); total: the dense width / n_experts (total parameters match)",
+               short="size", choices=("active", "total")),
+        Option("moe_aux_weight", 0.01, "weight of the load-balancing loss (Switch)", short="aux", minimum=0.0,
+               examples=(0.0,)),
+        Option("moe_z_weight", 0.0, "weight of the router z-loss (ST-MoE)", short="rz", minimum=0.0,
+               examples=(1e-3,)),
+    )
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        if cfg.top_k > cfg.n_experts:
+            raise ValueError(f"model.top_k={cfg.top_k} exceeds model.n_experts={cfg.n_experts}")
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        for option in options_of(type(self)).values():
+            setattr(self, option.key, getattr(cfg, option.key))
+        entry = FFNS.get(self.expert_ffn)
+        dense = entry.hidden_width(cfg.replace(ffn_hidden=None)) if cfg.ffn_hidden is None else None
+        divisor = self.top_k if self.moe_sizing == "active" else self.n_experts
+        self.hidden = cfg.ffn_hidden or max(1, round(dense / divisor))
+        expert_cfg = cfg.replace(ffn=self.expert_ffn, ffn_hidden=self.hidden)
+        self.router = nn.Linear(cfg.d_model, self.n_experts, bias=False)
+        self.experts = nn.ModuleList(entry(expert_cfg) for _ in range(self.n_experts))
+        for expert in self.experts:
+            expert.active_share = self.top_k / self.n_experts  # read by the FLOP and parameter counts
+        self.aux_loss: Optional[torch.Tensor] = None  # weighted, with gradient; set by each forward pass
+        self.balance: Optional[torch.Tensor] = None  # the load-balancing loss (1: balanced), detached
+        self.router_z: Optional[torch.Tensor] = None  # the router z-loss, detached
+        self.load: Optional[torch.Tensor] = None  # (E,) tokens routed to each expert by the last pass
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, D) -> router logits (N, E), the chosen experts (N, k) and their weights (N, k; fp32
+        at least)."""
+        logits = self.router(x)
+        probs = torch.softmax(_at_least_fp32(logits), dim=-1)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        if self.top_k == 1:  # Switch: scaled by its probability (renormalised, it would be 1: no gradient)
+            return logits, chosen, weights
+        return logits, chosen, weights / weights.sum(dim=-1, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        logits, chosen, weights = self.route(x)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            rows, slot = torch.nonzero(chosen == e, as_tuple=True)
+            if rows.numel():
+                out.index_add_(0, rows, expert(x[rows]) * weights[rows, slot].unsqueeze(-1).to(x.dtype))
+        self._auxiliary(logits, chosen)
+        return out.reshape(shape)
+
+    def _auxiliary(self, logits: torch.Tensor, chosen: torch.Tensor) -> None:
+        logits = _at_least_fp32(logits)
+        probs = torch.softmax(logits, dim=-1)  # (N, E)
+        assigned = torch.zeros_like(probs).scatter_(1, chosen, 1.0)  # (N, E): 1 where routed
+        self.load = assigned.sum(0).detach()
+        share = assigned.mean(0) / self.top_k  # f_e, summing to 1
+        balance = self.n_experts * (share * probs.mean(0)).sum()
+        router_z = torch.logsumexp(logits, dim=-1).square().mean()
+        self.aux_loss = self.moe_aux_weight * balance + self.moe_z_weight * router_z
+        self.balance, self.router_z = balance.detach(), router_z.detach()
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))

@@ -4,8 +4,9 @@ Convention (Kaplan et al. 2020, arXiv:2001.08361; PaLM appendix B): a matrix mul
 (m x k) by a (k x n) matrix costs 2mkn FLOPs; training costs 3x the forward pass (forward, plus
 backward for activations and weights). Counted: every linear layer including the output head
 (``6 N`` per token with N the non-embedding parameters of the matrices that token passes
-through), and the attention score and value products (``12 L d T`` per token for T keys) without
-causal halving. Not counted: embeddings lookups, norms, softmax, activations, the optimizer.
+through: of a mixture of experts, the router and ``top_k`` of the ``n_experts`` experts), and
+the attention score and value products (``12 L d T`` per token for T keys) without causal
+halving. Not counted: embeddings lookups, norms, softmax, activations, the optimizer.
 
 Decoding (:func:`lm_decode_flops`, :func:`s2s_decode_flops`) counts forward passes only, with
 the same convention per token position: ``2 N`` plus the attention score and value products
@@ -14,11 +15,22 @@ the same convention per token position: ``2 N`` plus the attention score and val
 
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import nn
 
 
-def _matmul_params(module: nn.Module) -> int:
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+def _matmul_params(module: nn.Module, share: float = 1.0, seen: Optional[set] = None) -> float:
+    """The matrix weights a token passes through, a shared module once: a routed expert
+    (``active_share``, the fraction of experts each token uses) counts at that share, so MoE
+    FLOPs are the active ones."""
+    seen = set() if seen is None else seen
+    if id(module) in seen:
+        return 0
+    seen.add(id(module))
+    share *= getattr(module, "active_share", 1.0)
+    own = module.weight.numel() * share if isinstance(module, nn.Linear) else 0
+    return own + sum(_matmul_params(child, share, seen) for child in module.children())
 
 
 class FlopCounter:

@@ -38,23 +38,47 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _eager_terms(logits, safe, keep, smoothing: float, wants_grad: bool):
-    """One chunk's share: ``(nll, objective, gradient wrt the logits or None)`` from its logits
-    (n, V) in the matmul dtype, its gather index ``safe`` (n, 1) and ``keep`` (n, 1: 1 for a
-    counted row, 0 for an ignored one). Eager, in place where it can be: each step a pass over
+def _eager_terms(logits, safe, keep, smoothing: float, wants_grad: bool, softcap: Optional[float] = None,
+                 z_loss: float = 0.0):
+    """One chunk's share: ``(nll, objective, z, gradient wrt the logits or None)`` from its
+    logits (n, V) in the matmul dtype, its gather index ``safe`` (n, 1) and ``keep`` (n, 1: 1 for
+    a counted row, 0 for an ignored one). ``z`` is the summed ``logsumexp(logits) ** 2`` (0 when
+    ``z_loss`` is 0); the objective adds ``z_loss * z``. With ``softcap`` the logits are first
+    ``softcap * tanh(logits / softcap)``. Eager, in place where it can be: each step a pass over
     the (n, V) block, the fastest order on a CPU."""
     dtype = logits.dtype
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    del logits
+    capped = None
+    if softcap is not None:
+        capped = torch.tanh(logits.float() / softcap)  # (n, V), kept for the gradient
+        logits = capped * softcap
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
     nll, objective = _sums(logp, safe, keep, smoothing)
+    z, lse = _z_terms(logits, keep, z_loss)
+    del logits
+    if z_loss:
+        objective = objective + z_loss * z
     if not wants_grad:
-        return nll, objective, None
-    # d objective / d logits = softmax - (1 - eps) one_hot(target) - eps / V
+        return nll, objective, z, None
+    # d objective / d logits = softmax (1 + 2 z_loss lse) - (1 - eps) one_hot(target) - eps / V
     grad = logp.exp_()
+    if z_loss:
+        grad.mul_(1 + 2 * z_loss * lse)
     if smoothing > 0:
         grad.sub_(smoothing / grad.size(1))
     grad.scatter_add_(1, safe, torch.full_like(keep, -(1 - smoothing)))
-    return nll, objective, grad.to(dtype)
+    if capped is not None:  # through the cap: d(c tanh(x / c)) / dx = 1 - tanh(x / c) ** 2
+        grad.mul_(1 - capped.square_())
+    return nll, objective, z, grad.to(dtype)
+
+
+def _z_terms(logits, keep, z_loss: float):
+    """``(z, lse)``: the summed squared log-partition of the counted rows and each row's
+    log-partition (n, 1); zero and None when ``z_loss`` is 0."""
+    if not z_loss:
+        return torch.zeros((), dtype=torch.float32, device=logits.device), None
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    return (lse.square() * keep).sum(), lse
 
 
 def _sums(logp, safe, keep, smoothing: float):
@@ -67,18 +91,32 @@ def _sums(logp, safe, keep, smoothing: float):
     return nll, ((1 - smoothing) * picked + smoothing * uniform).sum()
 
 
-def _plain_terms(logits, safe, keep, smoothing: float, wants_grad: bool):
+def _plain_terms(logits, safe, keep, smoothing: float, wants_grad: bool, softcap: Optional[float] = None,
+                 z_loss: float = 0.0):
     """:func:`_eager_terms` written for the compiler (no in-place steps, the one-hot as a
     comparison), which turns it into a few kernels that read the logits in their matmul dtype
     and write the gradient in it, instead of a pass over fp32 (n, V) blocks per step."""
+    raw = logits
+    capped = None
+    if softcap is not None:
+        capped = torch.tanh(logits.float() / softcap)
+        logits = capped * softcap
     logp = torch.log_softmax(logits.float(), dim=-1)
     nll, objective = _sums(logp, safe, keep, smoothing)
+    z, lse = _z_terms(logits.float(), keep, z_loss)
+    if z_loss:
+        objective = objective + z_loss * z
     if not wants_grad:
-        return nll, objective, None
-    columns = torch.arange(logits.size(1), device=logits.device)
+        return nll, objective, z, None
+    columns = torch.arange(raw.size(1), device=raw.device)
     target = (columns == safe).float()
-    grad = torch.exp(logp) - (1 - smoothing) * target - smoothing / logits.size(1)
-    return nll, objective, grad.to(logits.dtype)
+    softmax = torch.exp(logp)
+    if z_loss:
+        softmax = softmax * (1 + 2 * z_loss * lse)
+    grad = softmax - (1 - smoothing) * target - smoothing / raw.size(1)
+    if capped is not None:
+        grad = grad * (1 - capped * capped)
+    return nll, objective, z, grad.to(raw.dtype)
 
 
 _compiled_terms = None  # the compiled :func:`_plain_terms`, made on first use
@@ -91,14 +129,15 @@ def _fused_terms():
     return _rows_dynamic
 
 
-def _rows_dynamic(logits, safe, keep, smoothing: float, wants_grad: bool):
+def _rows_dynamic(logits, safe, keep, smoothing: float, wants_grad: bool, softcap: Optional[float] = None,
+                  z_loss: float = 0.0):
     # the row count varies (the last chunk, translation batches): one kernel for every count,
     # not a compilation per count; the index copied out of its slice, so that no guard
     # specialises on where the slice starts
     safe = safe.clone()
     for x in (logits, safe, keep):
         torch._dynamo.maybe_mark_dynamic(x, 0)
-    return _compiled_terms(logits, safe, keep, smoothing, wants_grad)
+    return _compiled_terms(logits, safe, keep, smoothing, wants_grad, softcap, z_loss)
 
 
 def use_fused(device: torch.device) -> bool:
@@ -119,7 +158,8 @@ def use_fused(device: torch.device) -> bool:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index: int, smoothing: float, chunk: int, fused: bool):
+    def forward(ctx, hidden, weight, targets, ignore_index: int, smoothing: float, chunk: int, fused: bool,
+                softcap: Optional[float], z_loss: float):
         N = hidden.size(0)
         wants_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         dtype = _compute_dtype(hidden)
@@ -129,6 +169,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             safe = targets.masked_fill(~valid, 0).unsqueeze(1)  # (N, 1) gather index
             objective = torch.zeros((), dtype=torch.float32, device=hidden.device)
             nll = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            z = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
                 if ctx.needs_input_grad[1] else None
@@ -136,9 +177,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             for start in range(0, N, chunk):
                 rows = slice(start, start + chunk)
                 keep = valid[rows].unsqueeze(1).float()  # (n, 1)
-                part_nll, part_objective, grad = terms(torch.mm(h[rows], w.t()), safe[rows], keep,
-                                                       smoothing, wants_grad)
+                part_nll, part_objective, part_z, grad = terms(torch.mm(h[rows], w.t()), safe[rows], keep,
+                                                               smoothing, wants_grad, softcap, z_loss)
                 nll += part_nll
+                z += part_z
                 objective += part_objective
                 if grad is None:
                     continue
@@ -152,23 +194,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
                         grad_w.addmm_(grad.t(), kept)
                     else:
                         grad_w.add_(torch.mm(grad.t(), kept))
-        ctx.mark_non_differentiable(nll)
+        ctx.mark_non_differentiable(nll, z)
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if grad_w is not None else None)
-        return objective, nll
+        return objective, nll, z
 
     @staticmethod
-    def backward(ctx, grad_objective, _grad_nll):
+    def backward(ctx, grad_objective, _grad_nll, _grad_z):
         grad_h, grad_w = ctx.saved_tensors
         scale = grad_objective
         return (None if grad_h is None else grad_h * scale.to(grad_h.dtype),
                 None if grad_w is None else grad_w * scale.to(grad_w.dtype),
-                None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          ignore_index: int = -100, label_smoothing: float = 0.0,
                          chunk_rows: Optional[int] = None,
-                         fused: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         fused: Optional[bool] = None, softcap: Optional[float] = None,
+                         z_loss: float = 0.0, with_z: bool = False):
     """``(objective, nll)``: summed over the targets that are not ``ignore_index``.
 
     ``hidden`` (..., D) are the states before the output head ``weight`` (V, D, no bias) and
@@ -178,6 +221,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     the gradient. Softmax and sums run in fp32 whatever the matmul precision (autocast is
     followed for the matmuls).
 
+    ``softcap``: the logits are ``softcap * tanh(logits / softcap)`` (final-logit soft-capping,
+    Gemma 2), in the NLL too. ``z_loss``: the objective adds ``z_loss * logsumexp(logits) ** 2``
+    per counted target (the auxiliary loss of PaLM, Chowdhery et al. 2022, and OLMo 2), which
+    keeps the softmax normaliser near 1; the NLL never includes it. ``with_z``: return
+    ``(objective, nll, z)``, ``z`` the summed ``logsumexp ** 2`` without gradient.
+
     ``fused``: each chunk's softmax, loss and gradient through one compiled region (a few
     kernels that read the logits in the matmul dtype) instead of eager passes over fp32
     blocks. Default (None): :func:`use_fused`, i.e. on CUDA with Triton; should its compilation
@@ -185,15 +234,21 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap must be positive, got {softcap}")
+    if not z_loss >= 0:
+        raise ValueError(f"z_loss must be non-negative, got {z_loss}")
     h = hidden.reshape(-1, hidden.size(-1))
     t = targets.reshape(-1)
     if t.numel() != h.size(0):
         raise ValueError(f"{h.size(0)} hidden rows but {t.numel()} targets")
+    softcap = None if softcap is None else float(softcap)
     if torch.compiler.is_compiling():
         # under torch.compile the plain formula is traced instead: the compiler fuses the
         # softmax, the gather and their backward into few kernels (the chunk loop above would
         # break the graph)
-        return _plain_cross_entropy(h, weight, t, ignore_index, label_smoothing)
+        sums = _plain_cross_entropy(h, weight, t, ignore_index, label_smoothing, softcap, float(z_loss))
+        return sums if with_z else sums[:2]
     if chunk_rows is None:
         budget = _CHUNK_ELEMENTS.get(h.device.type, _CHUNK_ELEMENTS["cuda"])
         chunk_rows = max(1, budget // weight.size(0))
@@ -202,12 +257,13 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if fused is None:
         fused = use_fused(h.device) and not _fallen_back
     try:
-        return _LinearCrossEntropy.apply(*args, fused)
+        sums = _LinearCrossEntropy.apply(*args, fused, softcap, float(z_loss))
     except torch._dynamo.exc.BackendCompilerFailed as err:
         if chosen or not fused:
             raise
         _fall_back(err)
-        return _LinearCrossEntropy.apply(*args, False)
+        sums = _LinearCrossEntropy.apply(*args, False, softcap, float(z_loss))
+    return sums if with_z else sums[:2]
 
 
 _fallen_back = False
@@ -223,11 +279,21 @@ def _fall_back(err: Exception) -> None:
                   f"instead (ABLATE_FUSED_LOSS=0 chooses it from the start)", RuntimeWarning, stacklevel=3)
 
 
-def _plain_cross_entropy(h, weight, t, ignore_index: int, smoothing: float):
+def _plain_cross_entropy(h, weight, t, ignore_index: int, smoothing: float, softcap: Optional[float] = None,
+                         z_loss: float = 0.0):
     logits = torch.nn.functional.linear(h, weight).float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
     objective = torch.nn.functional.cross_entropy(logits, t, ignore_index=ignore_index, reduction="sum",
                                                   label_smoothing=smoothing)
     if smoothing == 0:
-        return objective, objective.detach()
-    nll = torch.nn.functional.cross_entropy(logits.detach(), t, ignore_index=ignore_index, reduction="sum")
-    return objective, nll
+        nll = objective.detach()
+    else:
+        nll = torch.nn.functional.cross_entropy(logits.detach(), t, ignore_index=ignore_index, reduction="sum")
+    z = torch.zeros((), dtype=torch.float32, device=logits.device)
+    if z_loss:
+        lse = torch.logsumexp(logits, dim=-1)
+        z_rows = lse.square() * (t != ignore_index)
+        z = z_rows.detach().sum()
+        objective = objective + z_loss * z_rows.sum()
+    return objective, nll, z

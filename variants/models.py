@@ -132,22 +132,28 @@ class TransformerBase(nn.Module):
         return self.embed.weight if self.head is None else self.head.weight
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.head_weight())
+        logits = F.linear(x, self.head_weight())
+        cap = self.cfg.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+             label_smoothing: float = 0.0, z_loss: float = 0.0, with_z: bool = False):
         """Head and cross-entropy of ``hidden`` (B, T, D) against ``targets`` (B, T), without
         materialising the (B, T, V) logits: ``(objective, nll)`` summed over the targets that
-        are not ``ignore_index`` (see :func:`variants.loss.linear_cross_entropy`)."""
-        return linear_cross_entropy(hidden, self.head_weight(), targets, ignore_index, label_smoothing)
+        are not ``ignore_index``, the logits soft-capped when the config says so; ``z_loss``
+        and ``with_z`` as in :func:`variants.loss.linear_cross_entropy`."""
+        return linear_cross_entropy(hidden, self.head_weight(), targets, ignore_index, label_smoothing,
+                                    softcap=self.cfg.logit_softcap, z_loss=z_loss, with_z=with_z)
 
     def fingerprint(self) -> dict[str, str]:
         """Which registry entry fills each slot, with its settings away from their defaults
         (``gqa(n_kv_heads=2)``), read from the modules actually built."""
         found: dict[str, set[str]] = {slot: set() for slot in REGISTRIES}
-        for module in self.modules():
+        inside: list[tuple[str, str]] = []  # (module name, slot): the parts a component holds in its own
+        for name, module in self.named_modules():  # slot (an MoE's experts) are its own
             slot = getattr(module, "slot", None)
-            if slot in found:
+            if slot in found and not any(name.startswith(f"{outer}.") and slot == kind for outer, kind in inside):
+                inside.append((name, slot))
                 settings = {key: getattr(module, key) for key, option in options_of(type(module)).items()
                             if getattr(module, key) != option.default}
                 found[slot].add(settings_label(module.registry_name, settings))
@@ -159,11 +165,29 @@ class TransformerBase(nn.Module):
     def num_params(self) -> dict[str, int]:
         """Parameter counts; shared (tied) tensors count once. ``embedding`` is the token
         table plus any learned position tables; the rest (untied head included) is
-        ``non_embedding``."""
+        ``non_embedding``. With routed experts also ``active``: the total less the experts a
+        token does not pass through (``top_k`` of ``n_experts`` used)."""
         total = sum(p.numel() for p in self.parameters())
         embedding = sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding)
                         for p in m.parameters())
-        return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+        counts = {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+        idle = sum(p.numel() * (1 - m.active_share) for m in self.modules() if hasattr(m, "active_share")
+                   for p in m.parameters())
+        if idle:  # routed experts: the parameters a token passes through, in expectation
+            counts["active"] = round(total - idle)
+        return counts
+
+    def auxiliary(self) -> dict[str, torch.Tensor]:
+        """What the last forward pass's components left beside the output: ``loss``, the sum of
+        their weighted auxiliary losses (with gradient: the MoE load balancing and router z-loss),
+        and each loss's mean over the layers (detached, for logging: ``moe_balance``,
+        ``router_z``). Empty for a model without such components."""
+        parts = [m for m in self.modules() if getattr(m, "aux_loss", None) is not None]
+        if not parts:
+            return {}
+        return {"loss": sum(m.aux_loss for m in parts),
+                "moe_balance": torch.stack([m.balance for m in parts]).mean(),
+                "router_z": torch.stack([m.router_z for m in parts]).mean()}
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for incremental decoding of up to ``max_len`` tokens, laid out as the

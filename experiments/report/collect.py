@@ -45,6 +45,7 @@ class Record:
     hypotheses: Optional[list[str]] = None  # translation: test.hyp, line by line
     summary_only: bool = False  # read from an earlier report.json: the run files were not kept
     run_id: Optional[str] = None  # the id its status.json records: the config it was made with
+    active_params: Optional[int] = None  # with routed experts: the parameters a token passes through
 
     @property
     def finished(self) -> bool:
@@ -214,7 +215,7 @@ def _read(name: str, variant: str, seed: int, directory: Path) -> Record:
     record = Record(name, variant, seed, status["state"], status.get("metrics") or {},
                     (status.get("params") or {}).get("total"), status.get("signature"),
                     status.get("environment") or {}, status.get("message") or status.get("error"),
-                    run_id=status.get("run_id"))
+                    run_id=status.get("run_id"), active_params=(status.get("params") or {}).get("active"))
     elapsed, last = 0.0, None
     for row in metric_records(directory):
         t = row.get("time")

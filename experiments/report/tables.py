@@ -36,7 +36,9 @@ def results_table(rep: Report, chosen: Optional[dict[str, str]] = None) -> list[
         done = [r for r in runs if r.finished]
         name = f"**{variant}** (baseline)" if variant == rep.sweep.baseline else variant
         params = next((r.params for r in runs if r.params), None)
-        cells = [name, f"{len(done)}/{len(runs)}", f"{params:,}" if params else "-"]
+        active = next((r.active_params for r in runs if r.active_params), None)
+        counts = (f"{params:,}" + (f" ({active:,} active)" if active else "")) if params else "-"
+        cells = [name, f"{len(done)}/{len(runs)}", counts]
         if chosen is not None:
             cells.insert(1, chosen.get(variant, "not chosen yet"))
         for m in metrics:

@@ -167,7 +167,7 @@ def summary(status: dict[str, Any], metrics_path: Path) -> dict[str, Any]:
     params = status.get("params") or {}
     out.update({"state": status.get("state"), "run_id": status.get("run_id"), "step": status.get("step"),
                 "bleu_signature": status.get("signature"), "params": params.get("total"),
-                "message": status.get("message")})
+                "params_active": params.get("active"), "message": status.get("message")})
     return {k: v for k, v in out.items() if v is not None}
 
 

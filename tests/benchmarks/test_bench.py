@@ -167,6 +167,19 @@ def test_positions_rows_compare_with_rope_and_gpu_targets():
     assert [c["met"] for c in checks] == [rows[2]["ratio"] >= 0.85]
 
 
+def test_moe_rows_compare_iso_flop_experts_with_dense():
+    """The moe section: dense SwiGLU and the mixtures, at equal active FLOPs per token (so their
+    MFU and tokens/s ratios compare like with like), total and active parameters in the notes."""
+    cfg = tiny_config(device="cpu", threads=1, out="", sections=("moe",))
+    rows = run_bench(cfg, command="t", log=lambda s: None)["rows"]
+    assert [r["impl"] for r in rows] == ["ablate dense (swiglu)", "ablate moe, 4 experts top-2",
+                                         "ablate moe, 8 experts top-2"]
+    assert rows[0]["ratio"] == 1.0 and all(r["reference"] == "ablate dense (swiglu)" and r["ours"] for r in rows)
+    assert "active" not in rows[0]["note"] and all("active" in r["note"] for r in rows[1:])
+    flops_per_token = [r["mfu"] * cfg_peak / r["tokens_per_s"] for r in rows for cfg_peak in [1.0]]
+    assert max(flops_per_token) / min(flops_per_token) < 1.05  # iso-FLOP within the router's share
+
+
 def test_a_contender_out_of_memory_is_reported_not_fatal():
     from benchmarks.suites import _rows
 

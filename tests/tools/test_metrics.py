@@ -25,10 +25,10 @@ def lm_data():
     return dm
 
 
-def _task(dm, **task):
+def _task(dm, model=None, **task):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=4, n_layers=1, max_seq_len=32,
-                      dropout=0.0)
+    cfg = ModelConfig(**{**dict(vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=4, n_layers=1,
+                                max_seq_len=32, dropout=0.0), **(model or {})})
     return LanguageModelTask(cfg, TaskConfig(**task), dm.block_size, dm.tokenizer.pad_id, dm.n_bytes)
 
 
@@ -65,13 +65,39 @@ def test_label_smoothing_stays_out_of_reported_loss(lm_data):
     assert _validate(plain, lm_data)["val/loss"] == pytest.approx(_validate(smoothed, lm_data)["val/loss"])
     batch = next(iter(lm_data.train_dataloader()))
     smoothed.train()
-    objective, nll, tokens = smoothed.model_step(batch)
+    objective, nll, tokens, _ = smoothed.model_step(batch)
     logits = smoothed.model(batch["inputs"]).flatten(0, 1)
     expected_nll = F.cross_entropy(logits, batch["targets"].flatten(), ignore_index=0, reduction="sum")
     assert nll.item() == pytest.approx(expected_nll.item(), rel=1e-5)
     smoothed_ce = F.cross_entropy(logits, batch["targets"].flatten(), ignore_index=0, label_smoothing=0.3)
     assert objective.item() == pytest.approx(smoothed_ce.item(), rel=1e-5)
     assert abs(objective.item() - nll.item() / tokens.item()) > 1e-3  # the two really differ
+
+
+def test_z_loss_and_moe_losses_join_the_objective_only(lm_data):
+    """The z-loss and a mixture of experts' load-balancing and router z-losses are added to the
+    training objective, each written out here, and never to the reported loss; evaluation adds
+    none of the z-loss."""
+    plain = _task(lm_data, model={"ffn": "moe", "n_layers": 2})
+    task = _task(lm_data, model={"ffn": "moe", "n_layers": 2, "moe_z_weight": 1e-3}, z_loss=1e-2)
+    assert _validate(plain, lm_data)["val/loss"] == pytest.approx(_validate(task, lm_data)["val/loss"])
+    batch = next(iter(lm_data.train_dataloader()))
+    task.train()
+    objective, nll, tokens, terms = task.model_step(batch)
+    assert set(terms) == {"z_loss", "aux_loss", "moe_balance", "router_z"}
+    logits = task.model(batch["inputs"]).flatten(0, 1)
+    targets = batch["targets"].flatten()
+    counted = targets != 0
+    ce = F.cross_entropy(logits, targets, ignore_index=0, reduction="sum")
+    z = (torch.logsumexp(logits, -1).square() * counted).sum()
+    moes = [block.ffn for block in task.model.decoder.blocks]
+    aux = sum(0.01 * m.balance + 1e-3 * m.router_z for m in moes)
+    assert nll.item() == pytest.approx(ce.item(), rel=1e-5)
+    assert terms["z_loss"].item() == pytest.approx(1e-2 * z.item() / tokens.item(), rel=1e-5)
+    assert terms["aux_loss"].item() == pytest.approx(aux.item(), rel=1e-5)
+    assert objective.item() == pytest.approx((ce + 1e-2 * z).item() / tokens.item() + aux.item(), rel=1e-5)
+    task.eval()
+    assert set(task.model_step(batch)[3]) == {"aux_loss", "moe_balance", "router_z"}
 
 
 def test_bleu_equals_sacrebleu_command(tmp_path):

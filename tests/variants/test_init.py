@@ -26,8 +26,10 @@ def test_every_residual_output_is_declared_by_its_component(ffn):
     model = _model(ffn=ffn)
     marked = sorted(name for name, m in model.named_modules() if getattr(m, "init_role", "") == RESIDUAL_OUTPUT)
     blocks = 2 * LAYERS
-    assert len(marked) == blocks + LAYERS + blocks  # self-attention, cross-attention, feed-forward
-    assert all(name.endswith(("attn.out", "ffn.down")) for name in marked)
+    downs = getattr(model.cfg, "n_experts", 1) if ffn == "moe" else 1  # each expert's own down projection
+    assert len(marked) == blocks + LAYERS + blocks * downs  # self-attention, cross-attention, feed-forward
+    assert all(name.endswith(("attn.out", "ffn.down")) or ".ffn.experts." in name and name.endswith(".down")
+               for name in marked)
 
 
 def test_gpt2_draws_from_init_std_and_scales_residual_outputs():

@@ -43,6 +43,63 @@ def test_equals_cross_entropy_of_the_logits(chunk_rows, smoothing):
     assert_close(w1.grad, w2.grad)
 
 
+def capped_reference(hidden, weight, targets, smoothing, softcap, z_loss):
+    """Written plainly: capped logits, cross-entropy, and ``z_loss * logsumexp ** 2`` per counted row."""
+    logits = F.linear(hidden, weight)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    nll = F.cross_entropy(logits, targets, ignore_index=PAD, reduction="sum")
+    z = (torch.logsumexp(logits, -1).square() * (targets != PAD)).sum()
+    objective = F.cross_entropy(logits, targets, ignore_index=PAD, reduction="sum", label_smoothing=smoothing)
+    return objective + z_loss * z, nll, z
+
+
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "fused"])
+@pytest.mark.parametrize("chunk_rows", [5, None], ids=lambda c: f"chunk{c}")
+@pytest.mark.parametrize("softcap,z_loss,smoothing", [(None, 1e-2, 0.0), (2.0, 0.0, 0.0), (3.0, 0.1, 0.1)],
+                         ids=["z-loss", "softcap", "both-smoothed"])
+def test_soft_capping_and_z_loss_equal_the_plain_formula(softcap, z_loss, smoothing, chunk_rows, fused):
+    """Final-logit soft-capping (Gemma 2) and the z-loss (PaLM, OLMo 2) inside the chunked head and
+    loss: values, the z term apart, and gradients equal the formula on the full logits."""
+    h1, w1, t = inputs()
+    h2, w2, _ = inputs()
+    objective, nll, z = linear_cross_entropy(h1, w1, t, PAD, smoothing, chunk_rows=chunk_rows, fused=fused,
+                                             softcap=softcap, z_loss=z_loss, with_z=True)
+    ref_objective, ref_nll, ref_z = capped_reference(h2, w2, t, smoothing, softcap, z_loss)
+    assert_close(nll, ref_nll.float())
+    assert_close(objective, ref_objective.float())
+    assert_close(z, (ref_z if z_loss else torch.zeros(())).float().detach())
+    assert not nll.requires_grad and not z.requires_grad
+    objective.backward()
+    ref_objective.backward()
+    assert_close(h1.grad, h2.grad)
+    assert_close(w1.grad, w2.grad)
+    with torch.no_grad():  # and without gradients
+        again = linear_cross_entropy(h1, w1, t, PAD, smoothing, chunk_rows=chunk_rows, fused=fused, softcap=softcap,
+                                     z_loss=z_loss)
+    assert_close(again[0], objective.detach())
+
+
+@pytest.mark.slow
+def test_soft_capping_and_z_loss_under_torch_compile():
+    h1, w1, t = inputs()
+    h2, w2, _ = inputs()
+    compiled = torch.compile(lambda h, w: linear_cross_entropy(h, w, t, PAD, softcap=2.0, z_loss=0.05,
+                                                               with_z=True))
+    objective, nll, z = compiled(h1, w1)
+    ref_objective, ref_nll, ref_z = capped_reference(h2, w2, t, 0.0, 2.0, 0.05)
+    assert_close(objective, ref_objective.float())
+    assert_close(nll, ref_nll.float())
+    assert_close(z, ref_z.float().detach())
+
+
+@pytest.mark.parametrize("bad", [{"softcap": 0.0}, {"softcap": -1.0}, {"z_loss": -0.1}])
+def test_soft_capping_and_z_loss_refuse_bad_values(bad):
+    h, w, t = inputs()
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        linear_cross_entropy(h, w, t, PAD, **bad)
+
+
 def test_no_gradient_work_without_grad():
     h, w, t = inputs()
     with torch.no_grad():

@@ -14,6 +14,7 @@ model_type     class                position  norm_position  norm       ffn     
 ``qwen2``      Qwen2ForCausalLM     rope      pre            rmsnorm    swiglu (*)       + qkv_bias, window (**)
 ``qwen3``      Qwen3ForCausalLM     rope      pre            rmsnorm    swiglu (*)       + qk_norm head, window (**)
 ``olmo2``      Olmo2ForCausalLM     rope      reordered      rmsnorm    swiglu (*)       + qk_norm full
+``mixtral``    MixtralForCausalLM   rope      pre            rmsnorm    moe of swiglu    + window
 ``bloom``      BloomForCausalLM     alibi     pre            layernorm  gelu_tanh        mha
 ``marian``     MarianMTModel        sinus.    post           layernorm  from config (*)  mha
 =============  ===================  ========  =============  =========  ===============  ==========================
@@ -31,7 +32,8 @@ loudly too. The logits measured against transformers on tiny random models are i
 
 One module per family (:mod:`~variants.interop.gpt2`, :mod:`~variants.interop.llama`,
 :mod:`~variants.interop.mistral`, :mod:`~variants.interop.qwen2`, :mod:`~variants.interop.qwen3`,
-:mod:`~variants.interop.olmo2`, :mod:`~variants.interop.bloom`, :mod:`~variants.interop.marian`)
+:mod:`~variants.interop.olmo2`, :mod:`~variants.interop.mixtral`, :mod:`~variants.interop.bloom`,
+:mod:`~variants.interop.marian`)
 holds its import converter, its export config builder and its layout conversions;
 :mod:`variants.interop.common` the helpers they share (and :mod:`~variants.interop.llama` those of
 the LLaMA-like families). This module dispatches on ``model_type``; an export goes to the first
@@ -39,7 +41,7 @@ family whose slots, fields and settings carry the composition.
 
 Reference: Wolf et al. 2020, "Transformers: State-of-the-Art Natural Language Processing",
 EMNLP (system demonstrations), arXiv:1910.03771; the layouts were read from
-``transformers/models/{gpt2,llama,mistral,qwen2,qwen3,olmo2,bloom,marian}/modeling_*.py``
+``transformers/models/{gpt2,llama,mistral,qwen2,qwen3,olmo2,mixtral,bloom,marian}/modeling_*.py``
 (transformers 5.25).
 """
 
@@ -50,7 +52,7 @@ from typing import Callable, Optional
 import torch
 
 from variants.config import ModelConfig
-from variants.interop import bloom, gpt2, llama, marian, mistral, olmo2, qwen2, qwen3
+from variants.interop import bloom, gpt2, llama, marian, mistral, mixtral, olmo2, qwen2, qwen3
 from variants.interop.common import _Weights
 from variants.models import TransformerBase, build_model
 from variants.registry import REGISTRIES
@@ -62,7 +64,7 @@ _FROM_CONFIG = object()  # sentinel: take pad_id from the Hugging Face config
 # model_type -> its module: HF_CLASS, KIND, EXPORT_SLOTS, EXPORT_OPTIONS (optional), convert(), hf_config()
 # (in the order an export tries them: LLaMA first among the RoPE families)
 _FAMILIES = {"gpt2": gpt2, "llama": llama, "mistral": mistral, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2,
-             "bloom": bloom, "marian": marian}
+             "mixtral": mixtral, "bloom": bloom, "marian": marian}
 
 _Converter = Callable[[object, _Weights, dict], "tuple[ModelConfig, dict]"]
 
@@ -207,6 +209,7 @@ def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optio
     (RoPE, Pre-LN RMSNorm, gated feed-forward), ``MistralForCausalLM`` (the same without biases,
     with a sliding window), ``Qwen2ForCausalLM`` (``qkv_bias``), ``Qwen3ForCausalLM``
     (``qk_norm: head``), ``Olmo2ForCausalLM`` (``reordered``, ``qk_norm: full``),
+    ``MixtralForCausalLM`` (``moe``),
     ``BloomForCausalLM`` (ALiBi with an embedding norm) or ``MarianMTModel`` (sinusoids, Post-LN).
     Other compositions raise ``NotImplementedError`` naming the component without an equivalent.
 

@@ -95,6 +95,7 @@ def _ffn(table: dict[str, str], activation: str, family: str) -> str:
 
 
 def _hidden_width(model: TransformerBase) -> int:
-    """The feed-forward hidden width, as built (the down projection's input)."""
-    stack = model.decoder
-    return stack.blocks[0].ffn.down.weight.shape[1]
+    """The feed-forward hidden width, as built (the down projection's input; an expert's, for a
+    mixture of experts)."""
+    ffn = model.decoder.blocks[0].ffn
+    return ffn.experts[0].down.weight.shape[1] if hasattr(ffn, "experts") else ffn.down.weight.shape[1]

@@ -118,11 +118,18 @@ def layer_types(cfg: ModelConfig, model: TransformerBase) -> list[str]:
             for i, block in enumerate(model.decoder.blocks)]
 
 
-def decoder_weights(src: _Weights, cfg: ModelConfig, norms: Optional[dict] = None) -> dict:
+def mlp_weights(src: _Weights, ours: str, hf: str) -> dict:
+    """One layer's gated feed-forward: ``mlp.{gate,up,down}_proj`` as our ``gate_up`` and ``down``."""
+    return (_linear(src, f"{ours}.ffn.gate_up", f"{hf}.mlp.gate_proj", f"{hf}.mlp.up_proj")
+            | _linear(src, f"{ours}.ffn.down", f"{hf}.mlp.down_proj"))
+
+
+def decoder_weights(src: _Weights, cfg: ModelConfig, norms: Optional[dict] = None, ffn=mlp_weights) -> dict:
     """Our weights from a LLaMA-like state dict (``model.layers.{i}.self_attn.{q,k,v,o}_proj``,
     ``mlp.{gate,up,down}_proj``, ``model.norm``, ``lm_head``). ``norms``: our norm -> the HF norm
     of each layer (LLaMA's input and post-attention norms by default); the attention's
-    ``q_norm`` / ``k_norm`` when the config has a QK-norm."""
+    ``q_norm`` / ``k_norm`` when the config has a QK-norm. ``ffn(src, ours, hf)``: one layer's
+    feed-forward weights (:func:`mlp_weights`; Mixtral's experts)."""
     norms = norms or {"attn_res.norm": "input_layernorm", "ffn_res.norm": "post_attention_layernorm"}
     w = {"embed.weight": src.take("model.embed_tokens.weight")}
     for i in range(cfg.n_layers):
@@ -134,8 +141,7 @@ def decoder_weights(src: _Weights, cfg: ModelConfig, norms: Optional[dict] = Non
         if cfg.qk_norm != "none":
             w[f"{ours}.attn.qk_norms.q_weight"] = src.take(f"{hf}.self_attn.q_norm.weight")
             w[f"{ours}.attn.qk_norms.k_weight"] = src.take(f"{hf}.self_attn.k_norm.weight")
-        w |= _linear(src, f"{ours}.ffn.gate_up", f"{hf}.mlp.gate_proj", f"{hf}.mlp.up_proj")
-        w |= _linear(src, f"{ours}.ffn.down", f"{hf}.mlp.down_proj")
+        w |= ffn(src, ours, hf)
     w |= _norm(src, "decoder.final_norm", "model.norm")
     return w | _head(src, cfg, "lm_head.weight", "model.embed_tokens.weight")
 
