@@ -21,6 +21,14 @@ from variants import ModelConfig
 from variants.registry import POSITIONS, option_owners
 
 LOGGERS = ("wandb", "none")
+SEED_MAX = 2**32 - 1  # the seeds NumPy (and so Lightning's seed_everything) accept: 0 .. 2**32 - 1
+
+
+def seed_problem(seed: Any) -> Optional[str]:
+    """Why ``seed`` cannot seed a run (None when it can)."""
+    if not 0 <= seed <= SEED_MAX:
+        return f"{seed} is outside [0, 2**32 - 1], the seeds NumPy and Lightning accept"
+    return None
 
 
 class ConfigError(ValueError):
@@ -103,6 +111,9 @@ class RunConfig:
     plugins: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        problem = seed_problem(self.seed)
+        if problem:
+            raise ValueError(f"key 'seed': {problem}")
         for key in ("name", "experiment"):  # a directory name under run.root, never a path out of it
             value = getattr(self.run, key)
             if value is not None and (not value or value in (".", "..") or "/" in value or "\\" in value):

@@ -44,7 +44,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from experiments.run.config import ConfigError, RunConfig, load_config, run_id
+from experiments.run.config import ConfigError, RunConfig, load_config, run_id, seed_problem
 from experiments.sweep import budget as budgets
 from experiments.sweep import tuning
 from experiments.sweep.budget import BudgetError
@@ -179,6 +179,7 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
     seeds = seeds if isinstance(seeds, list) else [seeds]
     if not seeds or not all(isinstance(s, int) for s in seeds):
         raise SweepError(f"{path}: seeds: give a non-empty list of integers, got {spec.get('seeds')!r}")
+    _check_seeds(path, "seeds", seeds)
     slurm = SlurmSpec(**(spec.get("slurm") or {}))
     grid, points = _points(spec, path)
     fixed = [f"{k}={format_value(v)}" for k, v in _flatten(spec.get("overrides") or {}).items()]
@@ -186,6 +187,7 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
     tune, tune_runs, choices = None, [], {}
     if spec.get("tune") is not None:
         tune = _tune_spec(spec["tune"])
+        _check_seeds(path, "tune.seeds", tune.seeds)
         components = sorted(set(tune.grid) & component_keys())
         if components:
             raise SweepError(f"{path}: tune.grid: {', '.join(components)} is a component or its setting: components are what "
@@ -226,6 +228,14 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
             raise SweepError(str(err)) from None
         sweep.findings.append(FindingSpec(**finding))
     return sweep
+
+
+def _check_seeds(path: Path, key: str, seeds: list) -> None:
+    """Every seed of ``key`` one a run can take, refused by key before any run is expanded."""
+    for i, seed in enumerate(seeds):
+        problem = isinstance(seed, int) and seed_problem(seed)
+        if problem:
+            raise SweepError(f"{path}: {key}[{i}]: {problem}")
 
 
 def _points(spec: dict[str, Any], path: Path) -> tuple[dict[str, list], list[dict[str, Any]]]:

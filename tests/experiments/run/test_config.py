@@ -51,6 +51,21 @@ def test_bad_overrides_name_the_key(override, message):
         load_config([], [override])
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32, 5000000000])
+def test_a_seed_numpy_cannot_take_is_refused_at_load(tmp_path, capsys, seed):
+    """Refused by key and range when the config is loaded, not later in Lightning's
+    seed_everything: exit code 2, no run directory."""
+    with pytest.raises(ConfigError, match=rf"key 'seed': {seed} is outside \[0, 2\*\*32 - 1\]"):
+        load_config([], [f"seed={seed}"])
+    args = [str(ROOT / "configs" / "experiments" / "lm-bible.yaml"), f"seed={seed}", f"run.root={tmp_path}/runs",
+            f"data.cache_dir={tmp_path}/cache", "logger=none"]
+    assert main(["train", *args]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"ablate train: key 'seed': {seed} is outside [0, 2**32 - 1], the seeds NumPy and Lightning accept"
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+    assert load_config([], [f"seed={2**32 - 1}"]).seed == 2**32 - 1
+
+
 def test_unknown_key_in_file_names_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  max_steps: 5\nmodle:\n  d_model: 8\n")
