@@ -3,7 +3,7 @@
 References:
 - ReLU FFN: Vaswani et al. 2017, "Attention Is All You Need", arXiv:1706.03762.
 - GELU: Hendrycks & Gimpel 2016, arXiv:1606.08415 (``gelu_tanh`` is the tanh approximation
-  used by GPT-2 and BLOOM).
+  used by GPT-2 and BLOOM; ``geglu_tanh`` gates with it, as Gemma and Gemma 2 do).
 - SiLU / Swish: Elfwing, Uchibe, Doya 2018, arXiv:1702.03118; Ramachandran, Zoph, Le 2017,
   "Searching for Activation Functions", arXiv:1710.05941 (the activation of Marian's
   ``swish`` models).
@@ -110,6 +110,11 @@ class SwiGLU(GatedMLP):
 @FFNS.register("geglu")
 class GEGLU(GatedMLP):
     activation = staticmethod(F.gelu)
+
+
+@FFNS.register("geglu_tanh")
+class TanhGEGLU(GatedMLP):
+    activation = staticmethod(gelu_tanh)
 
 
 @FFNS.register("reglu")

@@ -87,6 +87,7 @@ REFERENCE = {
     "silu": plain(silu),
     "swiglu": gated(silu),
     "geglu": gated(gelu),
+    "geglu_tanh": gated(gelu_tanh),
     "reglu": gated(relu),
 }
 

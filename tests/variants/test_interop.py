@@ -17,7 +17,7 @@ GPT2, LLAMA, BLOOM, MARIAN = (transformers.GPT2LMHeadModel, transformers.LlamaFo
                               transformers.BloomForCausalLM, transformers.MarianMTModel)
 MISTRAL, QWEN2, QWEN3, OLMO2 = (transformers.MistralForCausalLM, transformers.Qwen2ForCausalLM,
                                 transformers.Qwen3ForCausalLM, transformers.Olmo2ForCausalLM)
-MIXTRAL = transformers.MixtralForCausalLM
+MIXTRAL, GEMMA2 = transformers.MixtralForCausalLM, transformers.Gemma2ForCausalLM
 
 V = 100  # vocabulary of every test model
 SPECIALS = dict(bos_token_id=1, eos_token_id=2)  # inside the tiny vocabulary
@@ -79,6 +79,19 @@ def mixtral(**kw):  # 3 experts of width 24, top-2, grouped-query, a window of 5
     return _llama_like(MIXTRAL, transformers.MixtralConfig, dict(num_key_value_heads=2, sliding_window=5,
                                                                  num_local_experts=3, num_experts_per_tok=2,
                                                                  intermediate_size=24), kw)
+
+
+def gemma2(**kw):
+    """3 layers (sliding, global, sliding), GQA 2 of 4, heads of 12 scaled by 16^-1/2, a window of
+    5, caps small enough to bite (scores 3, logits 5); norm gains (stored less 1) around 1."""
+    hf = _llama_like(GEMMA2, transformers.Gemma2Config, dict(
+        num_hidden_layers=3, num_key_value_heads=2, head_dim=12, query_pre_attn_scalar=16, sliding_window=5,
+        attn_logit_softcapping=3.0, final_logit_softcapping=5.0, pad_token_id=None, tie_word_embeddings=True), kw)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("norm.weight"):
+                p.sub_(1.0)
+    return hf
 
 
 def bloom(**kw):
@@ -156,6 +169,13 @@ LMS = {
                                       fingerprint("rope", "pre", "rmsnorm",
                                                   "moe(expert_ffn=geglu, moe_aux_weight=0.02, top_k=3)",
                                                   "gqa(n_kv_heads=2)")),
+    "gemma2": (gemma2, {}, fingerprint("rope", "sandwich", "rmsnorm", "geglu_tanh",
+                                       "gqa(attn_scale_dim=16, attn_softcap=3.0, head_dim=12, n_kv_heads=2, "
+                                       "window=5, window_global_every=2)")),
+    "gemma2-untied-every-layer-local-geglu-no-caps": (
+        gemma2, dict(tie_word_embeddings=False, layer_types=["sliding_attention"] * 3, hidden_activation="gelu",
+                     query_pre_attn_scalar=12, attn_logit_softcapping=None, final_logit_softcapping=None),
+        fingerprint("rope", "sandwich", "rmsnorm", "geglu", "gqa(head_dim=12, n_kv_heads=2, window=5)")),
     "bloom": (bloom, {}, fingerprint("alibi", "pre", "layernorm", "gelu_tanh")),
     "bloom-6-heads": (bloom, dict(hidden_size=48, n_head=6),  # ALiBi slopes of a non-power of 2
                       fingerprint("alibi", "pre", "layernorm", "gelu_tanh")),
@@ -175,8 +195,8 @@ def test_lm_logits_match(name):
         assert_logits_close(ours(tokens), hf(tokens).logits)
 
 
-@pytest.mark.parametrize("make", [gpt2, llama, marian, mistral, qwen2, qwen3, olmo2, mixtral],
-                         ids=["gpt2", "llama", "marian", "mistral", "qwen2", "qwen3", "olmo2", "mixtral"])
+@pytest.mark.parametrize("make", [gpt2, llama, marian, mistral, qwen2, qwen3, olmo2, mixtral, gemma2],
+                         ids=["gpt2", "llama", "marian", "mistral", "qwen2", "qwen3", "olmo2", "mixtral", "gemma2"])
 def test_eager_attention_matches_too(make):
     """The tests above compare with HF's default attention (SDPA; BLOOM has only eager)."""
     hf = make(attn_implementation="eager")
@@ -196,7 +216,7 @@ def test_eager_attention_matches_too(make):
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "llama-gqa", "llama3", "llama-yarn", "bloom-6-heads", "mistral",
                                   "qwen2", "qwen2-window", "qwen3", "qwen3-window-every-2nd-global", "olmo2",
-                                  "mixtral"])
+                                  "mixtral", "gemma2", "gemma2-untied-every-layer-local-geglu-no-caps"])
 def test_lm_kv_cache_decoding_matches_full_sequence(name):
     make, overrides, _ = LMS[name]
     hf = make(**overrides)
@@ -210,8 +230,8 @@ def test_lm_kv_cache_decoding_matches_full_sequence(name):
     assert_logits_close(torch.cat(steps, dim=1), theirs)
 
 
-@pytest.mark.parametrize("make", [gpt2, llama, bloom, mistral, qwen2, qwen3, olmo2, mixtral],
-                         ids=["gpt2", "llama", "bloom", "mistral", "qwen2", "qwen3", "olmo2", "mixtral"])
+@pytest.mark.parametrize("make", [gpt2, llama, bloom, mistral, qwen2, qwen3, olmo2, mixtral, gemma2],
+                         ids=["gpt2", "llama", "bloom", "mistral", "qwen2", "qwen3", "olmo2", "mixtral", "gemma2"])
 def test_lm_left_padding_matches_hf_attention_mask(make):
     """pad_token_id becomes pad_id: our implicit mask = HF with attention_mask and
     position_ids counted over real tokens (what ``generate`` passes)."""
@@ -332,6 +352,21 @@ def test_import_refuses_what_has_no_counterpart_naming_it():
         from_hf(mixtral(num_experts_per_tok=1))
     with pytest.raises(NotImplementedError, match=r"Mixtral with router_jitter_noise=0.1 cannot be imported"):
         from_hf(mixtral(router_jitter_noise=0.1))
+    with pytest.raises(NotImplementedError, match=r"Gemma 2 with attention_bias=True cannot be imported"):
+        from_hf(gemma2(attention_bias=True))
+    with pytest.raises(NotImplementedError, match=r"Gemma 2 with attention_dropout=0.1 cannot be imported"):
+        from_hf(gemma2(attention_dropout=0.1))
+    with pytest.raises(NotImplementedError, match=r"Gemma 2 with use_bidirectional_attention=True"):
+        from_hf(gemma2(use_bidirectional_attention=True))
+    with pytest.raises(NotImplementedError, match=r"Gemma 2 with layer_types=\['full_attention', "
+                                                  r"'sliding_attention', 'sliding_attention'\] cannot be imported"):
+        from_hf(gemma2(layer_types=["full_attention", "sliding_attention", "sliding_attention"]))
+    with pytest.raises(NotImplementedError, match=r"Gemma 2 activation 'gelu_fast' has no feed-forward entry"):
+        from_hf(gemma2(hidden_activation="gelu_fast"))
+    hf = gemma2()
+    hf.config.__dict__["query_pre_attn_scalar"] = 12.5  # a float, as configs of older transformers may hold
+    with pytest.raises(NotImplementedError, match=r"Gemma 2 with query_pre_attn_scalar=12.5 cannot be imported"):
+        from_hf(hf)
     # a window switched off: layer_types may still say sliding, and nothing is windowed
     assert from_hf(qwen2(use_sliding_window=False, layer_types=["sliding_attention"] * 2)).cfg.options == {
         "n_kv_heads": 2, "qkv_bias": True}
@@ -425,6 +460,11 @@ EXPORTABLE = {
     # experts of width 24: transformers' grouped matmul of the experts needs rows of 16-byte multiples
     "mixtral": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="pre", ffn="moe", bias=False,
                     n_experts=3, ffn_hidden=24, attention="gqa", n_kv_heads=2, window=4),
+    "gemma2": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="sandwich", ffn="geglu_tanh",
+                   bias=False, scale_embeddings=True, attention="gqa", n_kv_heads=2, head_dim=12, window=4,
+                   window_global_every=2, attn_softcap=3.0, attn_scale_dim=16, logit_softcap=5.0),
+    "gemma2-untied-geglu-no-window": dict(kind="lm", position="rope", norm="rmsnorm", norm_position="sandwich",
+                                          ffn="geglu", bias=False, scale_embeddings=True, tie_embeddings=False),
     "bloom": dict(kind="lm", position="alibi", norm="layernorm", norm_position="pre", ffn="gelu_tanh",
                   embed_norm=True),
     "marian": dict(kind="seq2seq", position="sinusoidal", norm="layernorm", norm_position="post", ffn="gelu",
@@ -447,7 +487,8 @@ def _ours(**fields):
 
 # the family each LLaMA-like composition exports to (the first whose fields and settings fit)
 EXPORTED_AS = {"llama-head-dim": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-               "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "mixtral": "MixtralForCausalLM"}
+               "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "mixtral": "MixtralForCausalLM",
+               "gemma2": "Gemma2ForCausalLM", "gemma2-untied-geglu-no-window": "Gemma2ForCausalLM"}
 
 
 @pytest.mark.parametrize("name", list(EXPORTABLE))
@@ -474,7 +515,7 @@ def test_export_computes_the_same_logits(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "llama-gqa", "llama3", "bloom", "mistral", "qwen2", "qwen3",
-                                  "olmo2", "mixtral"])
+                                  "olmo2", "mixtral", "gemma2", "gemma2-untied-geglu-no-window"])
 def test_exported_greedy_generation_is_ours(name):
     from variants.decoding import greedy_generate
     from variants.interop import to_hf
@@ -504,8 +545,16 @@ def test_exported_greedy_generation_is_ours(name):
      r"qk_norm='head' has no equivalent in Qwen2ForCausalLM"),
     (dict(kind="lm", position="rope", norm="rmsnorm", norm_position="reordered", ffn="swiglu", bias=False),
      r"norm_position 'reordered' has no equivalent in LlamaForCausalLM"),  # OLMo 2 needs qk_norm full too
+    (dict(kind="lm", position="rope", norm="rmsnorm", norm_position="sandwich", ffn="geglu_tanh", bias=False),
+     r"embeddings_scaled=False has no equivalent in Gemma2ForCausalLM"),
+    (dict(kind="lm", position="rope", norm="rmsnorm", ffn="swiglu", bias=False, attn_softcap=3.0),
+     r"attn_softcap=3.0 has no equivalent in LlamaForCausalLM"),
+    (dict(kind="lm", position="rope", norm="rmsnorm", ffn="swiglu", bias=False, logit_softcap=5.0),
+     r"logit_softcap=5.0 has no equivalent in LlamaForCausalLM"),
+    (dict(kind="lm", position="learned", logit_softcap=5.0), r"logit_softcap=5.0 has no equivalent in GPT2LMHeadModel"),
 ], ids=["t5", "gpt2-rmsnorm", "llama-gelu", "gpt2-post-ln", "gpt2-no-bias", "bloom-no-embed-norm", "s2s-rope",
-        "llama-qk-norm", "mistral-global-layers", "qkv-bias-and-qk-norm", "olmo2-without-qk-norm"])
+        "llama-qk-norm", "mistral-global-layers", "qkv-bias-and-qk-norm", "olmo2-without-qk-norm",
+        "gemma2-unscaled-embeddings", "llama-attn-softcap", "llama-logit-softcap", "gpt2-logit-softcap"])
 def test_compositions_without_an_equivalent_are_refused_by_name(fields, message):
     from variants.interop import to_hf
 

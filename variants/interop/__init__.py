@@ -5,9 +5,9 @@ compositions that have an equivalent (:func:`to_hf`).
 ``transformers`` itself), picks the :class:`variants.ModelConfig` whose registry slots compute the
 same function, builds it with :func:`variants.build_model` and copies the weights in. Supported:
 
-=============  ===================  ========  =============  =========  ===============  ==========================
+=============  ===================  ========  =============  =========  ===============  ============================
 model_type     class                position  norm_position  norm       ffn              attention
-=============  ===================  ========  =============  =========  ===============  ==========================
+=============  ===================  ========  =============  =========  ===============  ============================
 ``gpt2``       GPT2LMHeadModel      learned   pre            layernorm  gelu_tanh (*)    mha
 ``llama``      LlamaForCausalLM     rope      pre            rmsnorm    swiglu (*)       mha / gqa, head_dim
 ``mistral``    MistralForCausalLM   rope      pre            rmsnorm    swiglu (*)       + window
@@ -15,24 +15,30 @@ model_type     class                position  norm_position  norm       ffn     
 ``qwen3``      Qwen3ForCausalLM     rope      pre            rmsnorm    swiglu (*)       + qk_norm head, window (**)
 ``olmo2``      Olmo2ForCausalLM     rope      reordered      rmsnorm    swiglu (*)       + qk_norm full
 ``mixtral``    MixtralForCausalLM   rope      pre            rmsnorm    moe of swiglu    + window
+``gemma2``     Gemma2ForCausalLM    rope      sandwich       rmsnorm    geglu_tanh (*)   + window (**), softcap (***)
 ``bloom``      BloomForCausalLM     alibi     pre            layernorm  gelu_tanh        mha
 ``marian``     MarianMTModel        sinus.    post           layernorm  from config (*)  mha
-=============  ===================  ========  =============  =========  ===============  ==========================
+=============  ===================  ========  =============  =========  ===============  ============================
 
 (*) mapped from the config's activation name (``gelu_new`` -> ``gelu_tanh``, ``swish`` -> ``silu``,
-LLaMA's ``hidden_act`` -> the matching gated entry). (**) when ``use_sliding_window`` is on, on
-every layer or all but every n-th (``window_global_every``). The LLaMA-like families carry GQA,
-``head_dim`` and RoPE scaling (linear, llama3, yarn) alike. Anything the composition cannot
-express (another RoPE scaling, a non-zero ``final_logits_bias``, attention dropout in the newer
-families, Qwen 3's and OLMo 2's ``attention_bias``, ...) raises ``NotImplementedError`` naming the
-setting, rather than importing a different function. Every tensor of the source state dict must
+LLaMA's ``hidden_act`` and Gemma 2's ``hidden_activation`` -> the matching gated entry). (**) when
+``use_sliding_window`` is on (Gemma 2: always), on every layer or all but every n-th
+(``window_global_every``; Gemma 2 alternates). (***) ``attn_softcap``, ``attn_scale_dim``, the
+model's ``logit_softcap`` and ``scale_embeddings``; Gemma 2's norm gains are stored less 1, which
+the family declares (``GAIN_OFFSETS``: those tensors are moved by 1 around its converter, both
+ways). The LLaMA-like families carry GQA, ``head_dim`` and RoPE scaling (linear, llama3, yarn)
+alike. Anything the composition cannot express (another RoPE scaling, a non-zero
+``final_logits_bias``, attention dropout in the newer families, Qwen 3's, OLMo 2's and Gemma 2's
+``attention_bias``, ...) raises ``NotImplementedError`` naming the setting, rather than importing
+a different function. Every tensor of the source state dict must
 be used (tied copies are checked equal), so a weight the mapping does not know about fails
 loudly too. The logits measured against transformers on tiny random models are in the table of
 ``docs/components.md`` ("Faithful to the reference implementations").
 
 One module per family (:mod:`~variants.interop.gpt2`, :mod:`~variants.interop.llama`,
 :mod:`~variants.interop.mistral`, :mod:`~variants.interop.qwen2`, :mod:`~variants.interop.qwen3`,
-:mod:`~variants.interop.olmo2`, :mod:`~variants.interop.mixtral`, :mod:`~variants.interop.bloom`,
+:mod:`~variants.interop.olmo2`, :mod:`~variants.interop.mixtral`, :mod:`~variants.interop.gemma2`,
+:mod:`~variants.interop.bloom`,
 :mod:`~variants.interop.marian`)
 holds its import converter, its export config builder and its layout conversions;
 :mod:`variants.interop.common` the helpers they share (and :mod:`~variants.interop.llama` those of
@@ -41,7 +47,7 @@ family whose slots, fields and settings carry the composition.
 
 Reference: Wolf et al. 2020, "Transformers: State-of-the-Art Natural Language Processing",
 EMNLP (system demonstrations), arXiv:1910.03771; the layouts were read from
-``transformers/models/{gpt2,llama,mistral,qwen2,qwen3,olmo2,mixtral,bloom,marian}/modeling_*.py``
+``transformers/models/{gpt2,llama,mistral,qwen2,qwen3,olmo2,mixtral,gemma2,bloom,marian}/modeling_*.py``
 (transformers 5.25).
 """
 
@@ -52,8 +58,8 @@ from typing import Callable, Optional
 import torch
 
 from variants.config import ModelConfig
-from variants.interop import bloom, gpt2, llama, marian, mistral, mixtral, olmo2, qwen2, qwen3
-from variants.interop.common import _Weights
+from variants.interop import bloom, gemma2, gpt2, llama, marian, mistral, mixtral, olmo2, qwen2, qwen3
+from variants.interop.common import _offset_gains, _Weights
 from variants.models import TransformerBase, build_model
 from variants.registry import REGISTRIES
 
@@ -61,10 +67,11 @@ __all__ = ["from_hf", "to_hf", "export_family", "SUPPORTED"]
 
 _FROM_CONFIG = object()  # sentinel: take pad_id from the Hugging Face config
 
-# model_type -> its module: HF_CLASS, KIND, EXPORT_SLOTS, EXPORT_OPTIONS (optional), convert(), hf_config()
+# model_type -> its module: HF_CLASS, KIND, EXPORT_SLOTS, EXPORT_OPTIONS (optional), GAIN_OFFSETS (optional:
+# the HF keys holding norm gains less 1), convert(), hf_config()
 # (in the order an export tries them: LLaMA first among the RoPE families)
 _FAMILIES = {"gpt2": gpt2, "llama": llama, "mistral": mistral, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2,
-             "mixtral": mixtral, "bloom": bloom, "marian": marian}
+             "mixtral": mixtral, "gemma2": gemma2, "bloom": bloom, "marian": marian}
 
 _Converter = Callable[[object, _Weights, dict], "tuple[ModelConfig, dict]"]
 
@@ -77,6 +84,11 @@ def _ids(value) -> set:
     if value is None:
         return set()
     return set(value) if isinstance(value, (list, tuple)) else {value}
+
+
+def _gain_offsets(family: str) -> tuple[str, ...]:
+    """The suffixes of the HF keys whose values ``family`` stores as a norm gain less 1."""
+    return getattr(_FAMILIES[family], "GAIN_OFFSETS", ())
 
 
 def _default_pad_id(config) -> Optional[int]:
@@ -121,7 +133,7 @@ def from_hf(hf_model, *, pad_id=_FROM_CONFIG) -> TransformerBase:
     common = {"dropout": 0.0,
               "pad_id": _default_pad_id(config) if pad_id is _FROM_CONFIG else pad_id,
               "tie_embeddings": bool(getattr(config, "tie_word_embeddings", True))}
-    src = _Weights(hf_model.state_dict())
+    src = _Weights(_offset_gains(hf_model.state_dict(), _gain_offsets(model_type), 1.0))
     cfg, weights = convert(config, src, common)
     src.check_all_used()
     model = build_model(cfg)
@@ -139,8 +151,8 @@ _EXPORTS = {name: (family.KIND, family.EXPORT_SLOTS, family.HF_CLASS, family.hf_
             for name, family in _FAMILIES.items()}
 # fields the round trip must give back unchanged (the rest are sizes, set from the model)
 _ROUND_TRIP = ("kind", "norm", "norm_position", "position", "ffn", "attention", "bias", "norm_eps", "embed_norm",
-               "embeddings_scaled", "tie_embeddings", "rope_base", "d_model", "n_heads", "vocab_size",
-               "options")  # the components' settings
+               "embeddings_scaled", "tie_embeddings", "rope_base", "logit_softcap", "d_model", "n_heads",
+               "vocab_size", "options")  # the components' settings
 
 
 def _misfits(family: str, cfg: ModelConfig) -> list[str]:
@@ -209,7 +221,7 @@ def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optio
     (RoPE, Pre-LN RMSNorm, gated feed-forward), ``MistralForCausalLM`` (the same without biases,
     with a sliding window), ``Qwen2ForCausalLM`` (``qkv_bias``), ``Qwen3ForCausalLM``
     (``qk_norm: head``), ``Olmo2ForCausalLM`` (``reordered``, ``qk_norm: full``),
-    ``MixtralForCausalLM`` (``moe``),
+    ``MixtralForCausalLM`` (``moe``), ``Gemma2ForCausalLM`` (``sandwich``, scaled embeddings, soft-capping),
     ``BloomForCausalLM`` (ALiBi with an embedding norm) or ``MarianMTModel`` (sinusoids, Post-LN).
     Other compositions raise ``NotImplementedError`` naming the component without an equivalent.
 
@@ -217,7 +229,8 @@ def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optio
     tensor is filled with its elements' indices, the converter maps them to our layout, and our
     weights are written to the indices found there. So export is exactly the inverse of the
     tested import, and a weight left unplaced, or a setting that does not survive the round trip
-    (``from_hf`` of the result), fails loudly."""
+    (``from_hf`` of the result), fails loudly. Norm gains a family stores less 1
+    (``GAIN_OFFSETS``, Gemma 2) are placed as gains, then moved back by 1."""
     import transformers
 
     cfg: ModelConfig = model.cfg
@@ -249,5 +262,5 @@ def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optio
     if not bool(placed.all()):
         raise NotImplementedError(f"{int((~placed).sum())} elements of {class_name} received no weight")
     state = {key: values[first:first + count].view(probe[key].shape) for key, (first, count) in spans.items()}
-    hf_model.load_state_dict(state, strict=False)
+    hf_model.load_state_dict(_offset_gains(state, _gain_offsets(family), -1.0), strict=False)
     return hf_model

@@ -50,6 +50,16 @@ class _Weights:
             raise NotImplementedError(f"tensors with no counterpart in this project: {left}")
 
 
+def _offset_gains(state: dict[str, torch.Tensor], suffixes: tuple[str, ...], by: float) -> dict[str, torch.Tensor]:
+    """``state`` with ``by`` added (in fp32) to each tensor whose key ends with one of ``suffixes``:
+    the norm gains a family stores as an offset from 1 (Gemma 2's ``x * (1 + weight)``), moved to
+    the gain (``by`` 1, import) or back to the offset (-1, export). Placed outside the converters,
+    so that export can still probe them with element indices."""
+    if not suffixes:
+        return state
+    return {key: t.float() + by if key.endswith(suffixes) else t for key, t in state.items()}
+
+
 def _linear(src: _Weights, ours: str, *theirs: str, conv1d: bool = False) -> dict:
     """Our linear ``ours`` from one HF linear, or several stacked along the output rows.
     ``conv1d``: HF GPT-2's Conv1D, whose weight is stored (in, out)."""

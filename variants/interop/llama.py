@@ -146,22 +146,24 @@ def decoder_weights(src: _Weights, cfg: ModelConfig, norms: Optional[dict] = Non
     return w | _head(src, cfg, "lm_head.weight", "model.embed_tokens.weight")
 
 
-def model_config(config, family: str, common: dict, **fields) -> ModelConfig:
+def model_config(config, family: str, common: dict, ffn: Optional[str] = None, **fields) -> ModelConfig:
     """The :class:`ModelConfig` of a LLaMA-like ``config``: sizes, heads, RoPE and the gated
-    feed-forward read from it; ``fields`` the rest (norm placement, biases, settings)."""
+    feed-forward read from it (``ffn``: the entry, for a config that names its activation
+    otherwise than ``hidden_act``); ``fields`` the rest (norm placement, biases, settings)."""
     return ModelConfig(
         kind="lm", vocab_size=config.vocab_size, d_model=config.hidden_size, n_layers=config.num_hidden_layers,
         max_seq_len=config.max_position_embeddings, position="rope", norm="rmsnorm",
-        ffn=_ffn(_GATED_FFN, config.hidden_act, family), ffn_hidden=config.intermediate_size,
+        ffn=ffn or _ffn(_GATED_FFN, config.hidden_act, family), ffn_hidden=config.intermediate_size,
         norm_eps=config.rms_norm_eps, **_rope(config), **attention_settings(config), **fields, **common)
 
 
-def config_fields(cfg: ModelConfig, model: TransformerBase) -> dict:
-    """The fields every LLaMA-like Hugging Face config shares, from ``model`` (export)."""
+def config_fields(cfg: ModelConfig, model: TransformerBase, activation: Optional[str] = None) -> dict:
+    """The fields every LLaMA-like Hugging Face config shares, from ``model`` (export);
+    ``activation``: ``hidden_act``, for an entry LLaMA's table does not name."""
     return dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=_hidden_width(model),
                 num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                 num_key_value_heads=model.decoder.blocks[0].attn.n_kv_heads, head_dim=cfg.head_dim,
-                hidden_act=_ACTIVATION[cfg.ffn], max_position_embeddings=cfg.max_seq_len,
+                hidden_act=activation or _ACTIVATION[cfg.ffn], max_position_embeddings=cfg.max_seq_len,
                 rms_norm_eps=cfg.norm_eps, rope_parameters=_rope_parameters(cfg))
 
 
