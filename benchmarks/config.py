@@ -137,8 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     parser.add_argument("--sections", default=None,
-                        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all; "
-                             f"'positions' only on a GPU)")
+                        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all but "
+                             f"'moe' and 'sweep', which run when named; 'positions' only on a GPU)")
     parser.add_argument("--presets", default="gpt2,llama,alibi,vaswani", help="LM presets to train")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per comparison")
     parser.add_argument("--compile", action="store_true", help="add rows with our model under torch.compile")

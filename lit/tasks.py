@@ -108,7 +108,7 @@ class TaskModule(L.LightningModule):
             terms["z_loss"] = z_loss * z / tokens.clamp(min=1)
         if aux:
             objective = objective + aux["loss"]
-            terms.update(aux_loss=aux["loss"].detach(), moe_balance=aux["moe_balance"], router_z=aux["router_z"])
+            terms.update(aux_loss=aux["loss"].detach(), **{key: value for key, value in aux.items() if key != "loss"})
         return objective, nll.detach(), tokens, terms
 
     def training_step(self, batch, batch_idx):

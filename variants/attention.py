@@ -361,6 +361,9 @@ class MultiHeadAttention(nn.Module):
                              f"the width without it: leave model.head_dim out")
         if cfg.attn_softcap is not None and cfg.attn_softcap <= 0:
             raise ValueError(f"model.attn_softcap must be positive, got {cfg.attn_softcap}")
+        if cfg.attn_scale_dim is not None and cfg.attn_scale_dim == cfg.head_dim:
+            raise ValueError(f"model.attn_scale_dim={cfg.attn_scale_dim} is the head width, the scale without it: "
+                             f"leave model.attn_scale_dim out")
 
     def __init__(self, cfg, cross: bool = False) -> None:
         super().__init__()

@@ -152,7 +152,7 @@ class MixtureOfExperts(nn.Module):
         Option("n_experts", 4, "experts per layer", short="e", minimum=2, examples=(3,)),
         Option("top_k", 2, "experts each token is routed to", short="top", minimum=1, examples=(1,)),
         Option("expert_ffn", "swiglu", "the feed-forward entry each expert is", short="x",
-               choices=("swiglu", "geglu", "reglu", "relu", "gelu", "gelu_tanh", "silu")),
+               choices=("swiglu", "geglu", "geglu_tanh", "reglu", "relu", "gelu", "gelu_tanh", "silu")),
         Option("moe_sizing", "active", "active: experts as wide as the dense width / top_k (active FLOPs "
                "match the dense feed-forward); total: the dense width / n_experts (total parameters match)",
                short="size", choices=("active", "total")),

@@ -185,9 +185,12 @@ class TransformerBase(nn.Module):
         parts = [m for m in self.modules() if getattr(m, "aux_loss", None) is not None]
         if not parts:
             return {}
-        return {"loss": sum(m.aux_loss for m in parts),
-                "moe_balance": torch.stack([m.balance for m in parts]).mean(),
-                "router_z": torch.stack([m.router_z for m in parts]).mean()}
+        found = {"loss": sum(m.aux_loss for m in parts)}
+        for attribute, key in (("balance", "moe_balance"), ("router_z", "router_z")):
+            values = [getattr(m, attribute) for m in parts if getattr(m, attribute, None) is not None]
+            if values:
+                found[key] = torch.stack(values).mean()
+        return found
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for incremental decoding of up to ``max_len`` tokens, laid out as the

@@ -284,6 +284,8 @@ def test_attention_settings_are_checked_naming_the_keys():
         tiny_config(head_dim=8)
     with pytest.raises(ValueError, match=r"model.attn_softcap must be positive"):
         tiny_config(attn_softcap=0.0)
+    with pytest.raises(ValueError, match=r"model.attn_scale_dim=8 is the head width"):
+        tiny_config(attn_scale_dim=8)  # one model, one run id: 8 is what the scale is without it
     with pytest.raises(ValueError, match=r"d_model \(30\) must be divisible by n_heads \(4\)"):
         tiny_config(d_model=30)
     cfg = tiny_config(d_model=30, head_dim=8, attention="gqa", n_kv_heads=2)  # 4 heads of 8 over 30
