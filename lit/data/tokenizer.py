@@ -4,6 +4,10 @@ and cached by a hash of the data and settings.
 Byte-level pre-tokenization with no normaliser makes ``decode(encode(text)) == text`` exactly,
 so BLEU is computed on the original detokenized text. Special tokens have fixed ids:
 ``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2 (``ModelConfig.pad_id`` defaults to 0 to match).
+
+Tokenizer files are written to a temporary file and renamed, so a killed write never leaves a
+truncated one; a cached file that cannot be read all the same (cut short by a full disk, edited)
+is reported by name and trained again.
 """
 
 from __future__ import annotations
@@ -11,13 +15,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from tools.errors import writing
+
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIALS = (PAD, BOS, EOS)
+
+
+class TokenizerFileError(ValueError):
+    """A tokenizer file that cannot be read (cut short, not a tokenizer); the message names it."""
 
 
 class TextTokenizer:
@@ -55,12 +66,22 @@ class TextTokenizer:
         # a name of this process's own: runs of a sweep that start together may train and save the
         # same cached tokenizer at once, and must not write, move or delete each other's file
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        self.tokenizer.save(str(tmp))
-        tmp.replace(path)
+        try:
+            with writing(path):  # written from Python: a full disk is an OSError, named by writing()
+                tmp.write_text(self.tokenizer.to_str(pretty=True), encoding="utf-8")
+                tmp.replace(path)
+        finally:  # a write that failed (a full disk) leaves no temporary file behind
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: Path) -> "TextTokenizer":
-        return cls(Tokenizer.from_file(str(path)))
+        """The tokenizer saved at ``path``; :class:`TokenizerFileError` naming it when it cannot be
+        read (the ``tokenizers`` library's own message names no file)."""
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception for a torn file
+            problem = " ".join(str(err).split()) or type(err).__name__
+            raise TokenizerFileError(f"{path}: not a readable tokenizer file ({problem})") from err
 
 
 def train_bpe(texts: Sequence[str], vocab_size: int) -> TextTokenizer:
@@ -76,14 +97,18 @@ def train_bpe(texts: Sequence[str], vocab_size: int) -> TextTokenizer:
 
 
 def cached_bpe(texts: Sequence[str], vocab_size: int, cache_dir: Path) -> TextTokenizer:
-    """Train once per (texts, settings); later calls load ``cache_dir/bpe-<hash>.json``."""
+    """Train once per (texts, settings); later calls load ``cache_dir/bpe-<hash>.json``. A cached
+    file that cannot be read is reported (a warning naming it) and replaced by a new training."""
     digest = hashlib.sha256(json.dumps({"kind": "byte-bpe", "vocab_size": vocab_size}).encode())
     for text in texts:
         digest.update(text.encode())
         digest.update(b"\0")
     path = Path(cache_dir) / f"bpe-{digest.hexdigest()[:16]}.json"
     if path.is_file():
-        return TextTokenizer.load(path)
+        try:
+            return TextTokenizer.load(path)
+        except TokenizerFileError as err:
+            warnings.warn(f"{err}; training the tokenizer again and replacing the cached file", stacklevel=2)
     tokenizer = train_bpe(texts, vocab_size)
     tokenizer.save(path)
     return tokenizer

@@ -1,5 +1,6 @@
 """Data sources, cleaning, tokenizer and batching."""
 
+import errno
 import gzip
 import os
 import re
@@ -13,7 +14,7 @@ from lit.data import bible
 from lit.data.modules import TokenBudgetBatches
 from lit.specs import task_spec
 from lit.data.sources import DataError, load_pairs, load_text
-from lit.data.tokenizer import TextTokenizer, cached_bpe, train_bpe
+from lit.data.tokenizer import TextTokenizer, TokenizerFileError, cached_bpe, train_bpe
 
 SHARED_MULTI30K = Path(__file__).resolve().parents[3] / "shared" / "data" / "multi30k"
 
@@ -85,6 +86,42 @@ def test_two_runs_saving_the_same_cached_tokenizer_at_once_both_succeed(tmp_path
     first.save(path)
     assert nested and TextTokenizer.load(path).encode("In the beginning") == first.encode("In the beginning")
     assert [p.name for p in tmp_path.iterdir()] == ["bpe-x.json"]
+
+
+def test_a_truncated_cached_tokenizer_is_named_and_trained_again(tmp_path):
+    """A cache file cut short (a full disk, a kill under older code) failed every later run with
+    "EOF while parsing an object" and no file named; now a warning names it and it is rebuilt."""
+    train = bible.monolingual("en", "train")[:500]
+    tok = cached_bpe(train, 300, tmp_path)
+    (path,) = tmp_path.glob("bpe-*.json")
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(path))}: not a readable tokenizer file \(EOF while parsing"):
+        again = cached_bpe(train, 300, tmp_path)
+    assert again.encode("In the beginning") == tok.encode("In the beginning")
+    assert TextTokenizer.load(path).encode("In the beginning") == tok.encode("In the beginning")  # healed
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_an_unreadable_tokenizer_file_is_refused_by_name(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text('{"version": "1.0", "truncation": null, "added_tokens": [')
+    with pytest.raises(TokenizerFileError, match=rf"^{re.escape(str(path))}: not a readable tokenizer file"):
+        TextTokenizer.load(path)
+
+
+def test_a_tokenizer_save_on_a_full_disk_names_the_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    tok = train_bpe(bible.monolingual("en", "train")[:200], 300)
+    original = Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        original(self, text[:100], *args, **kwargs)  # cut short where the space ran out
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left on device") as err:
+        tok.save(tmp_path / "bpe-x.json")
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "bpe-x.json")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(not SHARED_MULTI30K.is_dir(), reason="no local Multi30K copy beside the project")
