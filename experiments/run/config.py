@@ -119,6 +119,10 @@ class RunConfig:
             if value is not None and (not value or value in (".", "..") or "/" in value or "\\" in value):
                 raise ValueError(f"key 'run.{key}': {value!r} must be one directory name (no path separator, "
                                  f"not '.' or '..'): runs stay inside run.root")
+        steps = self.trainer.get("max_steps")
+        if isinstance(steps, int) and not isinstance(steps, bool) and steps < 1 and steps != -1:
+            raise ValueError(f"key 'trainer.max_steps': {steps}; a run trains at least 1 step (0 steps end "
+                             f"completed with an untrained model); -1 leaves the length to trainer.max_epochs")
         if self.logger not in LOGGERS:
             raise ValueError(f"unknown logger {self.logger!r}; choices: {', '.join(LOGGERS)}")
         expected = task_spec(self.task.name).model_kind

@@ -66,6 +66,19 @@ def test_a_seed_numpy_cannot_take_is_refused_at_load(tmp_path, capsys, seed):
     assert load_config([], [f"seed={2**32 - 1}"]).seed == 2**32 - 1
 
 
+@pytest.mark.parametrize("steps", [0, -2])
+def test_a_run_of_no_steps_is_refused_at_load(tmp_path, capsys, steps):
+    """``trainer.max_steps=0`` ended ``completed`` with an untrained model that a report would rank;
+    refused by key at load (exit code 2, no run directory). -1 leaves the length to the epochs."""
+    with pytest.raises(ConfigError, match=rf"key 'trainer.max_steps': {steps}; a run trains at least 1 step"):
+        load_config([], [f"trainer.max_steps={steps}"])
+    args = [str(ROOT / "configs" / "experiments" / "lm-bible.yaml"), f"trainer.max_steps={steps}",
+            f"run.root={tmp_path}/runs", f"data.cache_dir={tmp_path}/cache", "logger=none"]
+    assert main(["train", *args]) == 2
+    assert "key 'trainer.max_steps'" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+    assert load_config([], ["trainer.max_steps=-1", "trainer.max_epochs=1"]).trainer["max_steps"] == -1
+
+
 def test_unknown_key_in_file_names_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  max_steps: 5\nmodle:\n  d_model: 8\n")
