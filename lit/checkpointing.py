@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from tools.errors import writing
+
 CHECKPOINT_PATTERN = "step-*.ckpt"
 
 
@@ -51,7 +53,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         try:
-            with open(tmp, "wb") as f:
+            with writing(path), open(tmp, "wb") as f:  # a full disk's error names the checkpoint
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())

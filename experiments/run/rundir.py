@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+from tools.errors import writing
+
 FINAL_STATES = ("completed", "diverged")  # a sweep never reruns these by itself
 LOCK_NAME = "run.lock"
 EXIT_LOCKED = 3  # `ablate train` exit status when another process holds the run
@@ -34,11 +36,33 @@ class RunDirUnwritable(RuntimeError):
 
 
 def write_status(run_dir: Path, state: str, **extra: Any) -> None:
+    """``status.json``, written to a temporary file and renamed onto it; a write that fails (a full
+    disk: ``OSError(ENOSPC)`` naming ``status.json``) leaves the previous status and no temporary file."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f"status.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"state": state, "time": time.time(), **extra}, indent=1))
-    tmp.replace(run_dir / "status.json")
+    path, tmp = run_dir / "status.json", run_dir / f"status.json.tmp-{os.getpid()}"
+    try:
+        with writing(path):
+            tmp.write_text(json.dumps({"state": state, "time": time.time(), **extra}, indent=1))
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def overwrite_status(run_dir: Path, state: str, **extra: Any) -> None:
+    """``status.json`` rewritten in place, for when the disk is full: the file's blocks are already
+    allocated, so a status no longer than the previous one needs no new space where a new file
+    does. Not atomic (a reader may catch it half-written: it reads ``interrupted``); raises the
+    ``OSError`` when it fails too, or when there is no ``status.json`` to rewrite."""
+    path = Path(run_dir) / "status.json"
+    data = json.dumps({"state": state, "time": time.time(), **extra}).encode()
+    with writing(path):
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, data)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

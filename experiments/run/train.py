@@ -24,14 +24,14 @@ from experiments.run import wandb_log
 from experiments.run.config import RunConfig, run_id, to_yaml
 from experiments.run.gpu_memory import describe_failure, is_out_of_memory, limit_gpu_memory, memory_fraction
 from experiments.run.rundir import metric_lines
-from experiments.run.rundir import (EXIT_LOCKED, FINAL_STATES, RunDirUnwritable, RunLock, RunLocked, read_status,
-                                    write_status)
+from experiments.run.rundir import (EXIT_LOCKED, FINAL_STATES, RunDirUnwritable, RunLock, RunLocked, overwrite_status,
+                                    read_status, write_status)
 from lit.callbacks import DivergenceGuard, JsonlLogger, ThroughputMonitor
 from lit.data.sources import DataError
 from lit.checkpointing import (AtomicCheckpointIO, PeriodicCheckpoint, ResumeState, checkpoint_step,
                                latest_checkpoint, remove_partial_writes, saved_resume_state)
 from lit.specs import task_spec
-from tools.errors import report_error
+from tools.errors import no_space_left, report_error, writing
 from tools.metrics import one_line
 from tools.system import cpu_peak_flops, environment
 
@@ -41,6 +41,50 @@ INTERRUPTIONS = (KeyboardInterrupt, SystemExit)  # Lightning's SIGTERMException 
 def interrupt_code(err: BaseException) -> int:
     """The exit code of an interrupted run: 143 after SIGTERM, 130 after Ctrl-C (SIGINT)."""
     return 143 if type(err).__name__ == "SIGTERMException" else 130
+
+
+def describe_interruption(err: BaseException) -> str:
+    """What stopped a run, in words: Lightning raises ``SIGTERMException`` after SIGTERM (what a
+    sweep sends its runs when it is stopped) and ends a Ctrl-C-ed fit with ``SystemExit(1)``, the
+    ``KeyboardInterrupt`` in its context."""
+    if type(err).__name__ == "SIGTERMException":
+        return "terminated (SIGTERM)"
+    cause = err
+    while cause is not None:
+        if isinstance(cause, KeyboardInterrupt):
+            return "interrupted (Ctrl-C)"
+        cause = cause.__cause__ or cause.__context__
+    return f"stopped ({type(err).__name__}{'' if getattr(err, 'code', None) is None else f' {err.code}'})"
+
+
+def failure_fields(run_dir: Path, err: BaseException, error: str) -> dict[str, Any]:
+    """The error a ``failed`` status records for ``err`` (``error``: its usual description). A full
+    disk anywhere in the exception's chain names the file being written (the run directory when
+    the error does not) and marks the run ``retryable``: a sweep reruns it on its next invocation."""
+    full = no_space_left(err)
+    if full is None:
+        return {"error": error}
+    where = full.filename or f"a file in {run_dir}"
+    return {"error": f"{where}: no space left on device; free some space and run it again (it resumes from its "
+                     f"last checkpoint)", "retryable": True}
+
+
+def record_state(run_dir: Path, state: str, **fields: Any) -> None:
+    """A failed or interrupted status, whatever the disk: when a new ``status.json`` cannot be
+    written for lack of space, the old one is rewritten in place; a status that cannot be written
+    at all is a note (the traceback that follows is all there is)."""
+    try:
+        write_status(run_dir, state, **fields)
+        return
+    except OSError as err:
+        problem = err
+    if no_space_left(problem) is not None:
+        try:
+            overwrite_status(run_dir, state, **fields)
+            return
+        except OSError as err:
+            problem = err
+    print(f"note: {run_dir}: could not record the {state} status in status.json ({problem})")
 
 
 def _runs_on_cpu(cfg: RunConfig) -> bool:
@@ -139,10 +183,7 @@ def _record_failure(run_dir: Path, rid: str, err: Exception, before: dict[str, A
     if recorded_now or now.get("state") in FINAL_STATES:
         return
     error = describe_failure(err) if is_out_of_memory(err) else f"{type(err).__name__}: {err}"
-    try:
-        write_status(run_dir, "failed", step=now.get("step") or 0, run_id=rid, error=error)
-    except OSError as write_err:  # an unwritable directory: the traceback is all there is
-        print(f"note: {run_dir}: could not record the failure in status.json ({write_err})")
+    record_state(run_dir, "failed", step=now.get("step") or 0, run_id=rid, **failure_fields(run_dir, err, error))
 
 
 def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> dict[str, Any]:
@@ -151,7 +192,8 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     run_dir, lead = cfg.run_dir, _is_rank_zero()  # lead: the one process that writes the run's files
     run_dir.mkdir(parents=True, exist_ok=True)
     if lead:
-        (run_dir / "config.yaml").write_text(f"# run_id: {rid}\n" + to_yaml(cfg))
+        with writing(run_dir / "config.yaml"):
+            (run_dir / "config.yaml").write_text(f"# run_id: {rid}\n" + to_yaml(cfg))
         data.tokenizer.save(run_dir / "tokenizer.json")  # decode or rescore the run later with the same vocabulary
 
     task = task_spec(cfg.task.name).module(cfg.model_for(data.tokenizer), cfg.task, data)
@@ -190,7 +232,10 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     status(run_dir, "running", step=checkpoint_step(resume_from) if resume_from else 0, run_id=rid)
 
     def on_error(state: str, err: BaseException) -> None:
-        status(run_dir, state, step=trainer.global_step, run_id=rid, error=describe_failure(err))
+        if lead:
+            fields = ({"error": describe_interruption(err)} if state == "interrupted"
+                      else failure_fields(run_dir, err, describe_failure(err)))
+            record_state(run_dir, state, step=trainer.global_step, run_id=rid, **fields)
         if use_wandb:
             code = interrupt_code(err) if state == "interrupted" else wandb_log.EXIT_CODES[state]
             _finish_wandb(read_status(run_dir), run_dir / "metrics.jsonl", code)
@@ -205,6 +250,7 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     status(run_dir, state, step=trainer.global_step, run_id=rid, message=guard.message,
            metrics={**resume_state.saved_metrics, **metrics}, signature=getattr(task, "bleu_signature", None),
            params=params, resumed_from_step=resume_state.resumed_from_step,
+           segment_s=wall_s - resume_state.elapsed_before,  # this process's share of wall_s
            environment=environment("cpu" if _runs_on_cpu(cfg) else "gpu"))
     where = None
     if use_wandb:  # after the final status: a W&B failure warns, and never costs the run its result
@@ -332,8 +378,12 @@ def write_translations(run_dir: Path, sources: Sequence[str], references: Sequen
         raise ValueError(f"{len(sources)} sources, {len(references)} references, {len(hypotheses)} hypotheses")
     for name, lines in (("test.src", sources), ("test.ref", references), ("test.hyp", hypotheses)):
         tmp = run_dir / f"{name}.tmp"
-        tmp.write_text("".join(one_line(line) + "\n" for line in lines), encoding="utf-8")
-        tmp.replace(run_dir / name)
+        try:
+            with writing(run_dir / name):
+                tmp.write_text("".join(one_line(line) + "\n" for line in lines), encoding="utf-8")
+                tmp.replace(run_dir / name)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def run_command(items: Sequence[str], prog: str = "ablate train") -> int:

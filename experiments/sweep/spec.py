@@ -231,11 +231,15 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = ()) -> Sweep:
 
 
 def _check_seeds(path: Path, key: str, seeds: list) -> None:
-    """Every seed of ``key`` one a run can take, refused by key before any run is expanded."""
+    """Every seed of ``key`` one a run can take, and each given once, refused by key before any
+    run is expanded (a repeated seed would name two runs alike)."""
     for i, seed in enumerate(seeds):
         problem = isinstance(seed, int) and seed_problem(seed)
         if problem:
             raise SweepError(f"{path}: {key}[{i}]: {problem}")
+        if seed in seeds[:i]:
+            raise SweepError(f"{path}: {key}[{i}]: seed {seed} repeats {key}[{seeds.index(seed)}]; "
+                             f"give each seed once")
 
 
 def _points(spec: dict[str, Any], path: Path) -> tuple[dict[str, list], list[dict[str, Any]]]:

@@ -5,7 +5,8 @@ A launcher is one class with a ``name`` and a :meth:`Launcher.run`; it is regist
 ``experiments/sweep/launchers/__init__.py``. Every launcher runs each run through ``ablate train``
 with the run's own overrides, so a run started by any launcher resumes from its checkpoint in any
 other. Re-running a sweep skips completed (and diverged) runs, resumes interrupted ones and reruns
-failed ones only with ``retry_failed``.
+failed ones only with ``retry_failed``, except those that failed for lack of disk space (their status
+says ``retryable``), which it reruns (resumes) by itself.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def plan(sweep: Sweep, retry_failed: bool = False) -> tuple[list[SweepRun], dict
         state = status["state"]
         if state in FINAL_STATES:
             skipped[run.name] = state
-        elif state == "failed" and not retry_failed:
+        elif state == "failed" and not retry_failed and not status.get("retryable"):
             skipped[run.name] = "failed (rerun with --retry-failed)"
         elif state == "running":
             holder = status.get("holder") or {}

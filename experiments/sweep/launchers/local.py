@@ -118,9 +118,10 @@ def run_local(sweep: Sweep, workers: Optional[int] = None, retry_failed: bool = 
 
     text, rows = status_table(sweep)
     print("\n" + text)
-    overhead = _overhead(queue.launches)
-    if overhead:
-        print(f"runner overhead: median {overhead:.1f} s per run (process lifetime minus the run's own wall time)")
+    overhead = _overhead(queue.records)
+    if overhead is not None:
+        print(f"runner overhead: median {overhead:.1f} s per run (process lifetime minus the run's own wall time "
+              f"in that process)")
     if interrupted:
         return 130
     return 0 if all(r["state"] in FINAL_STATES for r in rows) else 1
@@ -166,6 +167,7 @@ class _LocalQueue:
         self.free = list(range(len(slots)))
         self.active: dict[int, tuple[SweepRun, subprocess.Popen, float, Any]] = {}
         self.launches = sweep.root / "launches.jsonl"
+        self.records: list[dict[str, Any]] = []  # this invocation's lines of launches.jsonl
 
     def run(self, todo: list[SweepRun]) -> bool:
         """Run ``todo`` to the end; True when interrupted (Ctrl-C, SIGTERM or SIGHUP to this
@@ -239,11 +241,15 @@ class _LocalQueue:
             how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
             error = str(status.get("error") or "").strip().splitlines()
             text = (f"{state.upper()} {run.name} ({how})" + (f": {error[0][:300]}" if error else "")
+                    + ("; the next ablate sweep reruns it" if state == "failed" and status.get("retryable") else "")
                     + f"; log: {run.run_dir / 'train.log'}")
         self.progress.event(text)
+        record = {"run": run.name, "state": state, "exit": code, "process_s": elapsed,
+                  "wall_s": (status.get("metrics") or {}).get("wall_s"), "segment_s": status.get("segment_s"),
+                  "end": time.time()}
+        self.records.append(record)
         with open(self.launches, "a") as f:
-            f.write(json.dumps({"run": run.name, "state": state, "exit": code, "process_s": elapsed,
-                                "wall_s": (status.get("metrics") or {}).get("wall_s"), "end": time.time()}) + "\n")
+            f.write(json.dumps(record) + "\n")
 
 
 def _warm_available() -> bool:
@@ -266,14 +272,10 @@ def _terminate(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
         pass
 
 
-def _overhead(launches: Path) -> Optional[float]:
-    if not launches.is_file():
-        return None
-    gaps = []
-    for line in launches.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("wall_s") is not None and record["state"] in FINAL_STATES:
-            gaps.append(record["process_s"] - record["wall_s"])
+def _overhead(records: list[dict[str, Any]]) -> Optional[float]:
+    """The median runner overhead of this invocation's finished runs: process lifetime minus the
+    run's wall time in that process (``segment_s``: a resumed run's ``wall_s`` also counts the
+    earlier processes' time, which made the difference negative)."""
+    gaps = [r["process_s"] - r["segment_s"] for r in records
+            if r.get("segment_s") is not None and r["state"] in FINAL_STATES]
     return statistics.median(gaps) if gaps else None
-
-

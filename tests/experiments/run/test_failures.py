@@ -3,6 +3,7 @@ run leaves a ``failed`` status naming it, and its traceback in the run's log und
 runner too; a W&B extra that fails (a table, an artifact) is a warning after the final status,
 never the loss of a finished run's result."""
 
+import errno
 import json
 import multiprocessing
 import os
@@ -10,9 +11,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 import experiments.run.train as train_module
+from lit import checkpointing
 from experiments.run import warm
 from experiments.run.config import load_config
 from experiments.run.rundir import write_status
@@ -171,3 +174,73 @@ def test_an_unwritable_home_with_wandb_offline_keeps_the_runs_result(tmp_path, m
     (run,) = run_segments(cfg.run_dir, (cfg.run_dir / "wandb_id").read_text().strip(), wait_s=30)
     assert run.exit_code == 0 and run.summary["state"] == "completed"
     assert run.summary["test/ppl"] == pytest.approx(status["metrics"]["test/ppl"])
+
+
+def _full_disk_at_checkpoints(obj, f, *args, **kwargs):
+    """What ``torch.save`` raises when the disk fills up mid-write: its zip writer's RuntimeError,
+    the disk's OSError only in the context."""
+    f.write(b"PK\x03\x04")
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 46 vs 0")
+
+
+def test_a_full_disk_at_a_checkpoint_is_a_retryable_failure_naming_the_checkpoint(tmp_path, monkeypatch):
+    """It was ``RuntimeError('[enforce fail at inline_container.cc:672] ...')``, the full disk in a
+    chained traceback only."""
+    monkeypatch.setattr(checkpointing.torch, "save", _full_disk_at_checkpoints)
+    cfg = load_config(_args(tmp_path)[:2], [*_args(tmp_path)[2:], *TINY])
+    with pytest.raises(OSError) as err:
+        train(cfg)
+    checkpoint = cfg.run_dir / "checkpoints" / "step-00000002.ckpt"
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(checkpoint)
+    status = _status(tmp_path)
+    assert status["state"] == "failed" and status["retryable"] is True
+    assert status["error"].startswith(f"{checkpoint}: no space left on device; free some space and run it again")
+    assert list((cfg.run_dir / "checkpoints").iterdir()) == []  # no temporary file left behind
+
+
+def test_a_full_disk_at_the_final_status_leaves_a_failed_status_and_no_temporary_file(tmp_path, monkeypatch):
+    """It left status.json ``running`` and an empty ``status.json.tmp-<pid>`` for good. Once the
+    disk is full no new file can be written: the failed status overwrites status.json in place."""
+    original, full = Path.write_text, []
+
+    def write_text(self, text, *args, **kwargs):
+        if self.name.startswith("status.json.tmp") and (full or '"completed"' in text):
+            full.append(self)
+            original(self, "", *args, **kwargs)  # the file is created, its data finds no space
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    cfg = load_config(_args(tmp_path)[:2], [*_args(tmp_path)[2:], *TINY])
+    with pytest.raises(OSError, match="No space left on device"):
+        train(cfg)
+    assert len(full) == 2  # the completed status, then the failed one
+    status = _status(tmp_path)
+    assert status["state"] == "failed" and status["retryable"] is True
+    assert status["error"].startswith(f"{cfg.run_dir / 'status.json'}: no space left on device")
+    assert not list(cfg.run_dir.glob("status.json.tmp*"))
+
+
+def test_an_interruption_is_recorded_in_words(tmp_path):
+    """A sweep stops its runs with SIGTERM; the status said ``SIGTERMException()``."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class Terminate(L.Callback):
+        def on_train_batch_end(self, *args):
+            raise SIGTERMException()
+
+    cfg = load_config(_args(tmp_path)[:2], [*_args(tmp_path)[2:], *TINY])
+    with pytest.raises(SystemExit) as stop:
+        train(cfg, extra_callbacks=[Terminate()])
+    assert stop.value.code == 143
+    assert _status(tmp_path)["state"] == "interrupted" and _status(tmp_path)["error"] == "terminated (SIGTERM)"
+    try:  # what Lightning raises after Ctrl-C
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)
+    except SystemExit as ctrl_c:
+        assert train_module.describe_interruption(ctrl_c) == "interrupted (Ctrl-C)"

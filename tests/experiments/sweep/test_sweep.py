@@ -73,6 +73,9 @@ BASE = "configs: [configs/experiments/lm-bible.yaml, configs/debug/smoke.yaml]\n
     (BASE + "grid: {model.position: [rope]}\nseeds: [0, one]\n", "seeds[1]: give a non-empty list of integers"),
     (BASE + "grid: {model.position: [rope]}\nseeds: [5000000000]\n", "seeds[0]: 5000000000 is outside [0, 2**32 - 1]"),
     (BASE + "grid: {model.position: [rope]}\nseeds: [0, -1]\n", "seeds[1]: -1 is outside [0, 2**32 - 1]"),
+    (BASE + "grid: {model.position: [rope]}\nseeds: [0, 1, 0]\n", "seeds[2]: seed 0 repeats seeds[0]; give each seed once"),
+    (BASE + "grid: {model.position: [rope]}\ntune: {grid: {task.lr: [0.001]}, seeds: [7, 7]}\nseeds: [0]\n",
+     "tune.seeds[1]: seed 7 repeats tune.seeds[0]"),
     (BASE + "grid: {model.position: [rope]}\ntune: {grid: {task.lr: [0.001]}, seeds: [-3]}\n",
      "tune.seeds[0]: -3 is outside [0, 2**32 - 1]"),
     (BASE + "grid: {model.position: [rope]}\nslurm: {time_min: soon}\n", "slurm.time_min: Value 'soon'"),
@@ -128,6 +131,31 @@ def test_plan_skips_finished_and_refuses_a_foreign_run(tmp_path):
     write_status(d.run_dir, "completed", run_id="0123456789")
     with pytest.raises(SweepError, match="another configuration"):
         plan(sweep)
+
+
+def test_a_run_that_failed_for_lack_of_disk_space_is_rerun_by_the_next_sweep(tmp_path):
+    """Its status says ``retryable``: no --retry-failed needed (it resumes from its last checkpoint);
+    other failures still wait for --retry-failed."""
+    sweep = load_sweep(SMOKE, [f"run.root={tmp_path}"])
+    a, b, c, d = sweep.runs
+    for run in (a, b):
+        write_status(run.run_dir, "completed", run_id=run.run_id)
+    write_status(c.run_dir, "failed", run_id=c.run_id, error="x/step-00000010.ckpt: no space left on device",
+                 retryable=True)
+    write_status(d.run_dir, "failed", run_id=d.run_id, error="RuntimeError: a bug")
+    todo, skipped = plan(sweep)
+    assert [r.name for r in todo] == [c.name] and skipped[d.name].startswith("failed (rerun with --retry-failed)")
+
+
+def test_the_runner_overhead_counts_only_the_runs_time_in_its_own_process():
+    """A resumed run's wall_s counts its earlier segments too: the overhead read negative."""
+    from experiments.sweep.launchers.local import _overhead
+
+    records = [{"state": "completed", "process_s": 12.0, "wall_s": 10.0, "segment_s": 10.0},
+               {"state": "completed", "process_s": 5.0, "wall_s": 100.0, "segment_s": 3.0},  # resumed
+               {"state": "completed", "process_s": 9.0, "wall_s": 7.5, "segment_s": 7.5},
+               {"state": "interrupted", "process_s": 2.0, "wall_s": None, "segment_s": None}]
+    assert _overhead(records) == 2.0 and _overhead(records[3:]) is None
 
 
 def test_wandb_launcher_fails_fast_offline(monkeypatch):
