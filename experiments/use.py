@@ -6,10 +6,11 @@ newest checkpoint, on CPU or GPU."""
 
 from __future__ import annotations
 
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import IO, Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -72,11 +73,41 @@ def load_run(run_dir: str | Path, device: Optional[str] = None) -> LoadedRun:
     return LoadedRun(cfg, tokenizer, model.to(device).eval(), checkpoint)
 
 
-def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 50, temperature: float = 1.0,
-             top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0) -> str:
-    """The continuation of ``prompt`` (sampled; ``temperature`` 0 is greedy), up to ``<eos>``."""
-    from variants.decoding import sample_generate
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    if max_new_tokens < 1:
+        raise UseError(f"--max-new-tokens {max_new_tokens}: give 1 or more new tokens to generate")
 
+
+class TextStream:
+    """The text of generated tokens, handed to ``write`` piece by piece as the tokens arrive: a
+    piece goes out once its tokens decode to whole characters (a byte-level token may end inside
+    one), so the pieces join to ``tokenizer.decode`` of all the tokens."""
+
+    def __init__(self, tokenizer: TextTokenizer, write: Callable[[str], None]) -> None:
+        self.tokenizer, self.write, self.pending = tokenizer, write, []
+
+    def push(self, token: int) -> None:
+        self.pending.append(token)
+        text = self.tokenizer.decode(self.pending)
+        if text and not text.endswith("\ufffd"):  # U+FFFD: the bytes so far end inside a character
+            self.write(text)
+            self.pending.clear()
+
+    def close(self) -> None:
+        text = self.tokenizer.decode(self.pending)
+        if text:
+            self.write(text)
+        self.pending.clear()
+
+
+def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 50, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0,
+             stream: Optional[Callable[[str], None]] = None) -> str:
+    """The continuation of ``prompt`` (sampled; ``temperature`` 0 is greedy), up to ``<eos>``.
+    ``stream``, when given, receives that text in pieces as the tokens are drawn."""
+    from variants.decoding import sample_steps
+
+    check_max_new_tokens(max_new_tokens)
     if run.cfg.model.kind != "lm":
         raise UseError(f"{run.cfg.run_name} is a {run.cfg.task.name} run: use ablate translate")
     tok = run.tokenizer
@@ -84,49 +115,96 @@ def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 50, temperature:
     limit = run.cfg.model.max_seq_len
     if run.cfg.model.position in TABLE_POSITIONS and len(ids) + max_new_tokens > limit:
         raise UseError(f"the prompt ({len(ids)} tokens) plus --max-new-tokens {max_new_tokens} exceeds the "
-                       f"{limit} positions of this run's {run.cfg.model.position} position table")
+                       f"{limit} positions of this run's {run.cfg.model.position} position table: "
+                       f"at most {max(limit - len(ids), 0)} new tokens after this prompt")
     device = next(run.model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    out = sample_generate(run.model, torch.tensor([ids], device=device), max_new_tokens, temperature, top_k,
-                          top_p, generator)[0].tolist()
+    pieces = TextStream(tok, stream or (lambda text: None))
+    out: list[int] = []
+    for step in sample_steps(run.model, torch.tensor([ids], device=device), max_new_tokens, temperature, top_k,
+                             top_p, generator):
+        out.append(int(step[0, 0]))
+        if out[-1] == tok.eos_id:  # the text ends there: what would follow is never shown
+            break
+        pieces.push(out[-1])
+    pieces.close()
     return tok.decode(out)
 
 
-def translate(run: LoadedRun, sources: Iterable[str], beam: int = 4, batch_size: int = 32,
-              max_len: Optional[int] = None) -> Iterable[str]:
-    """One detokenized translation per source line, in order (beam search; ``beam`` 1 is greedy)."""
-    from variants.decoding import beam_translate, greedy_translate
+def check_beam(beam: int) -> None:
+    if beam < 1:
+        raise UseError(f"--beam {beam}: the beam must be 1 or more (1 is greedy decoding)")
 
+
+def translate(run: LoadedRun, sources: Iterable[str], beam: int = 4, batch_size: int = 32,
+              max_len: Optional[int] = None) -> Iterator[str]:
+    """One detokenized translation per source line, in order (beam search; ``beam`` 1 is greedy).
+    An empty or blank line gives an empty line, so the output stays aligned with the input.
+    The beam and the run's task are checked when called, before any line is read."""
+    check_beam(beam)
     if run.cfg.model.kind != "seq2seq":
         raise UseError(f"{run.cfg.run_name} is a {run.cfg.task.name} run: use ablate generate")
+    return _translations(run, sources, beam, batch_size, max_len or run.cfg.task.max_decode_len)
+
+
+def _translations(run: LoadedRun, sources: Iterable[str], beam: int, batch_size: int, max_len: int) -> Iterator[str]:
+    from variants.decoding import beam_translate, greedy_translate
+
     tok, limit = run.tokenizer, run.cfg.model.max_seq_len
-    max_len = max_len or run.cfg.task.max_decode_len
     device = next(run.model.parameters()).device
-    batch: list[list[int]] = []
+    lines: list[Optional[list[int]]] = []  # a line's token ids; None: a blank line, never decoded
 
     def flush():
-        width = max(map(len, batch))
-        src = torch.full((len(batch), width), tok.pad_id, dtype=torch.long)
-        for i, ids in enumerate(batch):
-            src[i, :len(ids)] = torch.tensor(ids)
-        src = src.to(device)
-        if beam > 1:
-            hyps = beam_translate(run.model, src, tok.bos_id, tok.eos_id, max_len, beam=beam,
-                                  length_penalty=run.cfg.task.length_penalty)
-        else:
-            hyps = greedy_translate(run.model, src, tok.bos_id, tok.eos_id, max_len)
-        batch.clear()
-        return [tok.decode(h) for h in hyps]
+        batch = [ids for ids in lines if ids is not None]
+        hyps: list[list[int]] = []
+        if batch:
+            width = max(map(len, batch))
+            src = torch.full((len(batch), width), tok.pad_id, dtype=torch.long)
+            for i, ids in enumerate(batch):
+                src[i, :len(ids)] = torch.tensor(ids)
+            src = src.to(device)
+            if beam > 1:
+                hyps = beam_translate(run.model, src, tok.bos_id, tok.eos_id, max_len, beam=beam,
+                                      length_penalty=run.cfg.task.length_penalty)
+            else:
+                hyps = greedy_translate(run.model, src, tok.bos_id, tok.eos_id, max_len)
+        found = iter(hyps)
+        out = ["" if ids is None else tok.decode(next(found)) for ids in lines]
+        lines.clear()
+        return out
 
+    filled = 0
     for number, line in enumerate(sources, 1):
-        ids = tok.encode(line.rstrip("\n")) + [tok.eos_id]
+        text = line.rstrip("\n")
+        if not text.strip():
+            lines.append(None)
+            continue
+        ids = tok.encode(text) + [tok.eos_id]
         if len(ids) > limit:
             raise UseError(f"input line {number} has {len(ids)} tokens, more than model.max_seq_len={limit}")
-        batch.append(ids)
-        if len(batch) == batch_size:
+        lines.append(ids)
+        filled += 1
+        if filled == batch_size:
             yield from flush()
-    if batch:
+            filled = 0
+    if lines:
         yield from flush()
+
+
+def read_lines(stream: IO, name: str = "stdin") -> list[str]:
+    """Every line of ``stream``, read as UTF-8 (a binary stream's bytes are checked: a line that is
+    not UTF-8 is refused, naming ``name`` and its line number); newlines as in text mode."""
+    raw = getattr(stream, "buffer", None)
+    if raw is None:  # a text stream: already decoded
+        return list(stream)
+    data = raw.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        number, start = data.count(b"\n", 0, err.start) + 1, data.rfind(b"\n", 0, err.start) + 1
+        raise UseError(f"{name} line {number}: not UTF-8 text (byte {err.start - start + 1} of the line: "
+                       f"{err.reason})") from None
+    return list(io.StringIO(text, newline=None))
 
 
 def _token_labels(tok: TextTokenizer, ids: list[int]) -> list[str]:
@@ -228,6 +306,28 @@ def attention_command(args) -> int:
     return 0
 
 
+# what an export writes (transformers' save_pretrained of the model and of its fast tokenizer)
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+            "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def check_export_target(out: str | Path, force: bool = False) -> None:
+    """``out`` is a new or empty directory, or ``force`` allows writing into a non-empty one;
+    checked before the run is loaded. A file is refused either way."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UseError(f"--hf {out}: exists and is not a directory; the export writes a directory")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not present or force:
+        return
+    clashes = [name for name in present if name in HF_FILES or name.startswith("model-")]
+    if clashes:
+        what = f"the export would overwrite {', '.join(clashes)}"
+    else:
+        what = f"it holds {', '.join(present[:5])}" + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+    raise UseError(f"--hf {out}: not an empty directory: {what}; choose a new or empty directory, or pass --force")
+
+
 def export_hf(run: LoadedRun, out: str | Path) -> str:
     """Write the run as a Hugging Face model directory (weights, config, generation config and
     tokenizer) that ``transformers``' ``Auto*.from_pretrained(out)`` loads; returns its class name."""
@@ -251,6 +351,7 @@ def export_hf(run: LoadedRun, out: str | Path) -> str:
 
 def export_command(args) -> int:
     try:
+        check_export_target(args.hf, args.force)
         run = load_run(args.run_dir, "cpu")
         name = export_hf(run, args.hf)
     except (UseError, ValueError, NotImplementedError) as err:
@@ -264,20 +365,38 @@ def export_command(args) -> int:
 
 
 def generate_command(args) -> int:
+    """The prompt and its continuation on stdout, written as the tokens are drawn."""
+    shown = False
+
+    def show(piece: str) -> None:
+        nonlocal shown
+        sys.stdout.write(piece if shown else args.prompt + piece)  # the prompt once the checks have passed
+        sys.stdout.flush()
+        shown = True
+
     try:
+        check_max_new_tokens(args.max_new_tokens)
         run = load_run(args.run_dir, args.device)
-        print(args.prompt + generate(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                                     args.top_p, args.seed))
+        generate(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+                 stream=show)
     except (UseError, ValueError) as err:
+        if shown:
+            print(flush=True)
         report_error("ablate generate", err)
         return 2
+    print("" if shown else args.prompt, flush=True)
     return 0
+
+
+def _stdin_lines() -> Iterator[str]:
+    yield from read_lines(sys.stdin)
 
 
 def translate_command(args) -> int:
     try:
+        check_beam(args.beam)
         run = load_run(args.run_dir, args.device)
-        for line in translate(run, sys.stdin, args.beam):
+        for line in translate(run, _stdin_lines(), args.beam):  # stdin is read once the run is checked
             print(line, flush=True)
     except (UseError, ValueError) as err:
         report_error("ablate translate", err)

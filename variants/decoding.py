@@ -13,6 +13,8 @@ of a step (as fairseq does: a beam of one is greedy decoding), and stops for a s
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -127,10 +129,19 @@ def sample_generate(model, prompt: torch.Tensor, max_new_tokens: int, temperatur
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Continue (B, T) prompts of a decoder-only LM by ``max_new_tokens`` sampled tokens.
     ``temperature`` 0 is greedy decoding."""
+    return torch.cat(list(sample_steps(model, prompt, max_new_tokens, temperature, top_k, top_p, generator)), dim=1)
+
+
+@torch.no_grad()
+def sample_steps(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """The tokens of :func:`sample_generate` as they are drawn, one (B, 1) step at a time, so a
+    caller can show them or stop early (at ``<eos>``) without changing those drawn before."""
     if temperature < 0:
         raise ValueError(f"temperature must be 0 or more, got {temperature}")
     cache = model.new_cache(prompt.size(0), prompt.size(1) + max_new_tokens)
-    step, out, padded = prompt, [], None
+    step, padded = prompt, None
     for _ in range(max_new_tokens):
         logits = model.logits(model.hidden(step, cache, padded)[:, -1:])[:, -1].float()
         if temperature == 0:
@@ -138,9 +149,8 @@ def sample_generate(model, prompt: torch.Tensor, max_new_tokens: int, temperatur
         else:
             probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
             step = torch.multinomial(probs, 1, generator=generator)
-        out.append(step)
+        yield step
         padded = False
-    return torch.cat(out, dim=1)
 
 
 def _until(ids: list[int], eos_id: int) -> list[int]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from experiments.cli import main
-from experiments.use import UseError, generate, load_run, translate
+from experiments.use import HF_FILES, TextStream, UseError, generate, load_run, read_lines, translate
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "debug" / "smoke.yaml"
@@ -25,6 +25,166 @@ def _train(tmp_path, experiment, *extra):
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
     assert main(["generate", str(tmp_path), "--prompt", "x"]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    """A tiny LM run (learned positions, 128 of them), trained once for this module's tests."""
+    return _train(tmp_path_factory.mktemp("lm"), "lm-bible", "trainer.max_steps=5")
+
+
+@pytest.fixture(scope="module")
+def mt_run(tmp_path_factory):
+    """A tiny translation run, trained once for this module's tests."""
+    return _train(tmp_path_factory.mktemp("mt"), "mt-bible-de-en", "trainer.max_steps=5", "task.max_decode_len=8")
+
+
+@pytest.mark.parametrize("command, message", [
+    (["generate", "--prompt", "x", "--max-new-tokens", "-5"],
+     "--max-new-tokens -5: give 1 or more new tokens to generate"),
+    (["generate", "--prompt", "x", "--max-new-tokens", "0"],
+     "--max-new-tokens 0: give 1 or more new tokens to generate"),
+    (["translate", "--beam", "0"], "--beam 0: the beam must be 1 or more (1 is greedy decoding)"),
+    (["export", "--hf", "{run}/config.yaml"],
+     "--hf {run}/config.yaml: exists and is not a directory; the export writes a directory"),
+    (["export", "--hf", "{run}"], "--hf {run}: not an empty directory: the export would overwrite tokenizer.json; "
+                                  "choose a new or empty directory, or pass --force"),
+], ids=["generate-negative", "generate-zero", "translate-beam-0", "export-onto-a-file", "export-into-the-run"])
+def test_bad_arguments_are_refused_in_one_line_before_the_run_is_loaded(tmp_path, capsys, monkeypatch, command,
+                                                                         message):
+    """The folder holds no checkpoint: each refusal comes before the run is loaded (which would
+    say so), names the flag, exit code 2, and nothing is written."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("# run_id: 0123456789\n")
+    (run_dir / "tokenizer.json").write_text("{}")
+    monkeypatch.setattr("sys.stdin", io.StringIO("ein Satz\n"))
+    assert main([command[0], str(run_dir), *(c.format(run=run_dir) for c in command[1:])]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"ablate {command[0]}: {message.format(run=run_dir)}"]
+    assert captured.out == "" and sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "tokenizer.json"]
+
+
+def test_an_export_into_a_folder_of_other_files_names_them(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt", "e.txt", "f.txt"):
+        (tmp_path / "out" / name).write_text("x")
+    assert main(["export", str(tmp_path / "run"), "--hf", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"ablate export: --hf {tmp_path / 'out'}: not an empty directory: it holds "
+                                       f"a.txt, b.txt, c.txt, d.txt, e.txt and 1 more; choose a new or empty "
+                                       f"directory, or pass --force\n")
+    assert main(["export", str(tmp_path / "run"), "--hf", str(tmp_path / "out"), "--force"]) == 2
+    assert "no config.yaml" in capsys.readouterr().err  # --force passes the check; this folder is no run
+
+
+def test_streamed_pieces_join_to_the_decoded_text():
+    """Random tokens of a byte-level BPE (many end inside a multi-byte character, some bytes are
+    invalid UTF-8): the pieces written as the tokens arrive join to the decoding of them all,
+    and no piece ends inside a character that later tokens complete."""
+    from lit.data.tokenizer import train_bpe
+
+    tok = train_bpe(["naïve café — 日本語のテキスト 🙂 Grüße, señor! Ελληνικά"] * 20, 300)
+    text = "Grüße 🙂 日本語"
+    pieces: list[str] = []
+    stream = TextStream(tok, pieces.append)
+    for token in tok.encode(text):
+        stream.push(token)
+    stream.close()
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        ids = torch.randint(3, tok.vocab_size, (int(torch.randint(1, 30, (1,), generator=generator)),),
+                            generator=generator).tolist()
+        pieces = []
+        stream = TextStream(tok, pieces.append)
+        for token in ids:
+            stream.push(token)
+        stream.close()
+        assert "".join(pieces) == tok.decode(ids)
+
+
+def test_input_that_is_not_utf8_is_refused_by_line():
+    data = "Am Anfang\r\nschuf Gott\n".encode() + b"Himmel \xff und Erde\nfin\n"
+    with pytest.raises(UseError, match=r"^stdin line 3: not UTF-8 text \(byte 8 of the line: invalid start byte\)$"):
+        read_lines(io.TextIOWrapper(io.BytesIO(data)))
+    good = io.TextIOWrapper(io.BytesIO("Am Anfang\r\nschuf Gott\n\nfin".encode()))
+    assert read_lines(good) == ["Am Anfang\n", "schuf Gott\n", "\n", "fin"]  # newlines as in text mode
+
+
+@pytest.mark.slow
+def test_generate_streams_the_text_it_prints(lm_run, capsys, monkeypatch):
+    """The continuation reaches stdout token by token (flushed), and what is printed in the end is
+    the prompt and the continuation of all the tokens drawn, as before streaming; the length is
+    capped where the positions are: the message says how many new tokens the prompt leaves."""
+    from variants.decoding import sample_generate
+
+    run = load_run(lm_run, "cpu")
+    tok, prompt = run.tokenizer, "And God said"
+    ids = torch.tensor([[tok.eos_id] + tok.encode(prompt)])
+    drawn = sample_generate(run.model, ids, 40, 1.0, None, 0.95, torch.Generator().manual_seed(7))[0].tolist()
+    assert tok.eos_id not in drawn[:2]  # a continuation of more than one piece
+    pieces: list[str] = []
+    assert generate(run, prompt, 40, top_p=0.95, seed=7, stream=pieces.append) == tok.decode(drawn)
+    assert "".join(pieces) == tok.decode(drawn) and len(pieces) > 1
+
+    writes: list[tuple[str, bool]] = []
+
+    class Recording(io.StringIO):
+        def flush(self):
+            writes.append((self.getvalue(), True))
+
+    out = Recording()
+    monkeypatch.setattr("sys.stdout", out)
+    assert main(["generate", str(lm_run), "--prompt", prompt, "--max-new-tokens", "40", "--top-p", "0.95",
+                 "--seed", "7"]) == 0
+    assert out.getvalue() == prompt + tok.decode(drawn) + "\n"
+    assert len(writes) > 2 and writes[0][0].startswith(prompt)  # flushed piece by piece
+    monkeypatch.undo()
+    assert main(["generate", str(lm_run), "--prompt", prompt, "--max-new-tokens", "125"]) == 2
+    n = ids.size(1)
+    assert capsys.readouterr().err == (f"ablate generate: the prompt ({n} tokens) plus --max-new-tokens 125 exceeds "
+                                       f"the 128 positions of this run's learned position table: at most {128 - n} "
+                                       f"new tokens after this prompt\n")
+    assert main(["generate", str(lm_run), "--prompt", prompt, "--max-new-tokens", str(128 - n), "--top-k", "1"]) == 0
+
+
+@pytest.mark.slow
+def test_translate_keeps_blank_lines_and_refuses_input_that_is_not_utf8(mt_run, capsys, monkeypatch):
+    run = load_run(mt_run, "cpu")
+    sources = ["Am Anfang schuf Gott Himmel und Erde.", "Und Gott sprach."]
+    alone = list(translate(run, sources, beam=2))
+    assert list(translate(run, ["", sources[0], "  \t", sources[1], ""], beam=2, batch_size=1)) == \
+        ["", alone[0], "", alone[1], ""]
+
+    text = "\n".join(["", sources[0], " ", sources[1]]) + "\n"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    capsys.readouterr()
+    assert main(["translate", str(mt_run), "--beam", "2"]) == 0
+    assert capsys.readouterr().out.split("\n") == ["", alone[0], "", alone[1], ""]
+
+    bad = (sources[0] + "\n").encode() + "Und Gott spr\u00e4ch.\n".encode("latin-1")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(bad)))
+    assert main(["translate", str(mt_run)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == ("ablate translate: stdin line 2: not UTF-8 text (byte 13 of the line: invalid "
+                            "continuation byte)\n")
+    assert captured.out == ""
+
+
+@pytest.mark.slow
+def test_export_with_force_writes_beside_other_files(lm_run, tmp_path, capsys):
+    """--force writes into a folder that is not empty, overwriting the files of an export only;
+    an export writes no file the refusal does not know by name."""
+    pytest.importorskip("transformers")
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "README.md").write_text("notes")
+    (out / "config.json").write_text("{}")
+    assert main(["export", str(lm_run), "--hf", str(out)]) == 2
+    assert "would overwrite config.json;" in capsys.readouterr().err
+    assert main(["export", str(lm_run), "--hf", str(out), "--force"]) == 0
+    assert (out / "README.md").read_text() == "notes" and json.loads((out / "config.json").read_text())
+    assert set(p.name for p in out.iterdir()) - {"README.md"} <= set(HF_FILES)
 
 
 @pytest.mark.parametrize("command", [["generate", "--prompt", "x"], ["translate"], ["export", "--hf", "out"]],
