@@ -282,7 +282,8 @@ def _add_sweep(commands) -> None:
     sweep.add_argument("--runs-per-gpu", default="1", metavar="K",
                        help="runs sharing each GPU (local), each limited to 1/K of its memory, through CUDA MPS "
                             "when a daemon can be started; 'auto' picks K from a short probe of the first run")
-    sweep.add_argument("--retry-failed", action="store_true", help="rerun runs that failed (those that failed for lack of disk space are rerun without it)")
+    sweep.add_argument("--retry-failed", action="store_true",
+                       help="rerun runs that failed (those that failed for lack of disk space are rerun without it)")
     sweep.add_argument("--wait", action="store_true", help="slurm: wait for the job array and print the table")
     sweep.add_argument("--stage", choices=("tune", "confirm"), default=None,
                        help="a sweep with a tune: section: run only its tuning runs, or only the confirmation runs "
