@@ -166,6 +166,14 @@ def _block_mask(T: int, device: torch.device, causal: bool, window: Optional[int
     return mask
 
 
+def _keys_from(inputs: AttentionInputs, start: int) -> AttentionInputs:
+    """``inputs`` for the keys from ``start`` on (of a local layer's cache, which keeps no older ones)."""
+    return dataclasses.replace(
+        inputs, mask=None if inputs.mask is None else inputs.mask[..., start:],
+        key_valid=None if inputs.key_valid is None else inputs.key_valid[..., start:],
+        key_positions=inputs.key_positions[..., start:])
+
+
 def windowed_mask(inputs: AttentionInputs, window: int, tq: int, tk: int, device) -> torch.Tensor:
     """``inputs.mask`` (or its causality) with keys ``window`` or more positions from the query
     masked out as well: an SDPA mask for a sliding-window layer. Rows left with no key (padding)
@@ -193,13 +201,23 @@ class KVCache:
     Besides keys and values the cache keeps, per row, which past tokens were padding and the
     absolute position of every past token, so decoding continues from the right position under
     left padding (RoPE rotates with absolute positions; ALiBi measures absolute distances).
+
+    ``windows``: per layer, the sliding window of a local layer (None: it sees every past key).
+    A local layer keeps only the keys and values a later query can still see: after each call,
+    the past tokens from the first one that some row's next query is fewer than ``window``
+    positions from (so ``window - 1`` tokens without padding), not ``max_len``.
     """
 
     def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, max_len: int,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, windows: Optional[list[Optional[int]]] = None) -> None:
+        self.windows = list(windows) if windows is not None else [None] * n_layers
+        if len(self.windows) != n_layers:
+            raise ValueError(f"{len(self.windows)} windows for {n_layers} layers")
         shape = (batch, n_heads, max_len, head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        kept = (batch, n_heads, 0, head_dim)  # a local layer's keys grow and are trimmed each call
+        self.keys = [torch.zeros(shape if w is None else kept, device=device, dtype=dtype) for w in self.windows]
+        self.values = [torch.zeros(shape if w is None else kept, device=device, dtype=dtype) for w in self.windows]
+        self.starts = [0] * n_layers  # where each layer's stored keys start on the cache's timeline
         self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
         self.positions = torch.zeros(batch, max_len, dtype=torch.long, device=device)
         self.next_position = torch.zeros(batch, dtype=torch.long, device=device)
@@ -216,15 +234,24 @@ class KVCache:
             )
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store (B, H, T, hd) new keys/values of ``layer``; return all keys/values so far."""
+        """Store (B, H, T, hd) new keys/values of ``layer``; return its keys/values so far: every
+        past one, or for a local layer those from :meth:`key_start` on."""
+        if self.windows[layer] is not None:
+            self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)
+            self.values[layer] = torch.cat([self.values[layer], v], dim=2)
+            return self.keys[layer], self.values[layer]
         end = self.length + k.size(2)
         self.keys[layer][:, :, self.length:end] = k
         self.values[layer][:, :, self.length:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def key_start(self, layer: int) -> int:
+        """The index, on the cache's timeline, of the first key :meth:`append` returns for ``layer``."""
+        return self.starts[layer]
+
     def advance(self, valid: Optional[torch.Tensor], positions: torch.Tensor) -> None:
         """Record the new tokens' padding (B, T; None = none is padding) and positions (B|1, T);
-        move past them."""
+        move past them, and trim the local layers to what a later query can see."""
         T = positions.size(1)
         end = self.length + T
         self.positions[:, self.length:end] = positions
@@ -237,6 +264,22 @@ class KVCache:
             # tokens are all padding, e.g. an empty left-padded prompt, stays where it was)
             self.next_position = self.next_position + valid.long().sum(dim=1)
         self.length = end
+        for window in set(w for w in self.windows if w is not None):
+            first = self._first_visible(window)
+            for layer, w in enumerate(self.windows):
+                if w == window and first > self.starts[layer]:
+                    drop = first - self.starts[layer]
+                    self.keys[layer] = self.keys[layer][:, :, drop:].clone()
+                    self.values[layer] = self.values[layer][:, :, drop:].clone()
+                    self.starts[layer] = first
+
+    def _first_visible(self, window: int) -> int:
+        """The first past token that a later query of some row may see through ``window``: a real
+        token fewer than ``window`` positions before that row's next position."""
+        L = self.length
+        seen = self.valid[:, :L] & (self.positions[:, :L] > (self.next_position - window).unsqueeze(1))
+        columns = seen.any(dim=0)
+        return int(columns.long().argmax()) if bool(columns.any()) else L
 
     def reorder(self, index: torch.Tensor, cross: bool = True) -> None:
         """Select rows (beam search): row i becomes old row ``index[i]``. Only the filled part
@@ -245,8 +288,11 @@ class KVCache:
         share them)."""
         L = self.length
         for store in (self.keys, self.values):
-            for t in store:
-                t[:, :, :L] = t[:, :, :L].index_select(0, index)
+            for layer, t in enumerate(store):
+                if self.windows[layer] is not None:
+                    store[layer] = t.index_select(0, index)
+                else:
+                    t[:, :, :L] = t[:, :, :L].index_select(0, index)
         self.valid[:, :L] = self.valid[:, :L].index_select(0, index)
         self.positions[:, :L] = self.positions[:, :L].index_select(0, index)
         self.next_position = self.next_position.index_select(0, index)
@@ -411,6 +457,8 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self._cross_qkv(x, inputs, layer) if self.cross else self._self_qkv(x, inputs, layer)
         groups = self.n_heads // self.n_kv_heads
         window = self.window if self.local(layer) else None
+        if not self.cross and inputs.cache is not None and inputs.cache.key_start(layer):
+            inputs = _keys_from(inputs, inputs.cache.key_start(layer))  # a local layer's cache: its recent keys
         if window is not None and inputs.score_mod is None:  # the window as part of SDPA's mask
             inputs = dataclasses.replace(inputs, mask=windowed_mask(inputs, window, q.size(-2), k.size(-2), q.device),
                                          is_causal=False)

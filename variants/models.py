@@ -194,10 +194,14 @@ class TransformerBase(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for incremental decoding of up to ``max_len`` tokens, laid out as the
-        decoder's self-attention says (:meth:`cache_layout` of the attention class)."""
+        decoder's self-attention says (:meth:`cache_layout` of the attention class); a
+        sliding-window layer keeps only its window."""
         p = self.embed.weight
-        heads, head_dim = self.decoder.blocks[0].attn.cache_layout()
-        return KVCache(len(self.decoder.blocks), batch_size, heads, head_dim, max_len, device=p.device, dtype=p.dtype)
+        blocks = self.decoder.blocks
+        heads, head_dim = blocks[0].attn.cache_layout()
+        windows = [block.attn.window if block.attn.local(i) else None for i, block in enumerate(blocks)]
+        return KVCache(len(blocks), batch_size, heads, head_dim, max_len, device=p.device, dtype=p.dtype,
+                       windows=windows)
 
 
 class DecoderLM(TransformerBase):

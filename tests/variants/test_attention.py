@@ -14,7 +14,7 @@ import torch
 from variants.attention import AttentionInputs, KVCache, cross_attention_inputs, self_attention_inputs
 from variants.positions import ALiBi, Learned
 
-from .helpers import tiny_config
+from .helpers import build, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -274,7 +274,37 @@ def test_attention_settings_together_under_the_kv_cache_left_padding_and_maps(ki
             torch.testing.assert_close(model(*args), expected, rtol=1e-4, atol=1e-5)
     for m in attention_maps(model, *args).values():
         torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
-    assert model.new_cache(3, 9).keys[0].shape == (3, 2, 9, 12)
+    assert {(k.shape[0], k.shape[1], k.shape[3]) for k in model.new_cache(3, 9).keys} == {(3, 2, 12)}
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+def test_a_sliding_window_cache_keeps_only_the_window(padded):
+    """Decoding far beyond the window (4 of 30 tokens): the local layers' caches hold the keys a
+    later query can still see (3 without padding) instead of every past one, the global layer
+    holds all, and the logits equal the full pass at every step; beam-style row reordering too."""
+    torch.manual_seed(0)
+    model = build(tiny_config(kind="lm", position="rope", n_layers=3, window=4, window_global_every=3,
+                              dropout=0.0, max_seq_len=64))
+    seq = torch.randint(1, 61, (2, 30), generator=torch.Generator().manual_seed(5))
+    if padded:
+        seq[1, :3] = 0
+    real = seq != 0
+    with torch.no_grad():
+        full = model(seq)
+        cache = model.new_cache(2, 31)
+        assert cache.windows == [4, 4, None]
+        steps = [model(seq[:, :6], cache)]
+        for t in range(6, 30):
+            steps.append(model(seq[:, t:t + 1], cache))
+            assert cache.keys[0].size(2) == cache.keys[1].size(2) == 3  # left padding shifts positions alike
+            assert cache.keys[2].size(2) == 31  # allocated for every token
+        torch.testing.assert_close(torch.cat(steps, 1)[real], full[real], rtol=1e-4, atol=1e-5)
+        swapped = torch.tensor([1, 0])
+        cache.reorder(swapped)  # rows exchanged: continuing gives the other row's next logits
+        again = model.new_cache(2, 31)
+        model(seq, again)
+        step = torch.randint(1, 61, (2, 1), generator=torch.Generator().manual_seed(6))
+        torch.testing.assert_close(model(step, cache), model(step[swapped], again)[swapped], rtol=1e-4, atol=1e-5)
 
 
 def test_attention_settings_are_checked_naming_the_keys():
