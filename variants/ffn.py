@@ -188,28 +188,31 @@ class MixtureOfExperts(nn.Module):
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, D) -> router logits (N, E), the chosen experts (N, k) and their weights (N, k; fp32
         at least)."""
-        logits = self.router(x)
-        probs = torch.softmax(_at_least_fp32(logits), dim=-1)
+        logits, _, chosen, weights = self._route(x)
+        return logits, chosen, weights
+
+    def _route(self, x: torch.Tensor):
+        """:meth:`route`, with the router probabilities (N, E) that the auxiliary losses reuse."""
+        logits = _at_least_fp32(self.router(x))
+        probs = torch.softmax(logits, dim=-1)
         weights, chosen = probs.topk(self.top_k, dim=-1)
-        if self.top_k == 1:  # Switch: scaled by its probability (renormalised, it would be 1: no gradient)
-            return logits, chosen, weights
-        return logits, chosen, weights / weights.sum(dim=-1, keepdim=True)
+        if self.top_k > 1:  # top-1 (Switch) is scaled by its probability: renormalised, it would be 1
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return logits, probs, chosen, weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        logits, chosen, weights = self.route(x)
+        logits, probs, chosen, weights = self._route(x)
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             rows, slot = torch.nonzero(chosen == e, as_tuple=True)
             if rows.numel():
                 out.index_add_(0, rows, expert(x[rows]) * weights[rows, slot].unsqueeze(-1).to(x.dtype))
-        self._auxiliary(logits, chosen)
+        self._auxiliary(logits, probs, chosen)
         return out.reshape(shape)
 
-    def _auxiliary(self, logits: torch.Tensor, chosen: torch.Tensor) -> None:
-        logits = _at_least_fp32(logits)
-        probs = torch.softmax(logits, dim=-1)  # (N, E)
+    def _auxiliary(self, logits: torch.Tensor, probs: torch.Tensor, chosen: torch.Tensor) -> None:
         assigned = torch.zeros_like(probs).scatter_(1, chosen, 1.0)  # (N, E): 1 where routed
         self.load = assigned.sum(0).detach()
         share = assigned.mean(0) / self.top_k  # f_e, summing to 1

@@ -113,6 +113,7 @@ class TransformerBase(nn.Module):
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.embeddings_scaled else 1.0
         self.initializer = INITS.build(cfg.init, cfg)  # parameterless: names the scheme in the fingerprint
+        self._with_auxiliary: Optional[list[nn.Module]] = None  # modules that may leave an aux_loss
 
     def init_weights(self) -> None:
         """Every parameter by the run's ``init`` scheme (:mod:`variants.init`)."""
@@ -182,7 +183,9 @@ class TransformerBase(nn.Module):
         their weighted auxiliary losses (with gradient: the MoE load balancing and router z-loss),
         and each loss's mean over the layers (detached, for logging: ``moe_balance``,
         ``router_z``). Empty for a model without such components."""
-        parts = [m for m in self.modules() if getattr(m, "aux_loss", None) is not None]
+        if self._with_auxiliary is None:  # found once: this runs every training step
+            self._with_auxiliary = [m for m in self.modules() if hasattr(m, "aux_loss")]
+        parts = [m for m in self._with_auxiliary if m.aux_loss is not None]
         if not parts:
             return {}
         found = {"loss": sum(m.aux_loss for m in parts)}
