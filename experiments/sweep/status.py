@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from experiments.run.rundir import last_logged, read_status
 from experiments.sweep.spec import Sweep, SweepRun
+from lit.checkpointing import checkpoint_step, checkpoints
 from lit.specs import task_spec
 
 
@@ -48,6 +49,8 @@ def run_state(run: SweepRun) -> dict[str, Any]:
         row["val"] = last_logged(run.run_dir, val_key)
         step = last_logged(run.run_dir, "step")
         row["step"] = max(row["step"] or 0, step or 0)
+        newest = checkpoints(run.run_dir / "checkpoints")
+        row["resume"] = checkpoint_step(newest[0]) if newest else 0
     return row
 
 
@@ -80,6 +83,8 @@ def status_table(sweep: Sweep) -> tuple[str, list[dict[str, Any]]]:
         step = f"{r['step'] or 0}/{r['max_steps']}" if r["max_steps"] else str(r["step"] or 0)
         if r["state"] == OTHER:  # not this run's step
             step = "-"
+        elif r.get("resume") is not None and r["resume"] != r["step"]:  # where a rerun starts again
+            step += f" (ckpt {r['resume']})"
         state = r["state"]
         if r["holder"]:
             state += f" (pid {r['holder'].get('pid')})"
@@ -90,6 +95,9 @@ def status_table(sweep: Sweep) -> tuple[str, list[dict[str, Any]]]:
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"  {r['name']}: {r['message']}" for r in rows
              if r["message"] and r["state"] in ("failed", "diverged", OTHER)]
+    if any(r.get("resume") is not None and r["resume"] != r["step"] for r in rows):
+        notes.insert(0, "(ckpt N): the newest checkpoint, where the run starts again when resumed "
+                        "(the steps after it are trained again)")
     if (other := sum(r["state"] == OTHER for r in rows)):
         notes.insert(0, f"{other} run(s) of another configuration (the sweep's file or overrides changed since "
                         "they ran): ablate sweep refuses their directories; use another run.root, or delete them")

@@ -106,3 +106,23 @@ def test_status_of_an_edited_sweep_shows_its_old_runs_as_another_configuration(t
     assert "ablate sweep refuses their directories; use another run.root, or delete them" in out
     assert main(["status", str(path), f"run.root={tmp_path}/empty"]) == 0  # the fix ablate sweep suggests
     assert "0 done · 0 running · 0 failed · 2 to go" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_shows_the_checkpoint_a_resume_starts_from(tmp_path, capsys):
+    """The step column of an interrupted run gives its last logged step and, when they differ, the
+    newest checkpoint's step: where ``ablate sweep`` starts it again."""
+    from lit.checkpointing import checkpoint_name
+
+    path = tiny_sweep(tmp_path, steps=6)
+    a, b = load_sweep(path, [f"run.root={tmp_path}/runs"]).runs
+    write_status(a.run_dir, "interrupted", step=5, run_id=a.run_id)
+    (a.run_dir / "metrics.jsonl").write_text('{"step": 5, "train/loss": 6.0}\n')
+    (a.run_dir / "checkpoints").mkdir()
+    (a.run_dir / "checkpoints" / checkpoint_name(3)).write_bytes(b"")
+    write_status(b.run_dir, "interrupted", step=2, run_id=b.run_id)  # killed before its first checkpoint
+    assert main(["status", str(path), f"run.root={tmp_path}/runs"]) == 0
+    out = capsys.readouterr().out
+    row_a = next(line for line in out.splitlines() if line.startswith(a.name))
+    row_b = next(line for line in out.splitlines() if line.startswith(b.name))
+    assert "5/6 (ckpt 3)" in row_a and "2/6 (ckpt 0)" in row_b
+    assert "(ckpt N): the newest checkpoint, where the run starts again when resumed" in out
