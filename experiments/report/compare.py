@@ -124,10 +124,16 @@ def family_size(comparisons: list[Comparison]) -> int:
 
 
 def _excluded(rep: Report, c: Comparison) -> Optional[str]:
-    """The verdict of a row that is no test here: a finding's precondition unmet, or the arm it
-    is measured against collapsed in most of its seeds."""
+    """The verdict of a row that is no test here: a finding's precondition unmet, an arm whose runs
+    all diverged, or the arm it is measured against collapsed in most of its seeds."""
     if c.kind == "finding" and (missing := claims.unmet(rep, c.requires, (c.variant, c.against), c.metric)):
         return f"not tested here ({', '.join(missing)})"
+    if c.d is None:  # an arm without a finished run: say so when every run of it diverged
+        for arm in (c.variant, c.against):
+            states = [r.state for r in rep.records if r.variant == arm]
+            if states and all(s == "diverged" for s in states):
+                share = f"{len(states)}/{len(states)}"
+                return f"diverged ({share})" if arm == c.variant else f"no verdict ({arm} diverged {share})"
     if claims.collapsed(rep, c.against):
         return "no verdict (baseline collapsed)" if c.against == rep.sweep.baseline else \
             f"no verdict ({c.against} collapsed)"

@@ -12,6 +12,7 @@ against it.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,8 +45,8 @@ def build(sweep: Sweep, out: Path, sweep_file: Optional[str] = None, folder: Opt
              plot_tuning(rep, tuning_record(rep), tune_records(sweep, out), out / PLOTS[4])]
     for name in set(PLOTS) - set(plots):  # a plot with nothing to show: no stale picture either
         (out / name).unlink(missing_ok=True)
-    overrides = " ".join(sweep.cli_overrides)
-    page = Page(rep, comparisons, tests, plots, f"{sweep_file}{' ' + overrides if overrides else ''}", folder)
+    args = shlex.join([sweep_file, *sweep.cli_overrides])  # as the shell must read them, to be copied
+    page = Page(rep, comparisons, tests, plots, args, shlex.quote(folder))
     (out / "README.md").write_text("\n".join(line for section in SECTIONS for line in section(page)))
     summary = {"name": sweep.name, "baseline": sweep.baseline, "cli_overrides": sweep.cli_overrides,
                "sweep_file": sweep_file, "folder": folder, "metrics": rep.metrics(),

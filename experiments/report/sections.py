@@ -303,6 +303,9 @@ def runs_and_plots(page: Page) -> list[str]:
                   + "), so other work shared the machine; compare the step plot.", ""]
     for name in drawn:
         lines += [f"![{name}]({name})", ""]
+    if drawn and (without := [r.name for r in rep.records if r.finished and not r.curve and not r.summary_only]):
+        lines += [f"The curves leave out {len(without)} finished run(s) whose `metrics.jsonl` is missing or holds no "
+                  "validation record: " + ", ".join(f"`{n}`" for n in without) + ".", ""]
     if not drawn:
         lines += ["None: no run has its logged curves or throughput here.", ""]
     return lines

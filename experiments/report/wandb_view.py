@@ -18,6 +18,7 @@ note on how to publish it once the runs are synced.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any, Optional
 
@@ -119,7 +120,7 @@ def command(sweep: Sweep, out: Optional[str]) -> int:
         print(f"saved the W&B workspace {url} (spec: {path})")
     else:
         print(f"W&B is not reachable ({problem}): wrote the workspace spec to {path}.\n"
-              f"To publish it: upload the runs (wandb sync {sweep.root}/*/wandb/offline-run-*), then run "
-              f"`ablate wandb-view {sweep.path}` again with W&B credentials (wandb login) and "
+              f"To publish it: upload the runs (wandb sync {shlex.quote(str(sweep.root))}/*/wandb/offline-run-*), then run "
+              f"`ablate wandb-view {shlex.quote(str(sweep.path))}` again with W&B credentials (wandb login) and "
               f"pip install 'ablate[wandb]'.")
     return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import netrc
 import os
 import re
+import shlex
 import socket
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -145,7 +146,7 @@ def where(run) -> Optional[str]:
     if run is None or os.environ.get("WANDB_MODE") == "disabled":
         return None
     if run.settings.mode == "offline":
-        return f"W&B offline: wandb sync {Path(run.dir).parent}"
+        return f"W&B offline: wandb sync {shlex.quote(str(Path(run.dir).parent))}"
     return f"W&B: {run.url}"
 
 

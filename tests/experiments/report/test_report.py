@@ -202,3 +202,60 @@ def test_wall_clock_is_marked_not_comparable_when_a_variants_seeds_ran_at_uneven
     text = build(sweep, tmp_path / "uneven").read_text()
     assert "The wall-clock plot (val_curves_time.png) is not comparable between variants" in text
     assert "layernorm-pre-learned-relu 27%" in text
+
+
+def test_a_variant_whose_runs_all_diverged_reads_diverged(tmp_path, monkeypatch):
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(BASE + """
+name: fake
+grid: {model.ffn: [relu, swiglu, gelu]}
+seeds: [0, 1]
+baseline: {model.ffn: relu}
+findings:
+  - {claim: "ReLU beats SwiGLU", variant: {model.ffn: relu}, against: {model.ffn: swiglu}, metric: test/ppl}
+""")
+    monkeypatch.chdir(tmp_path.parent)
+    a0, a1, b0, b1, c0, c1 = load_sweep(sweep_file, [f"run.root={tmp_path}/runs"]).runs
+    for run, ppl in ((a0, 100.0), (a1, 110.0), (c0, 99.0), (c1, 108.0)):
+        _fake_run(run, ppl)
+    for run in (b0, b1):
+        _fake_run(run, math.nan, state="diverged")
+    text = build(load_sweep(sweep_file, [f"run.root={tmp_path}/runs"]), tmp_path / "report").read_text()
+    assert "no finished runs" not in text
+    assert "diverged (2/2)" in text  # the swiglu rows against the baseline
+    assert "no verdict (layernorm-pre-learned-swiglu diverged 2/2)" in text  # the finding against it
+
+
+def test_a_finished_run_without_its_metrics_file_is_named_under_the_plots(tmp_path, monkeypatch):
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(BASE + "name: fake\ngrid: {model.ffn: [relu, swiglu]}\nseeds: [0, 1]\n"
+                          "baseline: {model.ffn: relu}\n")
+    monkeypatch.chdir(tmp_path.parent)
+    runs = load_sweep(sweep_file, [f"run.root={tmp_path}/runs"]).runs
+    for run, ppl in zip(runs, (100.0, 110.0, 90.0, 95.0)):
+        _fake_run(run, ppl)
+    (runs[3].run_dir / "metrics.jsonl").unlink()
+    text = build(load_sweep(sweep_file, [f"run.root={tmp_path}/runs"]), tmp_path / "report").read_text()
+    assert (f"The curves leave out 1 finished run(s) whose `metrics.jsonl` is missing or holds no validation "
+            f"record: `{runs[3].name}`.") in text
+
+
+def test_the_reproduce_commands_are_shell_quoted(tmp_path):
+    """Paths and overrides with spaces are quoted so that the page's commands can be pasted."""
+    import shlex
+
+    folder = tmp_path / "my sweeps"
+    folder.mkdir()
+    sweep_file = folder / "s.yaml"
+    sweep_file.write_text(BASE + "name: fake\ngrid: {model.ffn: [relu, swiglu]}\nseeds: [0]\n"
+                          "baseline: {model.ffn: relu}\n")
+    root = f"run.root={tmp_path}/my runs"
+    sweep = load_sweep(sweep_file, [root])
+    for run, ppl in zip(sweep.runs, (100.0, 90.0)):
+        _fake_run(run, ppl)
+    text = build(sweep, tmp_path / "the report").read_text()
+    commands = {line.split()[1]: shlex.split(line.split("  #")[0]) for line in text.splitlines()
+                if line.startswith("ablate ")}
+    assert commands["sweep"] == ["ablate", "sweep", str(sweep_file), root]
+    assert commands["report"] == ["ablate", "report", str(sweep_file), root]
+    assert commands["reproduce"] == ["ablate", "reproduce", str(tmp_path / "the report")]

@@ -2,6 +2,7 @@
 from W&B's own transaction log (``run-<id>.wandb``) and checked against the run directory."""
 
 import json
+import shlex
 from pathlib import Path
 
 import lightning as L
@@ -222,9 +223,11 @@ def test_a_report_folder_is_logged_as_an_artifact(tmp_path, monkeypatch):
     (folder / "runs" / "a-s0").mkdir(parents=True)
     (folder / "README.md").write_text("# some-sweep\n")
     (folder / "runs" / "a-s0" / "status.json").write_text("{}")
-    where = log_report(folder, "ablate", None, tmp_path / "runs")
+    where = log_report(folder, "ablate", None, tmp_path / "my runs")
     assert where.startswith("W&B offline: wandb sync")
-    (run,) = [read_run(f, wait_s=30) for f in (tmp_path / "runs" / "wandb").glob("offline-run-*")]
+    (synced,) = shlex.split(where.split("wandb sync ", 1)[1])  # quoted: the path has a space
+    assert Path(synced).parent == tmp_path / "my runs" / "wandb"
+    (run,) = [read_run(f, wait_s=30) for f in (tmp_path / "my runs" / "wandb").glob("offline-run-*")]
     assert run.job_type == "report" and run.exit_code == 0
     (artifact,) = run.artifacts
     assert (artifact["name"], artifact["type"]) == ("report-some-sweep", "report")
