@@ -173,16 +173,19 @@ def _translations(run: LoadedRun, sources: Iterable[str], beam: int, batch_size:
         lines.clear()
         return out
 
+    # every line is encoded and checked before the first is decoded: an over-long line is refused
+    # before any output, never after part of the input was translated and the rest abandoned
+    encoded = [None if not line.strip() else tok.encode(line.rstrip("\n")) + [tok.eos_id] for line in sources]
+    long = [(number, len(ids)) for number, ids in enumerate(encoded, 1) if ids is not None and len(ids) > limit]
+    if long:
+        shown = ", ".join(f"{number} ({n} tokens)" for number, n in long[:5]) + (" …" if len(long) > 5 else "")
+        raise UseError(f"{len(long)} input line(s) longer than model.max_seq_len={limit} tokens: line {shown}; "
+                       "split them and translate again (nothing was translated)")
     filled = 0
-    for number, line in enumerate(sources, 1):
-        text = line.rstrip("\n")
-        if not text.strip():
-            lines.append(None)
-            continue
-        ids = tok.encode(text) + [tok.eos_id]
-        if len(ids) > limit:
-            raise UseError(f"input line {number} has {len(ids)} tokens, more than model.max_seq_len={limit}")
+    for ids in encoded:
         lines.append(ids)
+        if ids is None:
+            continue
         filled += 1
         if filled == batch_size:
             yield from flush()

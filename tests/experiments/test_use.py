@@ -170,6 +170,17 @@ def test_translate_keeps_blank_lines_and_refuses_input_that_is_not_utf8(mt_run, 
                             "continuation byte)\n")
     assert captured.out == ""
 
+    # an over-long line is refused before anything is translated (not after the lines before it)
+    limit = run.cfg.model.max_seq_len
+    long = " ".join(["Gott"] * (limit + 5))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\n".join([*sources, long, sources[0]]).encode())))
+    assert main(["translate", str(mt_run), "--beam", "2"]) == 2
+    captured = capsys.readouterr()
+    n = len(run.tokenizer.encode(long)) + 1
+    assert captured.err == (f"ablate translate: 1 input line(s) longer than model.max_seq_len={limit} tokens: line 3 "
+                            f"({n} tokens); split them and translate again (nothing was translated)\n")
+    assert captured.out == ""
+
 
 @pytest.mark.slow
 def test_export_with_force_writes_beside_other_files(lm_run, tmp_path, capsys):
