@@ -3,12 +3,25 @@ configs)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Optional
 
 from lit.data.sources import SOURCES
 
 SCHEDULES = ("inverse_sqrt", "cosine", "constant")
+
+
+def default_cache_dir() -> Path:
+    """The per-user cache of tokenizers and the measured CPU peak when ``data.cache_dir`` is not
+    set: ``$ABLATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/ablate``, else ``~/.cache/ablate``. One
+    place, so that runs started from two directories share one tokenizer and one CPU peak (MFU
+    divides by the same number)."""
+    if os.environ.get("ABLATE_CACHE_DIR"):
+        return Path(os.environ["ABLATE_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ablate"
 
 
 @dataclass
@@ -30,7 +43,13 @@ class DataConfig:
     limit_train: Optional[int] = None  # use only the first N training examples (a small slice)
     limit_eval: Optional[int] = None  # use only the first N validation/test examples
     num_workers: int = 0
-    cache_dir: str = ".cache/ablate"
+    cache_dir: Optional[str] = None  # tokenizers and the measured CPU peak; default: default_cache_dir()
+
+    @property
+    def cache_path(self) -> Path:
+        """Where this run's tokenizers and the CPU peak are cached: ``cache_dir`` when set, else
+        :func:`default_cache_dir` (one place per user, whatever the working directory)."""
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
     def lm_block_size(self, max_seq_len: int) -> int:
         """Language modelling: tokens per training block (``block_size``, default the model's context)."""

@@ -205,7 +205,7 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
 
     peak = cfg.perf.peak_flops
     if peak is None and _runs_on_cpu(cfg):  # measured before W&B starts its service process
-        peak = cpu_peak_flops(Path(cfg.data.cache_dir))
+        peak = cpu_peak_flops(cfg.data.cache_path)
     resume_state = ResumeState(run_id=rid)
     loggers = [JsonlLogger(run_dir)]
     use_wandb = cfg.logger == "wandb" and lead  # only the lead process touches W&B (and its wandb_id file)

@@ -63,7 +63,7 @@ class _BaseDataModule(L.LightningDataModule):
         return items[:limit] if limit else items
 
     def _tokenizer(self, texts: list[str]) -> TextTokenizer:
-        return cached_bpe(texts, self.cfg.vocab_size, Path(self.cfg.cache_dir) / "tokenizers")
+        return cached_bpe(texts, self.cfg.vocab_size, self.cfg.cache_path / "tokenizers")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         raise NotImplementedError

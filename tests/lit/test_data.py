@@ -65,6 +65,25 @@ def test_tokenizer_round_trip_and_cache(tmp_path):
     assert len(list(tmp_path.glob("bpe-*.json"))) == 2 and other.vocab_size <= 1000
 
 
+def test_the_default_cache_is_one_per_user_whatever_the_working_directory(tmp_path, monkeypatch):
+    """data.cache_dir unset: $ABLATE_CACHE_DIR, else $XDG_CACHE_HOME/ablate, else ~/.cache/ablate,
+    never under the working directory (runs from two directories share tokenizers and one CPU peak)."""
+    for var in ("ABLATE_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    seen = set()
+    for cwd in ("a", "b"):
+        (tmp_path / cwd).mkdir()
+        monkeypatch.chdir(tmp_path / cwd)
+        seen.add(DataConfig().cache_path)
+    assert seen == {tmp_path / "home" / ".cache" / "ablate"}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert DataConfig().cache_path == tmp_path / "xdg" / "ablate"
+    monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path / "mine"))
+    assert DataConfig().cache_path == tmp_path / "mine"
+    assert DataConfig(cache_dir=str(tmp_path / "set")).cache_path == tmp_path / "set"  # the config wins
+
+
 def test_two_runs_saving_the_same_cached_tokenizer_at_once_both_succeed(tmp_path, monkeypatch):
     """Runs of a sweep that start together train and save the same tokenizer: a second save that
     happens between the first's write and its rename must not take the first's file away (it did,
