@@ -32,6 +32,7 @@ def reproduce(report_dir: Path, root: str, workers: Optional[int], variants: Seq
     sweep.runs = [r for r in sweep.runs if (not variants or r.variant in variants) and (not seeds or r.seed in seeds)]
     if not sweep.runs:
         raise SweepError("no run left after --variant/--seed")
+    print(estimate(sweep.runs, report_dir, workers or 1), flush=True)
     run_local(sweep, workers)
     ok = True
     print(f"\nreproduce {report_dir}: committed vs re-run")
@@ -60,6 +61,33 @@ def reproduce(report_dir: Path, root: str, workers: Optional[int], variants: Seq
                 verdict, ok = f"DIFFERS (|Δ| {abs(a - b):.3g}, seed σ {noise:.3g})", False
             print(f"{run.name:44} {metric:10} {_num(a):>12} {_num(b):>12}  {verdict}")
     return 0 if ok else 1
+
+
+def estimate(runs: Sequence[SweepRun], report_dir: Path, workers: int) -> str:
+    """How long the re-run will take, said before it starts: the committed runs' own wall time
+    (``wall_s`` of their copies in ``runs/``) over the runs still to train here, spread over
+    ``workers``, and the machine that took it (another machine, or other threads per run, take
+    another time)."""
+    todo = [run for run in runs if read_status(run.run_dir)["state"] not in ("completed", "diverged")]
+    text = f"{len(todo)} of {len(runs)} run(s) to train"
+    if not todo:
+        return text + ": nothing to train, only the comparison"
+    copies = [read_status(report_dir / "runs" / run.name) for run in todo]
+    walls = [w for c in copies if (w := (c.get("metrics") or {}).get("wall_s")) is not None]
+    if not walls:
+        return text + "; the committed runs recorded no wall time: no estimate"
+    total = sum(walls) / len(walls) * len(todo)  # a run without a recorded time counted at the mean
+    machines = sorted({m for c in copies if (m := (c.get("environment") or {}).get("machine"))})
+    n = min(workers, len(todo))
+    return (text + f": the committed runs took {_duration(total)} of run time (longest {_duration(max(walls))}), "
+            f"about {_duration(total / n)} with {n} worker(s) on a machine like theirs"
+            + (f" ({'; '.join(machines)})" if machines else ""))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
 def _other(run: SweepRun, report_dir: Path, entry: Optional[dict]) -> Optional[str]:

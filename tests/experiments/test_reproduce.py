@@ -41,3 +41,17 @@ def test_a_committed_copy_of_another_configuration_is_not_compared(tmp_path, mon
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(sweep.runs[1].name))
     assert line.endswith(f"other configuration: the committed copy is run 0123456789, the sweep's is "
                          f"{sweep.runs[1].run_id}; not compared")
+
+
+def test_the_time_it_will_take_is_said_before_the_runs_start(tmp_path, monkeypatch, capsys):
+    """From the committed copies' wall_s (10 s each here) and machine, for the runs still to train."""
+    sweep, folder = _report(tmp_path, monkeypatch)
+    printed = []
+    monkeypatch.setattr(experiments.reproduce, "run_local",
+                        lambda sweep, workers: printed.append(capsys.readouterr().out))
+    reproduce(folder, str(tmp_path / "again"), 2)
+    assert printed == ["4 of 4 run(s) to train: the committed runs took 40 s of run time (longest 10 s), about "
+                       "20 s with 2 worker(s) on a machine like theirs (test machine)\n"]
+    _fake_run(load_sweep(folder / "sweep.yaml", [f"run.root={tmp_path}/again"]).runs[0], 100.0)
+    reproduce(folder, str(tmp_path / "again"), 2)
+    assert printed[1].splitlines()[-1].startswith("3 of 4 run(s) to train: the committed runs took 30 s")
