@@ -135,13 +135,17 @@ class RunMismatch(RuntimeError):
 
 
 def _keep_metrics_up_to(run_dir: Path, step: int) -> None:
-    """Drop the records logged after the checkpoint a run resumes from: the resumed run logs
-    them again, identically, so each step appears once in ``metrics.jsonl``."""
+    """Drop the records logged after the checkpoint a run resumes from, and any test record: the
+    resumed run logs them again, identically, so each step appears once in ``metrics.jsonl`` and
+    the test once. (A test record carries the last step, the final checkpoint's: a run killed
+    after its test was logged, before its final status was written, resumes from that checkpoint
+    and tests again; found by the fault-injection sweep.)"""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return
     kept = [line for line, record in metric_lines(path)  # torn or undecodable lines are dropped
-            if isinstance(record, dict) and record.get("step", 0) <= step]
+            if isinstance(record, dict) and record.get("step", 0) <= step
+            and not any(str(key).startswith("test/") for key in record)]
     tmp = path.with_name("metrics.jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)

@@ -29,6 +29,10 @@ class KillAfter(L.Callback):
         if sys.argv[1] == "test":
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def on_test_end(self, trainer, *args):
+        if sys.argv[1] == "after-test":
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def on_validation_batch_end(self, trainer, *args):
         if sys.argv[1] == f"validation-{trainer.global_step}" and not trainer.sanity_checking:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -91,6 +95,8 @@ def reference(tmp_path_factory):
     ("lm-bible", 20, 50, "overwritten"),  # 4 KiB overwritten inside it (its CRCs fail): falls back to step 20
     ("mt-bible-de-en", 20, 35, False),  # token-budget batches, resumes from step 20
     ("lm-bible", 20, "test", False),  # killed while testing: resumes from the final checkpoint, tests only
+    # killed after its test was logged, before the final status: tests again, the test logged once
+    ("lm-bible", 20, "after-test", False),
     # killed in a validation due at a checkpoint's step: that step is saved only after its
     # validation (Lightning would not repeat a validation due at a checkpoint's step), so the run
     # resumes from the checkpoint before and validates that step again
@@ -98,12 +104,14 @@ def reference(tmp_path_factory):
     ("lm-bible", 20, "validation-40", False),
     ("mt-bible-de-en", 20, "validation-40", False),
 ], ids=["lm-mid-epoch", "lm-epoch-end", "lm-truncated-checkpoint", "lm-overwritten-checkpoint", "mt-mid-epoch",
-        "lm-killed-in-test", "lm-killed-in-last-validation", "lm-killed-in-validation", "mt-killed-in-validation"])
+        "lm-killed-in-test", "lm-killed-after-test", "lm-killed-in-last-validation", "lm-killed-in-validation", "mt-killed-in-validation"])
 def test_kill9_then_rerun_equals_uninterrupted(reference, tmp_path, experiment, every, kill_after, corrupt_newest):
     root = tmp_path / "runs"
     killed = _run(experiment, root, f"checkpoint.every_n_steps={every}", kill_after=kill_after)
     assert killed.returncode == -9
     assert _status(root)["state"] == "running"  # what a killed process leaves behind
+    if kill_after == "after-test":  # the case: its test is in metrics.jsonl already
+        assert _losses(root, "test/ppl")
     (ckpt_dir,) = root.glob("*/*/checkpoints")
     saved = sorted(ckpt_dir.glob("step-*.ckpt"))
     if corrupt_newest == "truncated":
@@ -134,3 +142,4 @@ def test_kill9_then_rerun_equals_uninterrupted(reference, tmp_path, experiment, 
         ref_losses, losses = _losses(reference[experiment], key), _losses(root, key)
         assert [s for s, _ in losses] == [s for s, _ in ref_losses], key
         assert [v for _, v in losses] == pytest.approx([v for _, v in ref_losses], abs=1e-5), key
+    assert len(_losses(root, keys[0])) == len(_losses(reference[experiment], keys[0])) == 1  # tested once

@@ -62,6 +62,18 @@ def test_resume_trims_the_metrics_past_its_checkpoint_and_drops_undecodable_line
     assert path.read_text() == '{"step": 1}\n{"step": 5}\n'
 
 
+def test_resume_drops_a_test_record_logged_before_the_kill(tmp_path):
+    """Killed after its test was logged but before its final status was written, a run resumes
+    from its final checkpoint (the test's step) and tests again: the first test record goes, so
+    the test appears once (found by the fault-injection sweep)."""
+    from experiments.run.train import _keep_metrics_up_to
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 59, "val/ppl": 9.0}\n{"step": 60, "perf/mfu": 0.4}\n{"step": 60, "test/ppl": 9.5}\n')
+    _keep_metrics_up_to(tmp_path, 60)
+    assert path.read_text() == '{"step": 59, "val/ppl": 9.0}\n{"step": 60, "perf/mfu": 0.4}\n'
+
+
 def test_a_run_started_afresh_drops_what_a_killed_attempt_logged(tmp_path):
     """Killed before its first checkpoint, a run starts again from step 0: the steps its first
     attempt logged are logged again, so the old lines go (found by the fault-injection sweep)."""
