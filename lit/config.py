@@ -42,6 +42,7 @@ class DataConfig:
     length_multiple: int = 1  # translation: pad batch lengths up to a multiple (8/16: a few shapes for compiled kernels)
     limit_train: Optional[int] = None  # use only the first N training examples (a small slice)
     limit_eval: Optional[int] = None  # use only the first N validation/test examples
+    max_words: Optional[int] = None  # keep only examples (both sides of a pair) of at most N words, in every split
     num_workers: int = 0
     cache_dir: Optional[str] = None  # tokenizers and the measured CPU peak; default: default_cache_dir()
 
@@ -57,6 +58,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         SOURCES.get(self.source).check(self)
+        if self.max_words is not None and self.max_words < 1:
+            raise ValueError(f"data.max_words must be 1 or more (unset: every example), got {self.max_words}")
         for name in ("vocab_size", "batch_size", "max_tokens", "length_multiple"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")

@@ -248,16 +248,30 @@ def prepare(data) -> None:
 
 
 def load_pairs(data, split: str) -> list[tuple[str, str]]:
-    """Sentence pairs (source, target) of one split."""
+    """Sentence pairs (source, target) of one split (with ``data.max_words``: the pairs whose two
+    sides both have at most that many words)."""
     pairs = SOURCES.get(data.source).pairs(data, split)
     if not pairs:
         raise DataError(f"data.source {data.source!r}: split {split!r} is empty")
-    return pairs
+    return _short(data, split, pairs, lambda pair: max(len(pair[0].split()), len(pair[1].split())))
 
 
 def load_text(data, split: str) -> list[str]:
-    """Monolingual examples (verses, lines) of one split."""
+    """Monolingual examples (verses, lines) of one split (with ``data.max_words``: those of at
+    most that many words)."""
     texts = SOURCES.get(data.source).texts(data, split)
     if not texts:
         raise DataError(f"data.source {data.source!r}: split {split!r} is empty")
-    return texts
+    return _short(data, split, texts, lambda text: len(text.split()))
+
+
+def _short(data, split: str, items: list, words) -> list:
+    """The examples of at most ``data.max_words`` whitespace-separated words (all when unset)."""
+    limit = getattr(data, "max_words", None)
+    if limit is None:
+        return items
+    kept = [item for item in items if words(item) <= limit]
+    if not kept:
+        raise DataError(f"data.max_words={limit}: no example of split {split!r} of data.source {data.source!r} "
+                        f"is that short (its shortest has {min(map(words, items))} words)")
+    return kept

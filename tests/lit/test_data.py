@@ -84,6 +84,21 @@ def test_the_default_cache_is_one_per_user_whatever_the_working_directory(tmp_pa
     assert DataConfig(cache_dir=str(tmp_path / "set")).cache_path == tmp_path / "set"  # the config wins
 
 
+def test_max_words_keeps_the_short_examples_of_every_split():
+    full = DataConfig(src_lang="de", tgt_lang="en")
+    short = DataConfig(src_lang="de", tgt_lang="en", max_words=12)
+    for split in ("train", "val", "test"):
+        pairs, kept = load_pairs(full, split), load_pairs(short, split)
+        expected = [p for p in pairs if len(p[0].split()) <= 12 and len(p[1].split()) <= 12]
+        assert kept == expected and 0 < len(kept) < len(pairs)
+    texts = load_text(DataConfig(lang="en", max_words=12), "val")
+    assert texts and max(len(t.split()) for t in texts) <= 12
+    with pytest.raises(DataError, match=r"data.max_words=1: no example of split 'train' .* \(its shortest has 3 words\)"):
+        load_pairs(DataConfig(src_lang="de", tgt_lang="en", max_words=1), "train")
+    with pytest.raises(ValueError, match="data.max_words must be 1 or more"):
+        DataConfig(max_words=0)
+
+
 def test_two_runs_saving_the_same_cached_tokenizer_at_once_both_succeed(tmp_path, monkeypatch):
     """Runs of a sweep that start together train and save the same tokenizer: a second save that
     happens between the first's write and its rename must not take the first's file away (it did,
