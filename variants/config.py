@@ -7,9 +7,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from variants.registry import REGISTRIES, Option, option_owners, options_of, settings_label
-
-KINDS = ("lm", "seq2seq")
+from variants.registry import KINDS, REGISTRIES, Option, option_owners, options_of, settings_label
 
 
 @dataclass
@@ -59,8 +57,7 @@ class ModelConfig:
     options: Dict[str, Any] = field(default_factory=dict)  # the chosen components' settings
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown kind {self.kind!r}; choices: {', '.join(KINDS)}")
+        KINDS.check(self.kind)  # the model classes of variants.models
         for slot, registry in REGISTRIES.items():
             registry.check(getattr(self, slot))
         self.options = self._checked_options()

@@ -34,24 +34,32 @@ def _matmul_params(module: nn.Module, share: float = 1.0, seen: Optional[set] = 
 
 
 class FlopCounter:
-    """Training FLOPs of a model's steps; the model's matrix sizes are read once."""
+    """Training FLOPs of a model's steps; the model's matrix sizes are read once. Generic over the
+    model kind's stacks (``model.stacks``): the last one reads the target tokens and feeds the
+    output head; a first one of two reads the source tokens; a stack with cross-attention also
+    attends over the source."""
 
     def __init__(self, model) -> None:
         cfg = model.cfg
-        self.d_model, self.seq2seq = cfg.d_model, cfg.kind == "seq2seq"
-        self.decoder = _matmul_params(model.decoder) + cfg.d_model * cfg.vocab_size  # + output head
-        self.decoder_layers = len(model.decoder.blocks)
-        self.encoder = _matmul_params(model.encoder) if self.seq2seq else 0
-        self.encoder_layers = len(model.encoder.blocks) if self.seq2seq else 0
+        names = list(model.stacks)
+        self.d_model, self.output = cfg.d_model, names[-1]
+        self.source = names[0] if len(names) > 1 else None
+        stacks = {name: getattr(model, name) for name in names}
+        self.matmul = {name: _matmul_params(stack) for name, stack in stacks.items()}
+        self.matmul[self.output] += cfg.d_model * cfg.vocab_size  # + output head
+        self.layers = {name: len(stack.blocks) for name, stack in stacks.items()}
+        self.cross = any(block.cross_attn is not None for block in stacks[self.output].blocks)
 
     def __call__(self, tokens: int, seq_len: int, src_tokens: int = 0, src_len: int = 0) -> float:
         """FLOPs of one training step over ``tokens`` (non-pad) target tokens in sequences of
         ``seq_len``; for an encoder-decoder also ``src_tokens`` source tokens of ``src_len``."""
-        d = self.d_model
-        flops = (6 * self.decoder + 12 * self.decoder_layers * d * seq_len) * tokens
-        if self.seq2seq:
-            flops += (6 * self.encoder + 12 * self.encoder_layers * d * src_len) * src_tokens
-            flops += 12 * self.decoder_layers * d * src_len * tokens  # cross-attention products
+        d, out = self.d_model, self.output
+        flops = (6 * self.matmul[out] + 12 * self.layers[out] * d * seq_len) * tokens
+        if self.source is not None:
+            src = self.source
+            flops += (6 * self.matmul[src] + 12 * self.layers[src] * d * src_len) * src_tokens
+        if self.cross:
+            flops += 12 * self.layers[out] * d * src_len * tokens  # cross-attention products
         return float(flops)
 
 
@@ -69,7 +77,7 @@ def lm_decode_flops(model, rows: int, prompt: int, new: int) -> float:
     ``new - 1`` cached steps, step ``t`` attending to ``prompt + t + 1`` keys. Every position
     counts all ``N`` (the output head included, though decoding reads only the last one's)."""
     counter = FlopCounter(model)
-    n, L, d = counter.decoder, counter.decoder_layers, counter.d_model
+    n, L, d = counter.matmul["decoder"], counter.layers["decoder"], counter.d_model
     total = rows * prompt * forward_flops(n, L, d, (prompt + 1) / 2)
     total += sum(rows * forward_flops(n, L, d, prompt + t + 1) for t in range(new - 1))
     return float(total)
@@ -83,8 +91,8 @@ def s2s_decode_flops(model, batch: int, beam: int, src_len: int, new: int) -> fl
     counts all decoder ``N``, the cross-attention key/value projections included (the cache
     computes them once per source)."""
     counter = FlopCounter(model)
-    d, Le, Ld = counter.d_model, counter.encoder_layers, counter.decoder_layers
-    total = batch * src_len * forward_flops(counter.encoder, Le, d, src_len)
-    total += sum(batch * beam * (forward_flops(counter.decoder, Ld, d, t + 1) + 4 * Ld * d * src_len)
+    d, Le, Ld = counter.d_model, counter.layers["encoder"], counter.layers["decoder"]
+    total = batch * src_len * forward_flops(counter.matmul["encoder"], Le, d, src_len)
+    total += sum(batch * beam * (forward_flops(counter.matmul["decoder"], Ld, d, t + 1) + 4 * Ld * d * src_len)
                  for t in range(new))
     return float(total)

@@ -1,7 +1,7 @@
 """Attention maps of a model: the probabilities each attention layer puts on each key.
 
-``attention_maps(model, tokens)`` (decoder-only) or ``attention_maps(model, src, tgt)``
-(encoder-decoder) runs one forward pass in evaluation mode through an explicit softmax
+``attention_maps(model, tokens)`` (decoder-only, encoder-only) or ``attention_maps(model, src,
+tgt)`` (encoder-decoder) runs one forward pass in evaluation mode through an explicit softmax
 (:func:`variants.attention.explicit_attention`), which computes the same function as the SDPA path
 and records its probabilities; nothing changes for training or for any other call.
 """
@@ -13,12 +13,12 @@ from typing import Optional
 
 import torch
 
-from variants.models import Stack, TransformerBase
+from variants.models import TransformerBase
 
 
 @contextmanager
 def _recording(model: TransformerBase):
-    stacks = {name or "decoder": m for name, m in model.named_children() if isinstance(m, Stack)}
+    stacks = {name: getattr(model, name) for name in model.stacks}
     for stack in stacks.values():
         stack.recording = {"self": [], "cross": []}
     try:
@@ -29,24 +29,21 @@ def _recording(model: TransformerBase):
 
 
 @torch.no_grad()
-def attention_maps(model: TransformerBase, tokens: torch.Tensor,
-                   tgt: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-    """Attention probabilities, each (layers, B, H, queries, keys), float32 on the model's device.
+def attention_maps(model: TransformerBase, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Attention probabilities, each (layers, B, H, queries, keys), float32 on the model's device,
+    named as the model kind lays them out (``model.maps``).
 
-    Decoder-only: ``{"self": ...}`` for ``tokens`` (B, T). Encoder-decoder, with ``tokens`` the
-    source (B, S) and ``tgt`` the decoder input (B, T): ``{"encoder": (.., S, S), "decoder":
-    (.., T, T), "cross": (.., T, S)}``. Every row sums to 1 over the keys it may attend to;
-    masked keys (future tokens, padding) get exactly 0.
+    Decoder-only: ``{"self": ...}`` for ``tokens`` (B, T); encoder-only the same, every position
+    over every key. Encoder-decoder, with the source (B, S) and the decoder input (B, T):
+    ``{"encoder": (.., S, S), "decoder": (.., T, T), "cross": (.., T, S)}``. Every row sums to 1
+    over the keys it may attend to; masked keys (future tokens, padding) get exactly 0.
     """
     if model.training:
         raise ValueError("attention maps are taken in evaluation mode: call model.eval() first")
-    if (model.cfg.kind == "seq2seq") != (tgt is not None):
-        raise ValueError("an encoder-decoder model takes (src, tgt); a decoder-only model takes tokens alone")
+    expected = len(type(model).example_inputs(inputs[0])) if inputs else 1
+    if len(inputs) != expected:
+        raise ValueError(f"a model of kind {model.cfg.kind!r} takes {expected} input(s) "
+                         f"({'src, tgt' if expected == 2 else 'tokens'}), got {len(inputs)}")
     with _recording(model) as recorded:
-        if tgt is None:
-            model(tokens)
-            return {"self": torch.stack(recorded["decoder"]["self"])}
-        model(tokens, tgt)
-        return {"encoder": torch.stack(recorded["encoder"]["self"]),
-                "decoder": torch.stack(recorded["decoder"]["self"]),
-                "cross": torch.stack(recorded["decoder"]["cross"])}
+        model(*inputs)
+        return {name: torch.stack(recorded[stack][which]) for name, (stack, which) in model.maps.items()}

@@ -1,16 +1,20 @@
-"""Blocks, stacks and the two model kinds: a decoder-only LM and an encoder-decoder.
+"""Blocks, stacks and the model kinds (``model.kind``, registered in ``KINDS``): a decoder-only
+LM (``lm``), an encoder-decoder (``seq2seq``) and an encoder-only model (``encoder``, BERT-style).
 
 Shapes: B batch, T target/LM tokens, S source tokens, D d_model, V vocab_size.
 
 Every slot is filled from its registry; nothing here branches on a component's name, so a
-newly registered component works in both model kinds without edits.
+newly registered component works in every model kind without edits. Each kind is one class that
+says what the rest of the code needs to know about it: its stacks (``stacks``: attribute name ->
+causal), which stack a KV cache serves (``cached``: None when the kind does not decode), how a
+batch of tokens is fed to it (``example_inputs``), and how its attention maps are laid out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
+from typing import Callable, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +24,8 @@ from variants.attention import (AttentionInputs, KVCache, cross_attention_inputs
                                 self_attention_inputs)
 from variants.config import ModelConfig
 from variants.loss import linear_cross_entropy
-from variants.registry import (ATTENTIONS, FFNS, INITS, NORM_POSITIONS, NORMS, POSITIONS, REGISTRIES, options_of,
-                               settings_label)
+from variants.registry import (ATTENTIONS, FFNS, INITS, KINDS, NORM_POSITIONS, NORMS, POSITIONS, REGISTRIES,
+                               options_of, settings_label)
 
 
 class Block(nn.Module):
@@ -104,7 +108,16 @@ class Stack(nn.Module):
 
 
 class TransformerBase(nn.Module):
-    """Token embedding, output head, initialisation and reporting shared by both kinds."""
+    """Token embedding, output head, initialisation and reporting shared by every kind.
+
+    A kind declares ``stacks`` (its :class:`Stack` attributes, in the order tokens pass through
+    them, each with whether it is causal), ``cached`` (the stack an incremental-decoding KV cache
+    serves, None for a kind that does not decode) and ``maps`` (attention-map name -> (stack,
+    ``self``|``cross``))."""
+
+    stacks: ClassVar[dict[str, bool]] = {}
+    cached: ClassVar[Optional[str]] = None
+    maps: ClassVar[dict[str, tuple[str, str]]] = {}
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -195,20 +208,39 @@ class TransformerBase(nn.Module):
                 found[key] = torch.stack(values).mean()
         return found
 
+    @staticmethod
+    def example_inputs(tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The positional arguments of ``model(...)`` for a batch of ``tokens`` (B, T): the same
+        tokens in every input of the kind (tests, benchmarks, the component tour)."""
+        return (tokens,)
+
+    def stepper(self, tokens: torch.Tensor) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
+        """``step(new_tokens, cache) -> logits`` of incremental decoding, conditioned as
+        :meth:`example_inputs` conditions ``model(...)`` on ``tokens`` (an encoder-decoder encodes
+        them once as the source); a kind without a cache refuses."""
+        raise ValueError(f"a model of kind {self.cfg.kind!r} does not decode incrementally: it has no KV cache")
+
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for incremental decoding of up to ``max_len`` tokens, laid out as the
-        decoder's self-attention says (:meth:`cache_layout` of the attention class); a
+        cached stack's self-attention says (:meth:`cache_layout` of the attention class); a
         sliding-window layer keeps only its window."""
+        if self.cached is None:
+            raise ValueError(f"a model of kind {self.cfg.kind!r} does not decode incrementally: it has no KV cache")
         p = self.embed.weight
-        blocks = self.decoder.blocks
+        blocks = getattr(self, self.cached).blocks
         heads, head_dim = blocks[0].attn.cache_layout()
         windows = [block.attn.window if block.attn.local(i) else None for i, block in enumerate(blocks)]
         return KVCache(len(blocks), batch_size, heads, head_dim, max_len, device=p.device, dtype=p.dtype,
                        windows=windows)
 
 
+@KINDS.register("lm")
 class DecoderLM(TransformerBase):
     """Decoder-only language model: ``model(tokens)`` (B, T) -> logits (B, T, V)."""
+
+    stacks = {"decoder": True}
+    cached = "decoder"
+    maps = {"self": ("decoder", "self")}
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -218,6 +250,9 @@ class DecoderLM(TransformerBase):
     def forward(self, tokens: torch.Tensor, cache: Optional[KVCache] = None,
                 padded: Optional[bool] = None) -> torch.Tensor:
         return self.logits(self.hidden(tokens, cache, padded))
+
+    def stepper(self, tokens: torch.Tensor) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
+        return lambda new, cache: self(new, cache)
 
     def hidden(self, tokens: torch.Tensor, cache: Optional[KVCache] = None,
                padded: Optional[bool] = None) -> torch.Tensor:
@@ -232,6 +267,7 @@ class DecoderLM(TransformerBase):
         return self.decoder(self.embed_tokens(tokens), valid, cache)
 
 
+@KINDS.register("seq2seq")
 class EncoderDecoder(TransformerBase):
     """Encoder-decoder: ``model(src, tgt)`` (B, S), (B, T) -> logits (B, T, V).
 
@@ -241,11 +277,23 @@ class EncoderDecoder(TransformerBase):
     out of view of real positions.
     """
 
+    stacks = {"encoder": False, "decoder": True}
+    cached = "decoder"
+    maps = {"encoder": ("encoder", "self"), "decoder": ("decoder", "self"), "cross": ("decoder", "cross")}
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         self.encoder = Stack(cfg, cfg.encoder_layers, causal=False, cross=False)
         self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross=True)
         self.init_weights()
+
+    @staticmethod
+    def example_inputs(tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tokens, tokens
+
+    def stepper(self, tokens: torch.Tensor) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
+        memory, valid = self.encode(tokens)
+        return lambda new, cache: self.decode(new, memory, valid, cache)
 
     def encode(self, src: torch.Tensor, padded: Optional[bool] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(B, S) -> encoder states (B, S, D) and the source validity mask (B, S), None when
@@ -278,11 +326,37 @@ class EncoderDecoder(TransformerBase):
         return self.decode_hidden(tgt, memory, memory_valid)
 
 
+@KINDS.register("encoder")
+class EncoderLM(TransformerBase):
+    """Encoder-only model (BERT-style): ``model(tokens)`` (B, T) -> logits (B, T, V) for every
+    position, each position attending to every non-padding token of its row, earlier or later.
+    Trained as a masked language model; it does not decode (no KV cache)."""
+
+    stacks = {"encoder": False}
+    maps = {"self": ("encoder", "self")}
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.encoder = Stack(cfg, cfg.n_layers, causal=False, cross=False)
+        self.init_weights()
+
+    def forward(self, tokens: torch.Tensor, padded: Optional[bool] = None) -> torch.Tensor:
+        return self.logits(self.hidden(tokens, padded))
+
+    def hidden(self, tokens: torch.Tensor, padded: Optional[bool] = None) -> torch.Tensor:
+        """(B, T) tokens -> the final states (B, T, D); ``padded`` as in :meth:`DecoderLM.hidden`."""
+        self.encoder.check_length(tokens.size(1), None)
+        valid = None if padded is False else self.padding(tokens)
+        if padded is None:
+            valid = _unless_all(valid)
+        return self.encoder(self.embed_tokens(tokens), valid)
+
+
 def _unless_all(valid: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """The padding mask, or None when nothing is padding (attention then needs no mask)."""
     return None if valid is None or bool(valid.all()) else valid
 
 
 def build_model(cfg: ModelConfig) -> TransformerBase:
-    """A plain ``nn.Module`` for ``cfg``: :class:`DecoderLM` or :class:`EncoderDecoder`."""
-    return DecoderLM(cfg) if cfg.kind == "lm" else EncoderDecoder(cfg)
+    """A plain ``nn.Module`` for ``cfg``: the class registered for ``cfg.kind``."""
+    return KINDS.build(cfg.kind, cfg)

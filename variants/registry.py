@@ -153,6 +153,8 @@ ATTENTIONS: Registry = Registry("attention")
 INITS: Registry = Registry("init")
 
 REGISTRIES: dict[str, Registry] = {r.slot: r for r in (NORMS, NORM_POSITIONS, POSITIONS, FFNS, ATTENTIONS, INITS)}
+# Model kinds (``model.kind``): the model classes of :mod:`variants.models`, not a component slot.
+KINDS: Registry = Registry("model kind")
 
 
 def option_owners() -> dict[str, list[tuple[str, str, Option]]]:

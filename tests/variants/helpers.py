@@ -4,7 +4,7 @@ Every parametrization is computed from ``REGISTRIES[slot].names()`` at collectio
 newly registered component joins every test without test edits.
 
 The model grid: ``kind`` x every slot in ``GRID_SLOTS`` (the full product), plus every other
-slot varied over its whole registry one at a time (both kinds) with the remaining slots at
+slot varied over its whole registry one at a time (every kind) with the remaining slots at
 ``BASE_SLOTS``, plus every entry at each non-default example of each of its settings
 (:func:`option_examples`). Set ``ABLATE_FULL_GRID=1`` to run the full product of every slot
 instead.
@@ -19,10 +19,12 @@ import pytest
 import torch
 
 from variants import REGISTRIES, ModelConfig, build_model
-from variants.config import KINDS
-from variants.registry import Option, options_of
+from variants.registry import KINDS, Option, options_of
 
 PAD = 0
+
+# Model kinds that decode incrementally (a KV cache); the encoder-only kind does not.
+CACHED_KINDS = tuple(k for k in KINDS.names() if KINDS.get(k).cached)
 
 # The tiny model every test uses; slot values and anything else come as overrides.
 # init_std is 10x the default: at width 32 the default 0.02 leaves attention almost uniform and
@@ -82,7 +84,7 @@ def options_only(settings: dict) -> dict:
     return {key: value for key, value in settings.items() if key not in ModelConfig.__dataclass_fields__}
 
 
-def slot_grid(kinds=KINDS) -> list[dict[str, str]]:
+def slot_grid(kinds=tuple(KINDS.names())) -> list[dict[str, str]]:
     """One dict ``{"kind": ..., <slot>: <name>, ...}`` per grid point, without duplicates."""
     slots = sorted(REGISTRIES)
     points: list[dict[str, str]] = []
@@ -114,7 +116,7 @@ def point_id(point: dict) -> str:
     return "-".join([config_id(point["kind"], slots), *settings])
 
 
-def grid_params(kinds=KINDS, where=None) -> list:
+def grid_params(kinds=tuple(KINDS.names()), where=None) -> list:
     """``pytest.param(point, id=...)`` for the grid points (optionally filtered by ``where``)."""
     params = []
     for point in slot_grid(kinds):

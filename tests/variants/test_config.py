@@ -16,8 +16,8 @@ def test_unknown_component_lists_choices(slot):
 
 
 def test_unknown_kind():
-    with pytest.raises(ValueError, match="kind.*lm, seq2seq"):
-        ModelConfig(kind="encoder")
+    with pytest.raises(ValueError, match="unknown model kind 'decoder'; choices: encoder, lm, seq2seq"):
+        ModelConfig(kind="decoder")
 
 
 def test_heads_must_divide_d_model():

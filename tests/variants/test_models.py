@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.variants.helpers import PAD, TINY, assert_close, build, config_of, tiny_config, tokens
+from tests.variants.helpers import CACHED_KINDS, PAD, TINY, assert_close, build, config_of, tiny_config, tokens
 from variants import REGISTRIES
-from variants.config import KINDS
+from variants.registry import KINDS
 from variants.attention import attention_mask
 from variants.registry import NORM_POSITIONS, POSITIONS
 
@@ -89,8 +89,8 @@ def unrouted(model) -> set[str]:
 def test_output_shapes(point):
     model = build(config_of(point))
     B, S, T = 3, 9, 7
-    if point["kind"] == "lm":
-        logits = model(tokens(B, T, 0))
+    if point["kind"] != "seq2seq":  # one input: logits for every position
+        logits = model(*model.example_inputs(tokens(B, T, 0)))
     else:
         src, tgt = tokens(B, S, 0), tokens(B, T, 1)
         memory, valid = model.encode(src)
@@ -114,10 +114,10 @@ def test_fingerprint_reports_the_configured_slots(point):
 
 
 @pytest.mark.parametrize("norm_position", NORM_POSITIONS.names())
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS.names())
 def test_final_norm_only_for_pre_ln(kind, norm_position):
     model = build(tiny_config(kind, norm_position=norm_position))
-    stacks = [model.decoder] + ([model.encoder] if kind == "seq2seq" else [])
+    stacks = [getattr(model, name) for name in model.stacks]
     expected = NORM_POSITIONS.get(norm_position).final_norm
     if norm_position == "pre":
         assert expected
@@ -168,6 +168,32 @@ def test_seq2seq_decoder_is_causal_encoder_is_not(s2s_point):
     assert not torch.allclose(model.encode(src2)[0][0, 0], model.encode(src)[0][0, 0], atol=1e-4)
 
 
+@pytest.mark.parametrize("padded_batch", [False, True], ids=["unpadded", "padded"])
+def test_encoder_is_bidirectional(enc_point, padded_batch):
+    """The encoder-only model's counterpart of the causality tests: a later token changes an
+    earlier position's output (the first position's, or within a sliding window the nearest
+    one's), and an earlier token a later one's."""
+    model = build(config_of(enc_point))
+    x = tokens(2, 12, 0)
+    if padded_batch:
+        x = torch.cat([x, right_pad([tokens(1, 4, 5)[0]], 12)])
+    window = model.cfg.options.get("window")
+    j = 7 if window is None else min(7, window - 1)
+    later, earlier = x.clone(), x.clone()
+    later[:2, j] = x[:2, j] % (V - 1) + 1
+    earlier[:2, 0] = x[:2, 0] % (V - 1) + 1
+    a = model(x)
+    assert not torch.allclose(model(later)[:2, 0], a[:2, 0], atol=1e-4)
+    assert not torch.allclose(model(earlier)[:2, j], a[:2, j], atol=1e-4)
+
+
+def test_encoder_does_not_decode(enc_point):
+    model = build(config_of(enc_point))
+    assert model.cached is None
+    with pytest.raises(ValueError, match="of kind 'encoder' does not decode incrementally: it has no KV cache"):
+        model.new_cache(2, 8)
+
+
 # ---------------------------------------------------------------------------------------------
 # where position information goes
 
@@ -214,6 +240,21 @@ def test_lm_padding_invariance(lm_point, side):
         alone = model(s[None])[0]
         real = out[i, : len(s)] if side == "right" else out[i, T - len(s):]
         assert_close(real, alone, msg=f"row {i} ({side} padding)")
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_encoder_padding_invariance(enc_point, side):
+    """A sequence alone gives the same outputs as inside a padded batch (at its real tokens):
+    padding is masked in both directions."""
+    model = build(config_of(enc_point))
+    lengths = [9, 4, 12, 1]
+    seqs = seqs_of(lengths, 10)
+    T = max(lengths)
+    out = model((right_pad if side == "right" else left_pad)(seqs, T))
+    assert out.isfinite().all()
+    for i, s in enumerate(seqs):
+        real = out[i, : len(s)] if side == "right" else out[i, T - len(s):]
+        assert_close(real, model(s[None])[0], msg=f"row {i} ({side} padding)")
 
 
 def test_seq2seq_source_padding_invariance(s2s_point):
@@ -352,7 +393,7 @@ def test_seq2seq_cache_reorder(s2s_point):
     assert_close(steps, expected)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", CACHED_KINDS)
 def test_cache_overflow_raises(kind):
     model = build(tiny_config(kind, position="rope"))
     cache = model.new_cache(2, 5)
@@ -380,7 +421,7 @@ def test_fully_masked_rows_are_finite(point):
     """An LM row that is all padding, or a seq2seq source row that is all padding: outputs and
     the gradients of a loss over *all* logits stay finite."""
     model = build(config_of(point))
-    if point["kind"] == "lm":
+    if point["kind"] != "seq2seq":
         batch = right_pad([tokens(1, 6, 0)[0], torch.tensor([], dtype=torch.long)], 6)
         logits = model(batch)
     else:
@@ -423,7 +464,7 @@ def test_attention_mask_causal_queries_after_past_keys():
 def test_every_parameter_gets_a_gradient(point):
     """A training-mode forward/backward reaches every parameter (no unused modules)."""
     model = build(config_of(point, dropout=0.1)).train()
-    if point["kind"] == "lm":
+    if point["kind"] != "seq2seq":  # next-token targets; for the encoder any targets will do
         x = right_pad(seqs_of([10, 7], 100), 10)
         logits = model(x[:, :-1])
         target = x[:, 1:]
@@ -444,11 +485,11 @@ def test_every_parameter_gets_a_gradient(point):
 # sequence length: learned positions are bounded, the others extrapolate
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS.names())
 def test_learned_positions_reject_long_sequences(kind):
     model = build(tiny_config(kind, position="learned"))
     ok, long = tokens(1, MAX_LEN, 0), tokens(1, MAX_LEN + 1, 1)
-    if kind == "lm":
+    if kind != "seq2seq":
         assert model(ok).shape == (1, MAX_LEN, V)
         with pytest.raises(ValueError, match=f"max_seq_len={MAX_LEN}"):
             model(long)
@@ -462,7 +503,7 @@ def test_learned_positions_reject_long_sequences(kind):
             model(long, ok)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", CACHED_KINDS)
 def test_learned_positions_reject_long_cached_decoding(kind):
     """Prefill + steps up to max_seq_len work; one more step raises, even though the cache
     itself has room, and leaves the cache unchanged."""
@@ -482,14 +523,17 @@ def test_learned_positions_reject_long_cached_decoding(kind):
 
 
 @pytest.mark.parametrize("position", [p for p in POSITIONS.names() if p not in LENGTH_LIMITED])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS.names())
 def test_other_positions_extrapolate(kind, position):
-    """Sequences beyond max_seq_len are accepted, also through the cache (which agrees with
-    the full pass)."""
+    """Sequences beyond max_seq_len are accepted, also through the cache where the kind has one
+    (which agrees with the full pass)."""
     model = build(tiny_config(kind, position=position))
     T = MAX_LEN + 9
     seq = tokens(2, T, 0)
-    if kind == "lm":
+    if kind == "encoder":
+        full = model(seq)
+        cached = full
+    elif kind == "lm":
         full = model(seq)
         cached = lm_cached(model, seq, [MAX_LEN - 1])
     else:
