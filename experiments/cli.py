@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the traceback behind a refusal (also: ABLATE_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_components, _add_train, _add_sweep, _add_sweep_run, _add_status, _add_wandb_view,
-                _add_bench, _add_report, _add_reproduce, _add_generate, _add_translate,
+                _add_bench, _add_report, _add_reproduce, _add_generate, _add_translate, _add_fill_mask,
                 _add_attention, _add_export):
         add(commands)
     return parser
@@ -252,8 +252,8 @@ def _add_demo(commands) -> None:
 
 
 def _add_components(commands) -> None:
-    components = commands.add_parser("components", help="build every registered component in both model "
-                                                        "kinds; print parameter counts and checks")
+    components = commands.add_parser("components", help="build every registered component in every model "
+                                                        "kind; print parameter counts and checks")
     components.add_argument("--d-model", type=int, default=256)
     components.add_argument("--steps", type=int, default=3, help="timed training steps per model")
     components.set_defaults(func=_components)
@@ -333,6 +333,16 @@ def _add_translate(commands) -> None:
     tr.add_argument("--beam", type=int, default=4, help="1: greedy")
     _device_option(tr)
     tr.set_defaults(func=_use("translate"))
+
+
+def _add_fill_mask(commands) -> None:
+    fm = commands.add_parser("fill-mask", help="the likeliest word pieces for each <mask> of a text, with a "
+                                               "trained masked-LM run (its newest checkpoint)")
+    fm.add_argument("run_dir", metavar="RUN_DIR", help="e.g. runs/mlm-bible/layernorm-pre-learned-gelu-s0")
+    fm.add_argument("--text", required=True, help='e.g. "In the beginning <mask> created"')
+    fm.add_argument("--top-k", type=int, default=5)
+    _device_option(fm)
+    fm.set_defaults(func=_use("fill_mask"))
 
 
 def _add_attention(commands) -> None:

@@ -1,5 +1,6 @@
 """Use a trained run: ``ablate generate RUN_DIR --prompt TEXT`` continues a prompt with an LM
 run; ``ablate translate RUN_DIR < sources.txt`` translates with a translation run; ``ablate
+fill-mask RUN_DIR --text TEXT`` fills in each ``<mask>`` with a masked-LM run; ``ablate
 attention RUN_DIR --text TEXT`` draws its attention maps; ``ablate export RUN_DIR --hf OUT``
 writes it as a Hugging Face model. All read the run's own ``config.yaml``, ``tokenizer.json`` and
 newest checkpoint, on CPU or GPU."""
@@ -17,7 +18,7 @@ import torch
 from experiments.run.config import ConfigError, RunConfig, load_config
 from lit.checkpointing import checkpoint_damage, checkpoints
 from tools.errors import report_error
-from lit.data.tokenizer import BOS, EOS, PAD, TextTokenizer
+from lit.data.tokenizer import BOS, EOS, MASK, PAD, TextTokenizer
 from variants import build_model
 
 TABLE_POSITIONS = ("learned", "sinusoidal")  # position schemes with a fixed-size table
@@ -129,6 +130,33 @@ def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 50, temperature:
         pieces.push(out[-1])
     pieces.close()
     return tok.decode(out)
+
+
+def fill_mask(run: LoadedRun, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """For each ``<mask>`` of ``text``, in order, the ``top_k`` word pieces the run's masked-LM
+    puts there with their probabilities (special tokens left out). A space before ``<mask>``
+    belongs to the masked word, as in training, where a word piece carries its leading space."""
+    tok = run.tokenizer
+    if tok.mask_id is None:
+        raise UseError(f"{run.cfg.run_name} is a {run.cfg.task.name} run: fill-mask needs a masked-LM run "
+                       f"(task.name=mlm)")
+    if MASK not in text:
+        raise UseError(f"--text has no {MASK}: write {MASK} where a word should be filled in")
+    if top_k < 1:
+        raise UseError(f"--top-k {top_k}: give 1 or more")
+    ids = [tok.eos_id] + tok.encode(text.replace(f" {MASK}", MASK)) + [tok.eos_id]  # as training blocks
+    if run.cfg.model.position in TABLE_POSITIONS and len(ids) > run.cfg.model.max_seq_len:
+        raise UseError(f"the text ({len(ids)} tokens) exceeds the {run.cfg.model.max_seq_len} positions of this "
+                       f"run's {run.cfg.model.position} position table")
+    device = next(run.model.parameters()).device
+    with torch.no_grad():
+        logits = run.model(torch.tensor([ids], device=device))[0].float()
+    logits[:, : tok.n_specials] = float("-inf")
+    found = []
+    for position in [i for i, t in enumerate(ids) if t == tok.mask_id]:
+        probs, best = logits[position].softmax(-1).topk(min(top_k, logits.size(-1) - tok.n_specials))
+        found.append([(tok.tokenizer.decode([int(i)]), float(p)) for p, i in zip(probs, best)])
+    return found
 
 
 def check_beam(beam: int) -> None:
@@ -264,8 +292,8 @@ def attention_figures(run: LoadedRun, text: str, out: str | Path, layer: Optiona
     tok, cfg, out = run.tokenizer, run.cfg.model, Path(out)
     device = next(run.model.parameters()).device
     name = run.cfg.run_name
-    if cfg.kind == "lm":
-        ids = [tok.eos_id] + tok.encode(text)
+    if len(run.model.example_inputs(torch.zeros(1, 1))) == 1:  # one input: an LM or an encoder
+        ids = [tok.eos_id] + tok.encode(text) + ([tok.eos_id] if tok.mask_id is not None else [])
         if cfg.position in TABLE_POSITIONS and len(ids) > cfg.max_seq_len:
             raise UseError(f"the text ({len(ids)} tokens) exceeds the {cfg.max_seq_len} positions of this run's "
                            f"{cfg.position} position table")
@@ -388,6 +416,22 @@ def generate_command(args) -> int:
         report_error("ablate generate", err)
         return 2
     print("" if shown else args.prompt, flush=True)
+    return 0
+
+
+def fill_mask_command(args) -> int:
+    """Each ``<mask>``'s fillers, most probable first, one per line with its probability."""
+    try:
+        run = load_run(args.run_dir, args.device)
+        found = fill_mask(run, args.text, args.top_k)
+    except (UseError, ValueError) as err:
+        report_error("ablate fill-mask", err)
+        return 2
+    for number, fillers in enumerate(found, 1):
+        if len(found) > 1:
+            print(f"{MASK} {number}:")
+        for piece, p in fillers:
+            print(f"  {p:6.3f}  {piece!r}")
     return 0
 
 

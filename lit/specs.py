@@ -22,7 +22,10 @@ class TaskSpec:
     headline: ClassVar[tuple[str, str]]  # (validation, test) metric that summarises a run
     report_metrics: ClassVar[tuple[str, ...]]  # per-run metrics of a report, in its table
     compared: ClassVar[tuple[str, ...]]  # metrics a report tests against the baseline
+    printed: ClassVar[tuple[str, ...]]  # the metrics ``ablate train`` prints when a run ends
+    best: ClassVar[dict[str, str]]  # validation metrics W&B summarises by their best ("min"|"max") and last
     translates: ClassVar[bool] = False  # decodes test hypotheses (BLEU, samples, test.hyp)
+    blocks: ClassVar[bool] = True  # batches of data.batch_size blocks (else: a data.max_tokens token budget)
     extrapolates: ClassVar[bool] = False  # test perplexity beyond the training length
 
     @staticmethod
@@ -43,6 +46,8 @@ class LanguageModelling(TaskSpec):
     headline = ("val/ppl", "test/ppl")
     report_metrics = ("val/ppl", "test/ppl", "test/bpb")
     compared = ("test/ppl", "test/bpb")
+    printed = ("val/loss", "val/ppl", "val/bpb", "test/ppl", "test/bpb")
+    best = {"val/loss": "min", "val/ppl": "min"}
     extrapolates = True
 
     @staticmethod
@@ -66,6 +71,9 @@ class Translation(TaskSpec):
     headline = ("val/bleu", "test/bleu")
     report_metrics = ("val/ppl", "test/ppl", "test/bleu", "test/chrf")
     compared = ("test/bleu", "test/ppl")
+    blocks = False
+    printed = ("val/loss", "val/ppl", "val/bleu", "test/ppl", "test/bleu")
+    best = {"val/loss": "min", "val/ppl": "min", "val/bleu": "max"}
     translates = True
 
     @staticmethod
@@ -79,6 +87,37 @@ class Translation(TaskSpec):
         from lit.tasks import TranslationTask
 
         return TranslationTask(model, task, data.tokenizer, data.references)
+
+
+@TASKS.register("mlm")
+class MaskedLanguageModelling(TaskSpec):
+    """BERT's masked language modelling on blocks of one token stream per split: 15% of the word
+    pieces chosen, 80% of those shown as ``<mask>``, 10% as a random word piece, 10% unchanged;
+    metrics over the chosen positions."""
+
+    model_kind = "encoder"
+    headline = ("val/ppl", "test/ppl")
+    report_metrics = ("val/ppl", "test/ppl", "test/acc", "test/bpb")
+    compared = ("test/ppl", "test/acc")
+    printed = ("val/loss", "val/ppl", "val/acc", "test/ppl", "test/acc", "test/bpb")
+    best = {"val/loss": "min", "val/ppl": "min", "val/acc": "max"}
+
+    @staticmethod
+    def datamodule(data, max_seq_len, seed):
+        from lit.data.modules import MaskedLMDataModule
+
+        return MaskedLMDataModule(data, max_seq_len, seed)
+
+    @staticmethod
+    def module(model, task, data):
+        from lit.tasks import MaskedLanguageModelTask
+
+        return MaskedLanguageModelTask(model, task, data.tokenizer, data.token_bytes, data.seed)
+
+
+def best_of() -> dict[str, str]:
+    """Every task's best-of metrics (metric -> ``min``|``max``): what W&B summarises by its best."""
+    return {key: how for name in TASKS.names() for key, how in TASKS.get(name).best.items()}
 
 
 def task_spec(name: str) -> type[TaskSpec]:

@@ -1,4 +1,4 @@
-"""LightningModules for the two tasks: thin wrappers that own loss, metrics, logging and the
+"""LightningModules for the tasks: thin wrappers that own loss, metrics, logging and the
 optimizer, around a pure ``variants`` model.
 
 Reported metrics follow the standard definitions:
@@ -16,6 +16,7 @@ Reported metrics follow the standard definitions:
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from typing import Optional
 
@@ -24,6 +25,7 @@ import torch
 from torchmetrics.aggregation import SumMetric
 
 from lit.config import TaskConfig
+from lit.data.modules import bert_mask
 from lit.extrapolation import extrapolation
 from tools.metrics import bits_per_byte, corpus_bleu, corpus_chrf, one_line, perplexity
 from variants import ModelConfig, build_model
@@ -31,20 +33,23 @@ from variants.decoding import beam_translate, greedy_translate
 from variants.flops import FlopCounter
 
 
+# the masked-LM task masks its training blocks in its own on_before_batch_transfer, by design
+warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`")
+
 SOURCE_CHECK_SENTENCES = 300  # validation examples decoded twice, with true and with shuffled sources
 SOURCE_CHECK_SEED = 0
 
 
-def split_sums(device: torch.device) -> tuple[SumMetric, SumMetric]:
-    """Two float64 sums (NLL, tokens) over one pass's batches, reduced over ranks when computed,
-    starting at 0; a NaN is kept (a diverged model's loss must show, not be dropped)."""
+def split_sums(device: torch.device, n: int = 2) -> tuple[SumMetric, ...]:
+    """``n`` float64 sums (default: NLL, tokens) over one pass's batches, reduced over ranks when
+    computed, starting at 0; a NaN is kept (a diverged model's loss must show, not be dropped)."""
     sums = []
-    for _ in range(2):
+    for _ in range(n):
         metric = SumMetric(nan_strategy="disable").to(device)
         metric.set_dtype(torch.float64)
         metric.update(torch.zeros((), dtype=torch.float64, device=device))  # a pass with no batch sums to 0
         sums.append(metric)
-    return sums[0], sums[1]
+    return tuple(sums)
 
 
 class TaskModule(L.LightningModule):
@@ -270,6 +275,63 @@ class LanguageModelTask(TaskModule):
                                   self.pad_id, self.cfg.extrapolation_stride)
             metrics.update({f"{stage}/{k}": v for k, v in found.items() if v is not None})
         return metrics
+
+    def flops_of(self, batch) -> float:
+        return self.count_flops(self.tokens_in(batch), batch["inputs"].size(1))
+
+
+class MaskedLanguageModelTask(TaskModule):
+    """Masked language modelling (BERT): predict the chosen word pieces of a corrupted block from
+    both sides. Training blocks are masked at each step on a generator keyed by the run's seed and
+    the optimizer step (a resumed run masks exactly as an uninterrupted one); validation and test
+    blocks carry fixed masks (:class:`lit.data.modules.MaskedBlocks`). Metrics over the masked
+    positions: ``ppl`` (exp of their summed NLL over their count), ``acc`` (the share whose
+    argmax is the original token) and ``bpb`` (their NLL in bits over the UTF-8 bytes they
+    stand for)."""
+
+    def __init__(self, model: ModelConfig, task: TaskConfig, tokenizer, token_bytes: torch.Tensor,
+                 seed: int = 0) -> None:
+        super().__init__(model, task, tokenizer.pad_id)
+        self.mask_id, self.n_specials, self.vocab = tokenizer.mask_id, tokenizer.n_specials, tokenizer.vocab_size
+        self.token_bytes, self.seed = token_bytes, seed
+        self.mask_sums: dict[str, tuple[SumMetric, ...]] = {}  # stage -> (correct, bytes, masked tokens)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int = 0):
+        """Training blocks are masked here, on the host, before they reach the device."""
+        if "tokens" in batch:
+            step = self.trainer.global_step if self._trainer is not None else 0
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            batch["inputs"], batch["targets"] = bert_mask(batch.pop("tokens"), generator, self.mask_id,
+                                                          self.n_specials, self.vocab, self.pad_id)
+            batch["n_targets"] = int((batch["targets"] != self.pad_id).sum())
+        return batch
+
+    def forward_batch(self, batch):
+        return self.model.hidden(batch["inputs"], padded=batch.get("padded")), batch["targets"]
+
+    def _eval_step(self, batch, stage: str) -> None:
+        hidden, targets = self.forward_batch(batch)
+        _, nll = self.model.loss(hidden, targets, self.pad_id)
+        chosen = targets != self.pad_id
+        wanted = targets[chosen]
+        correct = (self.model.logits(hidden[chosen]).argmax(-1) == wanted).sum()
+        n_bytes = self.token_bytes.to(hidden.device)[wanted].sum()
+        if stage not in self.split_sums:
+            self.split_sums[stage], self.mask_sums[stage] = split_sums(nll.device), split_sums(nll.device, 3)
+        count = chosen.sum()
+        for metric, value in zip((*self.split_sums[stage], *self.mask_sums[stage]),
+                                 (nll.detach(), count, correct, n_bytes, count)):
+            metric.update(value)
+
+    def extra_metrics(self, stage, nll):
+        sums = self.mask_sums.pop(stage, None) or split_sums(self.device, 3)
+        correct, n_bytes, count = (float(metric.compute()) for metric in sums)
+        return {f"{stage}/acc": correct / max(count, 1),
+                f"{stage}/bpb": bits_per_byte(nll, n_bytes) if n_bytes else float("nan")}
+
+    def tokens_in(self, batch) -> int:
+        """Every non-pad input token is processed (throughput), not only the masked ones."""
+        return int(batch["n_tokens"])
 
     def flops_of(self, batch) -> float:
         return self.count_flops(self.tokens_in(batch), batch["inputs"].size(1))

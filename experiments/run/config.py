@@ -135,9 +135,9 @@ class RunConfig:
             raise ValueError(f"key 'data.block_size': {block} tokens per block, but position "
                              f"{self.model.position!r} encodes at most {limit} (model.max_seq_len); "
                              f"raise model.max_seq_len or shorten the blocks")
-        if self.perf.cuda_graphs and expected != "lm":
+        if self.perf.cuda_graphs and not task_spec(self.task.name).blocks:
             raise ValueError(f"key 'perf.cuda_graphs': CUDA graphs replay fixed shapes, and {self.task.name} "
-                             f"batches vary in length; language modelling only (perf.compile compiles any task)")
+                             f"batches vary in length; tasks batched in blocks only (perf.compile compiles any task)")
         decode = getattr(self.task, "max_decode_len", None) if expected == "seq2seq" else None
         if decode is not None and limit is not None and decode > limit:
             raise ValueError(f"key 'task.max_decode_len': translations of up to {decode} tokens, but position "
@@ -206,11 +206,22 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
             raise ConfigError(f"{where}: {_describe(err)}") from None
     try:
         merged = OmegaConf.merge(merged, _options_moved(_derived_keys_moved(layers[-1][1])))
+        if not any(OmegaConf.select(layer, "model.kind") is not None for _, layer in layers):
+            _kind_from_task(merged)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(f"command-line override: {_describe(err)}") from None
     except ValueError as err:  # validation in the dataclasses
         raise ConfigError(str(err)) from None
+
+
+def _kind_from_task(merged) -> None:
+    """``model.kind`` follows from the task (its spec's ``model_kind``): configs write the task
+    alone. A layer that sets ``model.kind`` is checked against the task instead."""
+    try:
+        merged.model.kind = task_spec(merged.task.name).model_kind
+    except ValueError:
+        pass  # an unknown task.name: refused by name when the config is checked
 
 
 def import_plugins(modules, where: str) -> None:

@@ -435,8 +435,8 @@ def _refused_at_start(cfg: RunConfig, err: Exception, prog: str) -> int:
 
 
 def _summary(cfg: RunConfig, metrics: dict[str, Any], problem: Optional[str], where: Optional[str]) -> None:
-    keys = [k for k in ("val/loss", "val/ppl", "val/bpb", "val/bleu", "test/ppl", "test/bpb", "test/bleu",
-                        "perf/tokens_per_s_median", "perf/mfu_median") if k in metrics]
+    keys = [k for k in (*task_spec(cfg.task.name).printed, "perf/tokens_per_s_median", "perf/mfu_median")
+            if k in metrics]
     keys += sorted(k for k in metrics if k.startswith("test/ppl_x"))
     print(f"\n== {cfg.run.experiment}/{cfg.run_name}: {metrics['state']}"
           f" ({metrics['wall_s']:.0f} s, {metrics['params']:,} parameters)")

@@ -34,9 +34,9 @@ from experiments.run.config import RunConfig, resolved
 from experiments.run.rundir import metric_records
 from experiments.run.wandb_records import run_segments, sent_metrics
 from lit.checkpointing import saved_resume_state
+from lit.specs import best_of
 
 STEP_KEY = "trainer/global_step"
-SUMMARIES = {"val/loss": "min", "val/ppl": "min", "val/bleu": "max"}  # best-of summaries
 EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 1, "interrupted": 130}  # SIGTERM: 143
 
 
@@ -134,7 +134,7 @@ def make_logger(cfg: RunConfig, run_dir: Path, extra: dict[str, Any], resume_fro
     )
     if os.environ.get("WANDB_MODE") != "disabled":
         experiment = logger.experiment  # starts the W&B run
-        for key, summary in SUMMARIES.items():
+        for key, summary in best_of().items():
             experiment.define_metric(key, step_metric=STEP_KEY, summary=summary)
         if wandb_id is None:
             id_file.write_text(experiment.id)
@@ -154,14 +154,14 @@ def summary(status: dict[str, Any], metrics_path: Path) -> dict[str, Any]:
     """The W&B summary of a run: the final numbers of ``status.json``, with ``state``, the BLEU
     signature, the run id and the parameter count; the best-of metrics as ``{min|max, last}``
     over the run's ``metrics.jsonl``."""
-    final = dict(status.get("metrics") or {})
-    out: dict[str, Any] = {k: v for k, v in final.items() if k not in SUMMARIES}
+    final, best = dict(status.get("metrics") or {}), best_of()
+    out: dict[str, Any] = {k: v for k, v in final.items() if k not in best}
     history: dict[str, list[float]] = {}
     for record in metric_records(metrics_path.parent):
-        for key in SUMMARIES:
+        for key in best:
             if key in record:
                 history.setdefault(key, []).append(record[key])
-    for key, how in SUMMARIES.items():
+    for key, how in best.items():
         if key in final or key in history:
             values = history.get(key) or [final[key]]
             out[key] = {how: (min if how == "min" else max)(values), "last": final.get(key, values[-1])}

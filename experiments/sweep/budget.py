@@ -41,6 +41,7 @@ from typing import Any, Optional, Sequence, TypeVar
 from omegaconf import MISSING
 
 from experiments.run.config import RunConfig, run_id
+from lit.specs import task_spec
 
 Run = TypeVar("Run")  # a SweepRun (spec.py imports this module, so it is not imported here)
 
@@ -167,16 +168,19 @@ def replicas(cfg: RunConfig, where: str) -> int:
 
 
 def nominal_len(cfg: RunConfig, seq_len: Optional[int]) -> int:
-    """The sequence length a step's attention is counted at: the LM's block, or a translation's
-    nominal sentence length (``budget.seq_len``, default ``model.max_seq_len``)."""
-    if cfg.model.kind == "lm":
+    """The sequence length a step's attention is counted at: the block of a task batched in blocks
+    (language modelling, masked-LM), or a translation's nominal sentence length (``budget.seq_len``,
+    default ``model.max_seq_len``)."""
+    if task_spec(cfg.task.name).blocks:
         return cfg.data.lm_block_size(cfg.model.max_seq_len)
     return seq_len or cfg.model.max_seq_len
 
 
 def tokens_per_step(cfg: RunConfig, where: str) -> int:
-    """Target tokens of one optimizer step: LM batch_size × block; translation max_tokens (a bound)."""
-    per_batch = (cfg.data.batch_size * nominal_len(cfg, None) if cfg.model.kind == "lm" else cfg.data.max_tokens)
+    """Tokens of one optimizer step: batch_size × block for a task batched in blocks; translation
+    max_tokens (a bound)."""
+    blocks = task_spec(cfg.task.name).blocks
+    per_batch = cfg.data.batch_size * nominal_len(cfg, None) if blocks else cfg.data.max_tokens
     return per_batch * replicas(cfg, where)
 
 
@@ -185,7 +189,7 @@ def flops_per_step(cfg: RunConfig, seq_len: Optional[int], where: str) -> float:
     length, tokens = nominal_len(cfg, seq_len), tokens_per_step(cfg, where)
     model = dataclasses.replace(cfg.model, vocab_size=cfg.data.vocab_size)
     counter = _counter(json.dumps(dataclasses.asdict(model), sort_keys=True))
-    if cfg.model.kind == "lm":
+    if counter.source is None:  # one stack reads the tokens
         return counter(tokens=tokens, seq_len=length)
     return counter(tokens=tokens, seq_len=length, src_tokens=tokens, src_len=length)
 

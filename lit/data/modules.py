@@ -62,8 +62,10 @@ class _BaseDataModule(L.LightningDataModule):
         limit = self.cfg.limit_train if split == "train" else self.cfg.limit_eval
         return items[:limit] if limit else items
 
+    masks = False  # a masked-LM data module: its tokenizer has <mask>
+
     def _tokenizer(self, texts: list[str]) -> TextTokenizer:
-        return cached_bpe(texts, self.cfg.vocab_size, self.cfg.cache_path / "tokenizers")
+        return cached_bpe(texts, self.cfg.vocab_size, self.cfg.cache_path / "tokenizers", mask=self.masks)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         raise NotImplementedError
@@ -130,6 +132,101 @@ class LMDataModule(_BaseDataModule):
             batches = self._train_batches(ShuffledBatches(len(data), self.cfg.batch_size, self.seed, rank, world))
             return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.num_workers, collate_fn=collate)
         # evaluation: every block on exactly one rank, in order
+        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=range(rank, len(data), world),
+                          num_workers=self.cfg.num_workers, collate_fn=collate)
+
+
+# ------------------------------------------------------------------------------------ masked LM
+
+MASK_RATE = 0.15  # of the word pieces: BERT's share chosen for prediction
+EVAL_MASK_SEED = 20_250_101  # the masks of the validation and test splits: one fixed set for every run
+
+
+def bert_mask(tokens: torch.Tensor, generator: torch.Generator, mask_id: int, n_specials: int, vocab_size: int,
+              pad_id: int, rate: float = MASK_RATE) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's corruption of ``tokens`` (B, T) on the CPU (Devlin et al. 2019): each word piece
+    (never a special token or padding) is chosen with probability ``rate``; of the chosen, 80%
+    become ``<mask>``, 10% a random word piece and 10% stay. Returns (inputs, targets): targets
+    hold the original token at the chosen positions and ``pad_id`` (ignored) elsewhere. A function
+    of the generator's state alone: the same seed masks the same positions the same way."""
+    shape = tokens.shape
+    chosen = (tokens >= n_specials) & (torch.rand(shape, generator=generator) < rate)
+    how = torch.rand(shape, generator=generator)
+    random_ids = torch.randint(n_specials, vocab_size, shape, generator=generator)
+    inputs = torch.where(chosen & (how < 0.8), torch.full_like(tokens, mask_id), tokens)
+    swap = chosen & (how >= 0.8) & (how < 0.9)
+    inputs = torch.where(swap, random_ids, inputs)
+    return inputs, torch.where(chosen, tokens, torch.full_like(tokens, pad_id))
+
+
+class MaskedBlocks(Dataset):
+    """Blocks of a token stream, not shifted: ``tokens`` alone (training: masked at each step by
+    the task, on a generator keyed by the step) or masked once here (evaluation: ``inputs`` and
+    ``targets``, the same positions for every run and variant)."""
+
+    def __init__(self, stream: torch.Tensor, block_size: int, pad_id: int,
+                 masked: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> None:
+        n_blocks = max(1, -(-len(stream) // block_size))
+        padded = torch.full((n_blocks * block_size,), pad_id, dtype=torch.long)
+        padded[: len(stream)] = stream
+        self.tokens = padded.view(n_blocks, block_size)
+        self.masked = masked
+
+    def mask_with(self, generator: torch.Generator, tokenizer: TextTokenizer) -> None:
+        self.masked = bert_mask(self.tokens, generator, tokenizer.mask_id, tokenizer.n_specials,
+                                tokenizer.vocab_size, tokenizer.pad_id)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i):
+        if self.masked is None:
+            return {"tokens": self.tokens[i]}
+        return {"inputs": self.masked[0][i], "targets": self.masked[1][i]}
+
+
+def collate_masked(items, pad_id: int):
+    """Masked-LM blocks stacked; ``n_tokens``: the non-pad input tokens (throughput counts them),
+    ``n_targets`` the masked ones (evaluation; training counts them when it masks)."""
+    batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+    inputs = batch.get("inputs", batch.get("tokens"))
+    batch.update(padded=bool((inputs == pad_id).any()), n_tokens=int((inputs != pad_id).sum()))
+    if "targets" in batch:
+        batch["n_targets"] = int((batch["targets"] != pad_id).sum())
+    return batch
+
+
+class MaskedLMDataModule(_BaseDataModule):
+    """Masked language modelling on blocks of one token stream per split (verses joined by
+    ``<eos>``, as for language modelling), with a ``<mask>`` token in the tokenizer."""
+
+    masks = True
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.tokenizer is not None:
+            return
+        texts = {split: self._limit(load_text(self.cfg, split), split) for split in SPLITS}
+        self.tokenizer = tok = self._tokenizer(texts["train"])
+        self.block_size = self.cfg.lm_block_size(self.max_seq_len)
+        self.datasets = {}
+        for i, (split, items) in enumerate(texts.items()):
+            stream = [tok.eos_id]
+            for ids in tok.encode_batch(items):
+                stream += ids + [tok.eos_id]
+            self.datasets[split] = MaskedBlocks(torch.tensor(stream), self.block_size, tok.pad_id)
+            if split != "train":
+                self.datasets[split].mask_with(torch.Generator().manual_seed(EVAL_MASK_SEED + i), tok)
+        # the UTF-8 bytes each token stands for: bits per byte over the masked tokens
+        self.token_bytes = torch.tensor([0 if i < tok.n_specials else len(tok.tokenizer.decode([i]).encode("utf-8"))
+                                         for i in range(tok.vocab_size)], dtype=torch.float64)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        data = self.datasets[split]
+        rank, world = self.shard()
+        collate = partial(collate_masked, pad_id=self.tokenizer.pad_id)
+        if shuffle:
+            batches = self._train_batches(ShuffledBatches(len(data), self.cfg.batch_size, self.seed, rank, world))
+            return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.num_workers, collate_fn=collate)
         return DataLoader(data, batch_size=self.cfg.batch_size, sampler=range(rank, len(data), world),
                           num_workers=self.cfg.num_workers, collate_fn=collate)
 

@@ -3,7 +3,9 @@ and cached by a hash of the data and settings.
 
 Byte-level pre-tokenization with no normaliser makes ``decode(encode(text)) == text`` exactly,
 so BLEU is computed on the original detokenized text. Special tokens have fixed ids:
-``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2 (``ModelConfig.pad_id`` defaults to 0 to match).
+``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2 (``ModelConfig.pad_id`` defaults to 0 to match), and in a
+masked-LM tokenizer ``<mask>`` 3 (trained with ``mask=True``; the others have none, so their
+vocabularies are those they always were).
 
 Tokenizer files are written to a temporary file and renamed, so a killed write never leaves a
 truncated one; a cached file that cannot be read all the same (cut short by a full disk, edited)
@@ -23,7 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from tools.errors import writing
 
-PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+PAD, BOS, EOS, MASK = "<pad>", "<bos>", "<eos>", "<mask>"
 SPECIALS = (PAD, BOS, EOS)
 
 
@@ -40,6 +42,14 @@ class TextTokenizer:
         if (self.pad_id, self.bos_id, self.eos_id) != (0, 1, 2):
             raise ValueError(f"tokenizer special ids must be pad=0, bos=1, eos=2, got "
                              f"{self.pad_id}, {self.bos_id}, {self.eos_id}")
+        self.mask_id = tokenizer.token_to_id(MASK)  # None: not a masked-LM tokenizer
+        if self.mask_id not in (None, 3):
+            raise ValueError(f"tokenizer special id of {MASK} must be 3, got {self.mask_id}")
+
+    @property
+    def n_specials(self) -> int:
+        """Ids below this are special tokens (never a word piece, never masked or sampled)."""
+        return len(SPECIALS) + (self.mask_id is not None)
 
     @property
     def vocab_size(self) -> int:
@@ -84,22 +94,24 @@ class TextTokenizer:
             raise TokenizerFileError(f"{path}: not a readable tokenizer file ({problem})") from err
 
 
-def train_bpe(texts: Sequence[str], vocab_size: int) -> TextTokenizer:
+def train_bpe(texts: Sequence[str], vocab_size: int, mask: bool = False) -> TextTokenizer:
+    """A byte-level BPE of ``vocab_size`` entries trained on ``texts``; ``mask``: with ``<mask>``."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
+        vocab_size=vocab_size, special_tokens=[*SPECIALS, *([MASK] if mask else [])], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     return TextTokenizer(tok)
 
 
-def cached_bpe(texts: Sequence[str], vocab_size: int, cache_dir: Path) -> TextTokenizer:
+def cached_bpe(texts: Sequence[str], vocab_size: int, cache_dir: Path, mask: bool = False) -> TextTokenizer:
     """Train once per (texts, settings); later calls load ``cache_dir/bpe-<hash>.json``. A cached
     file that cannot be read is reported (a warning naming it) and replaced by a new training."""
-    digest = hashlib.sha256(json.dumps({"kind": "byte-bpe", "vocab_size": vocab_size}).encode())
+    settings = {"kind": "byte-bpe", "vocab_size": vocab_size, **({"mask": True} if mask else {})}
+    digest = hashlib.sha256(json.dumps(settings).encode())
     for text in texts:
         digest.update(text.encode())
         digest.update(b"\0")
@@ -109,6 +121,6 @@ def cached_bpe(texts: Sequence[str], vocab_size: int, cache_dir: Path) -> TextTo
             return TextTokenizer.load(path)
         except TokenizerFileError as err:
             warnings.warn(f"{err}; training the tokenizer again and replacing the cached file", stacklevel=2)
-    tokenizer = train_bpe(texts, vocab_size)
+    tokenizer = train_bpe(texts, vocab_size, mask)
     tokenizer.save(path)
     return tokenizer

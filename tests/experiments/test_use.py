@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from experiments.cli import main
-from experiments.use import HF_FILES, TextStream, UseError, generate, load_run, read_lines, translate
+from experiments.use import HF_FILES, TextStream, UseError, fill_mask, generate, load_run, read_lines, translate
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "debug" / "smoke.yaml"
@@ -31,6 +31,30 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
 def lm_run(tmp_path_factory):
     """A tiny LM run (learned positions, 128 of them), trained once for this module's tests."""
     return _train(tmp_path_factory.mktemp("lm"), "lm-bible", "trainer.max_steps=5")
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory):
+    """A tiny masked-LM run (an encoder), trained once for this module's tests."""
+    return _train(tmp_path_factory.mktemp("mlm"), "mlm-bible", "trainer.max_steps=5")
+
+
+@pytest.mark.slow
+def test_fill_mask_and_attention_with_a_masked_lm_run(mlm_run, lm_run, tmp_path, capsys):
+    run = load_run(mlm_run, "cpu")
+    (fillers,) = fill_mask(run, "In the beginning <mask> created", top_k=3)
+    probs = [p for _, p in fillers]
+    assert len(fillers) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
+    assert all(piece not in ("<pad>", "<bos>", "<eos>", "<mask>") for piece, _ in fillers)
+    assert len(fill_mask(run, "<mask> the beginning <mask> created", top_k=2)) == 2  # one list per <mask>
+    assert main(["fill-mask", str(mlm_run), "--text", "In the beginning <mask> created", "--top-k", "3"]) == 0
+    assert capsys.readouterr().out.count("\n") == 3
+    assert main(["fill-mask", str(mlm_run), "--text", "no mask here"]) == 2
+    assert "--text has no <mask>" in capsys.readouterr().err
+    assert main(["fill-mask", str(lm_run), "--text", "a <mask>"]) == 2
+    assert "is a lm run: fill-mask needs a masked-LM run (task.name=mlm)" in capsys.readouterr().err
+    assert main(["attention", str(mlm_run), "--text", "In the beginning", "--out", str(tmp_path / "maps")]) == 0
+    assert (tmp_path / "maps" / "self_attention.png").stat().st_size > 1000
 
 
 @pytest.fixture(scope="module")

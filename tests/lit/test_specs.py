@@ -13,6 +13,7 @@ def test_every_task_spec_is_complete(name):
     assert spec.model_kind in KINDS
     assert set(spec.headline) <= set(spec.report_metrics) | {"val/bleu"}
     assert set(spec.compared) <= set(spec.report_metrics)
+    assert set(spec.headline) <= set(spec.printed)
     data = spec.datamodule(DataConfig(), 32, 0)
     assert data.max_seq_len == 32 and data.seed == 0
     assert TaskConfig(name=name).name == name
@@ -21,5 +22,5 @@ def test_every_task_spec_is_complete(name):
 def test_unknown_task_lists_the_registered_ones():
     from experiments.run.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="unknown task 'mt'; choices: lm, translation"):
+    with pytest.raises(ConfigError, match="unknown task 'mt'; choices: lm, mlm, translation"):
         load_config([], ["task.name=mt"])

@@ -40,7 +40,7 @@ def test_layers_merge_left_to_right_then_overrides(tmp_path):
     ("model.d_model=wide", "model.d_model"),
     ("model.position=xpos", "alibi, learned, none, rope, sinusoidal"),
     ("model.n_heads=3", "n_heads"),
-    ("task.name=translation", "model.kind"),
+    ("model.kind=seq2seq", "task.name='lm' needs model.kind='lm', got 'seq2seq'"),
     ("data.source=nowhere", "data.source"),
     ("logger=tensorboard", "logger"),
     ("model.norm", "dotted.key=value"),
@@ -49,6 +49,13 @@ def test_layers_merge_left_to_right_then_overrides(tmp_path):
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config([], [override])
+
+
+@pytest.mark.parametrize("task, kind", [("lm", "lm"), ("translation", "seq2seq")])
+def test_the_model_kind_follows_from_the_task(task, kind):
+    """Configs write the task alone; a layer that writes model.kind too is checked against it."""
+    assert load_config([], [f"task.name={task}"]).model.kind == kind
+    assert load_config([], [f"task.name={task}", f"model.kind={kind}"]).model.kind == kind
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32, 5000000000])

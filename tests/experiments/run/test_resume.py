@@ -80,7 +80,7 @@ def reference(tmp_path_factory):
     """Uninterrupted runs, one per experiment."""
     CACHE["dir"] = tmp_path_factory.mktemp("cache")
     found = {}
-    for experiment in ("lm-bible", "mt-bible-de-en"):
+    for experiment in ("lm-bible", "mt-bible-de-en", "mlm-bible"):
         root = tmp_path_factory.mktemp("ref") / "runs"
         result = _run(experiment, root)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -94,6 +94,7 @@ def reference(tmp_path_factory):
     ("lm-bible", 20, 50, "truncated"),  # the newest checkpoint is cut short: falls back to step 20
     ("lm-bible", 20, 50, "overwritten"),  # 4 KiB overwritten inside it (its CRCs fail): falls back to step 20
     ("mt-bible-de-en", 20, 35, False),  # token-budget batches, resumes from step 20
+    ("mlm-bible", 20, 50, False),  # masked at each step: the resumed steps mask exactly as before
     ("lm-bible", 20, "test", False),  # killed while testing: resumes from the final checkpoint, tests only
     # killed after its test was logged, before the final status: tests again, the test logged once
     ("lm-bible", 20, "after-test", False),
@@ -103,7 +104,7 @@ def reference(tmp_path_factory):
     ("lm-bible", 20, "validation-60", False),
     ("lm-bible", 20, "validation-40", False),
     ("mt-bible-de-en", 20, "validation-40", False),
-], ids=["lm-mid-epoch", "lm-epoch-end", "lm-truncated-checkpoint", "lm-overwritten-checkpoint", "mt-mid-epoch",
+], ids=["lm-mid-epoch", "lm-epoch-end", "lm-truncated-checkpoint", "lm-overwritten-checkpoint", "mt-mid-epoch", "mlm-mid-epoch",
         "lm-killed-in-test", "lm-killed-after-test", "lm-killed-in-last-validation", "lm-killed-in-validation", "mt-killed-in-validation"])
 def test_kill9_then_rerun_equals_uninterrupted(reference, tmp_path, experiment, every, kill_after, corrupt_newest):
     root = tmp_path / "runs"
@@ -134,7 +135,7 @@ def test_kill9_then_rerun_equals_uninterrupted(reference, tmp_path, experiment, 
     assert {"val/loss", "val/ppl", "perf/tokens_per_s_median", "perf/mfu_median"} <= set(got["metrics"])
     assert got["resumed_from_step"] == expected_from
     assert got["metrics"]["val/loss"] == pytest.approx(ref["metrics"]["val/loss"], abs=1e-5)
-    keys = ["test/ppl"] if experiment == "lm-bible" else ["test/bleu", "val/bleu"]
+    keys = {"lm-bible": ["test/ppl"], "mlm-bible": ["test/ppl", "test/acc"]}.get(experiment, ["test/bleu", "val/bleu"])
     for key in keys:
         assert got["metrics"][key] == pytest.approx(ref["metrics"][key], abs=1e-5), key
     # the curves too: every step and every validation logged once, with the uninterrupted run's values

@@ -10,7 +10,8 @@ import pytest
 
 from experiments.run.config import load_config
 from experiments.run.wandb_records import RecordsError, read_records, read_run, run_segments, sent_metrics
-from experiments.run.wandb_log import SUMMARIES, summary
+from experiments.run.wandb_log import summary
+from lit.specs import best_of
 
 ROOT = Path(__file__).resolve().parents[3]
 SMOKE = ROOT / "configs" / "debug" / "smoke.yaml"
@@ -83,10 +84,10 @@ def _check_against_status(run, run_dir):
     status = json.loads((run_dir / "status.json").read_text())
     assert run.summary["state"] == status["state"] and run.summary["run_id"] == status["run_id"]
     for key, value in status["metrics"].items():
-        got = run.summary[key]["last"] if key in SUMMARIES else run.summary[key]
+        got = run.summary[key]["last"] if key in best_of() else run.summary[key]
         assert got == pytest.approx(value), key
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for key, how in SUMMARIES.items():
+    for key, how in best_of().items():
         values = [r[key] for r in records if key in r]
         if values:
             assert run.summary[key][how] == pytest.approx(min(values) if how == "min" else max(values))

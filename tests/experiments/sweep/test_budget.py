@@ -111,6 +111,17 @@ def test_a_token_budget_on_the_lm_divides_by_batch_rows_times_block(tmp_path):
     assert devices.runs[0].cfg.trainer["max_steps"] == 500  # two batches per optimizer step
 
 
+def test_a_budget_on_the_masked_lm_counts_its_blocks_through_the_encoder(tmp_path):
+    """Masked-LM is batched in blocks like the LM: batch rows × block tokens per step, and FLOPs
+    of the encoder (one stack, its output head) over them."""
+    mlm = LM.replace("lm-bible.yaml", "mlm-bible.yaml")
+    run = _sweep(tmp_path, mlm + "grid: {model.d_model: [128]}\nbudget: {by: tokens, value: 1024000}\n").runs[0]
+    assert run.cfg.model.kind == "encoder" and run.budget["tokens_per_step"] == 16 * 64
+    assert run.cfg.trainer["max_steps"] == 1000
+    flops = _sweep(tmp_path, mlm + "grid: {model.d_model: [128]}\nbudget: {by: flops, value: 1.0e14}\n").runs[0]
+    assert flops.budget["flops_per_step"] == pytest.approx(_flops(flops.cfg))
+
+
 def test_a_token_budget_on_translation_divides_by_max_tokens(tmp_path):
     sweep = _sweep(tmp_path, MT + "grid: {model.norm_position: [pre, post]}\n"
                                "budget: {by: tokens, value: 2048000}\n")  # ablation-cpu: max_tokens 2048
