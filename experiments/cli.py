@@ -348,7 +348,7 @@ def _add_fill_mask(commands) -> None:
 def _add_attention(commands) -> None:
     at = commands.add_parser("attention", help="attention maps of a trained run on a text, as PNG heatmaps "
                                                "(every layer x head; translation: encoder, decoder and cross)")
-    at.add_argument("run_dir", metavar="RUN_DIR", help="e.g. runs/demo-mt/layernorm-pre-learned-gelu-s0")
+    at.add_argument("run_dir", metavar="RUN_DIR", help="e.g. runs/demo-mt/layernorm-pre-rope-gelu-s0")
     at.add_argument("--text", required=True, help="LM: the text; translation: the source sentence")
     at.add_argument("--layer", type=int, default=None, help="only this layer (from 0)")
     at.add_argument("--head", type=int, default=None, help="only this head (from 0)")
