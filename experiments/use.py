@@ -19,6 +19,7 @@ from experiments.run.config import ConfigError, RunConfig, load_config
 from lit.checkpointing import checkpoint_damage, checkpoints
 from tools.errors import report_error
 from lit.data.tokenizer import BOS, EOS, MASK, PAD, TextTokenizer
+from lit.specs import TASKS, task_spec
 from variants import build_model
 
 TABLE_POSITIONS = ("learned", "sinusoidal")  # position schemes with a fixed-size table
@@ -109,8 +110,7 @@ def generate(run: LoadedRun, prompt: str, max_new_tokens: int = 50, temperature:
     from variants.decoding import sample_steps
 
     check_max_new_tokens(max_new_tokens)
-    if run.cfg.model.kind != "lm":
-        raise UseError(f"{run.cfg.run_name} is a {run.cfg.task.name} run: use ablate translate")
+    check_command(run, "generate")
     tok = run.tokenizer
     ids = [tok.eos_id] + tok.encode(prompt)  # training streams put <eos> before every example
     limit = run.cfg.model.max_seq_len
@@ -137,9 +137,7 @@ def fill_mask(run: LoadedRun, text: str, top_k: int = 5) -> list[list[tuple[str,
     puts there with their probabilities (special tokens left out). A space before ``<mask>``
     belongs to the masked word, as in training, where a word piece carries its leading space."""
     tok = run.tokenizer
-    if tok.mask_id is None:
-        raise UseError(f"{run.cfg.run_name} is a {run.cfg.task.name} run: fill-mask needs a masked-LM run "
-                       f"(task.name=mlm)")
+    check_command(run, "fill-mask")
     if MASK not in text:
         raise UseError(f"--text has no {MASK}: write {MASK} where a word should be filled in")
     if top_k < 1:
@@ -159,6 +157,15 @@ def fill_mask(run: LoadedRun, text: str, top_k: int = 5) -> list[list[tuple[str,
     return found
 
 
+def check_command(run: LoadedRun, command: str) -> None:
+    """Refuse a run of a task whose trained runs another command uses (its spec's ``command``)."""
+    own = task_spec(run.cfg.task.name).command
+    if own != command:
+        raise UseError(f"{run.cfg.run_name} is a {run.cfg.task.name} run: {command} needs a run of "
+                       f"task {', '.join(n for n in TASKS.names() if TASKS.get(n).command == command)}; "
+                       f"use ablate {own}")
+
+
 def check_beam(beam: int) -> None:
     if beam < 1:
         raise UseError(f"--beam {beam}: the beam must be 1 or more (1 is greedy decoding)")
@@ -170,8 +177,7 @@ def translate(run: LoadedRun, sources: Iterable[str], beam: int = 4, batch_size:
     An empty or blank line gives an empty line, so the output stays aligned with the input.
     The beam and the run's task are checked when called, before any line is read."""
     check_beam(beam)
-    if run.cfg.model.kind != "seq2seq":
-        raise UseError(f"{run.cfg.run_name} is a {run.cfg.task.name} run: use ablate generate")
+    check_command(run, "translate")
     return _translations(run, sources, beam, batch_size, max_len or run.cfg.task.max_decode_len)
 
 
@@ -370,7 +376,7 @@ def export_hf(run: LoadedRun, out: str | Path) -> str:
     hf_model = to_hf(run.model.float().cpu(), bos_id=tok.bos_id, eos_id=tok.eos_id)
     generation = hf_model.generation_config
     generation.bos_token_id, generation.eos_token_id, generation.pad_token_id = tok.bos_id, tok.eos_id, tok.pad_id
-    if run.cfg.model.kind == "seq2seq":
+    if hf_model.config.is_encoder_decoder:
         generation.decoder_start_token_id = tok.bos_id  # our decoders start from <bos>
     out.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(out)

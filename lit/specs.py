@@ -26,6 +26,7 @@ class TaskSpec:
     best: ClassVar[dict[str, str]]  # validation metrics W&B summarises by their best ("min"|"max") and last
     translates: ClassVar[bool] = False  # decodes test hypotheses (BLEU, samples, test.hyp)
     blocks: ClassVar[bool] = True  # batches of data.batch_size blocks (else: a data.max_tokens token budget)
+    command: ClassVar[str]  # the ``ablate`` command that uses a trained run of this task
     extrapolates: ClassVar[bool] = False  # test perplexity beyond the training length
 
     @staticmethod
@@ -48,6 +49,7 @@ class LanguageModelling(TaskSpec):
     compared = ("test/ppl", "test/bpb")
     printed = ("val/loss", "val/ppl", "val/bpb", "test/ppl", "test/bpb")
     best = {"val/loss": "min", "val/ppl": "min"}
+    command = "generate"
     extrapolates = True
 
     @staticmethod
@@ -74,6 +76,7 @@ class Translation(TaskSpec):
     blocks = False
     printed = ("val/loss", "val/ppl", "val/bleu", "test/ppl", "test/bleu")
     best = {"val/loss": "min", "val/ppl": "min", "val/bleu": "max"}
+    command = "translate"
     translates = True
 
     @staticmethod
@@ -101,6 +104,7 @@ class MaskedLanguageModelling(TaskSpec):
     compared = ("test/ppl", "test/acc")
     printed = ("val/loss", "val/ppl", "val/acc", "test/ppl", "test/acc", "test/bpb")
     best = {"val/loss": "min", "val/ppl": "min", "val/acc": "max"}
+    command = "fill-mask"
 
     @staticmethod
     def datamodule(data, max_seq_len, seed):

@@ -52,7 +52,7 @@ def test_fill_mask_and_attention_with_a_masked_lm_run(mlm_run, lm_run, tmp_path,
     assert main(["fill-mask", str(mlm_run), "--text", "no mask here"]) == 2
     assert "--text has no <mask>" in capsys.readouterr().err
     assert main(["fill-mask", str(lm_run), "--text", "a <mask>"]) == 2
-    assert "is a lm run: fill-mask needs a masked-LM run (task.name=mlm)" in capsys.readouterr().err
+    assert "is a lm run: fill-mask needs a run of task mlm; use ablate generate" in capsys.readouterr().err
     assert main(["attention", str(mlm_run), "--text", "In the beginning", "--out", str(tmp_path / "maps")]) == 0
     assert (tmp_path / "maps" / "self_attention.png").stat().st_size > 1000
 

@@ -14,6 +14,7 @@ def test_every_task_spec_is_complete(name):
     assert set(spec.headline) <= set(spec.report_metrics) | {"val/bleu"}
     assert set(spec.compared) <= set(spec.report_metrics)
     assert set(spec.headline) <= set(spec.printed)
+    assert spec.command in ("generate", "translate", "fill-mask")  # the command of its trained runs
     data = spec.datamodule(DataConfig(), 32, 0)
     assert data.max_seq_len == 32 and data.seed == 0
     assert TaskConfig(name=name).name == name
