@@ -142,7 +142,7 @@ def fill_mask(run: LoadedRun, text: str, top_k: int = 5) -> list[list[tuple[str,
         raise UseError(f"--text has no {MASK}: write {MASK} where a word should be filled in")
     if top_k < 1:
         raise UseError(f"--top-k {top_k}: give 1 or more")
-    ids = [tok.eos_id] + tok.encode(text.replace(f" {MASK}", MASK)) + [tok.eos_id]  # as training blocks
+    ids = _one_input_ids(tok, text.replace(f" {MASK}", MASK))
     if run.cfg.model.position in TABLE_POSITIONS and len(ids) > run.cfg.model.max_seq_len:
         raise UseError(f"the text ({len(ids)} tokens) exceeds the {run.cfg.model.max_seq_len} positions of this "
                        f"run's {run.cfg.model.position} position table")
@@ -155,6 +155,12 @@ def fill_mask(run: LoadedRun, text: str, top_k: int = 5) -> list[list[tuple[str,
         probs, best = logits[position].softmax(-1).topk(min(top_k, logits.size(-1) - tok.n_specials))
         found.append([(tok.tokenizer.decode([int(i)]), float(p)) for p, i in zip(probs, best)])
     return found
+
+
+def _one_input_ids(tok: TextTokenizer, text: str) -> list[int]:
+    """``text`` as a one-input model saw text in training: after ``<eos>`` (the streams put one
+    before every example), and for a masked-LM (whole examples) followed by one too."""
+    return [tok.eos_id] + tok.encode(text) + ([tok.eos_id] if tok.mask_id is not None else [])
 
 
 def check_command(run: LoadedRun, command: str) -> None:
@@ -299,7 +305,7 @@ def attention_figures(run: LoadedRun, text: str, out: str | Path, layer: Optiona
     device = next(run.model.parameters()).device
     name = run.cfg.run_name
     if len(run.model.example_inputs(torch.zeros(1, 1))) == 1:  # one input: an LM or an encoder
-        ids = [tok.eos_id] + tok.encode(text) + ([tok.eos_id] if tok.mask_id is not None else [])
+        ids = _one_input_ids(tok, text)
         if cfg.position in TABLE_POSITIONS and len(ids) > cfg.max_seq_len:
             raise UseError(f"the text ({len(ids)} tokens) exceeds the {cfg.max_seq_len} positions of this run's "
                            f"{cfg.position} position table")

@@ -293,7 +293,8 @@ class MaskedLanguageModelTask(TaskModule):
                  seed: int = 0) -> None:
         super().__init__(model, task, tokenizer.pad_id)
         self.mask_id, self.n_specials, self.vocab = tokenizer.mask_id, tokenizer.n_specials, tokenizer.vocab_size
-        self.token_bytes, self.seed = token_bytes, seed
+        self.seed = seed
+        self.register_buffer("token_bytes", token_bytes, persistent=False)  # moves with the model, once
         self.mask_sums: dict[str, tuple[SumMetric, ...]] = {}  # stage -> (correct, bytes, masked tokens)
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int = 0):
@@ -315,7 +316,7 @@ class MaskedLanguageModelTask(TaskModule):
         chosen = targets != self.pad_id
         wanted = targets[chosen]
         correct = (self.model.logits(hidden[chosen]).argmax(-1) == wanted).sum()
-        n_bytes = self.token_bytes.to(hidden.device)[wanted].sum()
+        n_bytes = self.token_bytes[wanted].sum()
         if stage not in self.split_sums:
             self.split_sums[stage], self.mask_sums[stage] = split_sums(nll.device), split_sums(nll.device, 3)
         count = chosen.sum()

@@ -50,7 +50,8 @@ def run_state(run: SweepRun) -> dict[str, Any]:
         step = last_logged(run.run_dir, "step")
         row["step"] = max(row["step"] or 0, step or 0)
         newest = checkpoints(run.run_dir / "checkpoints")
-        row["resume"] = checkpoint_step(newest[0]) if newest else 0
+        resume = checkpoint_step(newest[0]) if newest else 0
+        row["resume"] = resume if resume != row["step"] else None  # shown only where it differs
     return row
 
 
@@ -83,7 +84,7 @@ def status_table(sweep: Sweep) -> tuple[str, list[dict[str, Any]]]:
         step = f"{r['step'] or 0}/{r['max_steps']}" if r["max_steps"] else str(r["step"] or 0)
         if r["state"] == OTHER:  # not this run's step
             step = "-"
-        elif r.get("resume") is not None and r["resume"] != r["step"]:  # where a rerun starts again
+        elif r.get("resume") is not None:  # where a rerun starts again
             step += f" (ckpt {r['resume']})"
         state = r["state"]
         if r["holder"]:
@@ -95,7 +96,7 @@ def status_table(sweep: Sweep) -> tuple[str, list[dict[str, Any]]]:
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"  {r['name']}: {r['message']}" for r in rows
              if r["message"] and r["state"] in ("failed", "diverged", OTHER)]
-    if any(r.get("resume") is not None and r["resume"] != r["step"] for r in rows):
+    if any(r.get("resume") is not None for r in rows):
         notes.insert(0, "(ckpt N): the newest checkpoint, where the run starts again when resumed "
                         "(the steps after it are trained again)")
     if (other := sum(r["state"] == OTHER for r in rows)):

@@ -70,6 +70,18 @@ class _BaseDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         raise NotImplementedError
 
+    def _block_loader(self, split: str, shuffle: bool, collate) -> DataLoader:
+        """A loader of fixed-size blocks: training a seeded permutation per epoch in equal-sized
+        shards (resumable mid-epoch), evaluation every block on exactly one rank, in order."""
+        data = self.datasets[split]
+        rank, world = self.shard()
+        collate = partial(collate, pad_id=self.tokenizer.pad_id)
+        if shuffle:
+            batches = self._train_batches(ShuffledBatches(len(data), self.cfg.batch_size, self.seed, rank, world))
+            return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.num_workers, collate_fn=collate)
+        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=range(rank, len(data), world),
+                          num_workers=self.cfg.num_workers, collate_fn=collate)
+
     def shard(self) -> tuple[int, int]:
         """(rank, world size) of this process; the loaders shard the data themselves (the
         Trainer runs with ``use_distributed_sampler=False``) so that evaluation sees every
@@ -88,6 +100,14 @@ class _BaseDataModule(L.LightningDataModule):
 
 
 # ----------------------------------------------------------------------------- language modelling
+
+def token_stream(tokenizer: TextTokenizer, items: list[str]) -> torch.Tensor:
+    """One split as a token stream: ``<eos>``, then each example followed by ``<eos>``."""
+    stream = [tokenizer.eos_id]
+    for ids in tokenizer.encode_batch(items):
+        stream += ids + [tokenizer.eos_id]
+    return torch.tensor(stream)
+
 
 class BlockDataset(Dataset):
     """(inputs, targets) blocks of a token stream; targets are inputs shifted by one."""
@@ -114,26 +134,14 @@ class LMDataModule(_BaseDataModule):
         self.tokenizer = self._tokenizer(texts["train"])
         self.block_size = self.cfg.lm_block_size(self.max_seq_len)
         self.datasets, self.n_bytes, self.streams = {}, {}, {}
-        eos = self.tokenizer.eos_id
         for split, items in texts.items():
-            stream = [eos]
-            for ids in self.tokenizer.encode_batch(items):
-                stream += ids + [eos]
-            self.streams[split] = torch.tensor(stream)
+            self.streams[split] = token_stream(self.tokenizer, items)
             self.datasets[split] = BlockDataset(self.streams[split], self.block_size, self.tokenizer.pad_id)
             # bytes predicted: every example plus one separator byte for each <eos>
             self.n_bytes[split] = sum(len(t.encode("utf-8")) + 1 for t in items)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        data = self.datasets[split]
-        rank, world = self.shard()
-        collate = partial(collate_blocks, pad_id=self.tokenizer.pad_id)
-        if shuffle:  # training: a seeded permutation per epoch, equal-sized shards
-            batches = self._train_batches(ShuffledBatches(len(data), self.cfg.batch_size, self.seed, rank, world))
-            return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.num_workers, collate_fn=collate)
-        # evaluation: every block on exactly one rank, in order
-        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=range(rank, len(data), world),
-                          num_workers=self.cfg.num_workers, collate_fn=collate)
+        return self._block_loader(split, shuffle, collate_blocks)
 
 
 # ------------------------------------------------------------------------------------ masked LM
@@ -210,25 +218,15 @@ class MaskedLMDataModule(_BaseDataModule):
         self.block_size = self.cfg.lm_block_size(self.max_seq_len)
         self.datasets = {}
         for i, (split, items) in enumerate(texts.items()):
-            stream = [tok.eos_id]
-            for ids in tok.encode_batch(items):
-                stream += ids + [tok.eos_id]
-            self.datasets[split] = MaskedBlocks(torch.tensor(stream), self.block_size, tok.pad_id)
+            self.datasets[split] = MaskedBlocks(token_stream(tok, items), self.block_size, tok.pad_id)
             if split != "train":
                 self.datasets[split].mask_with(torch.Generator().manual_seed(EVAL_MASK_SEED + i), tok)
         # the UTF-8 bytes each token stands for: bits per byte over the masked tokens
         self.token_bytes = torch.tensor([0 if i < tok.n_specials else len(tok.tokenizer.decode([i]).encode("utf-8"))
-                                         for i in range(tok.vocab_size)], dtype=torch.float64)
+                                         for i in range(tok.vocab_size)])  # int64: never cast by a precision setting
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        data = self.datasets[split]
-        rank, world = self.shard()
-        collate = partial(collate_masked, pad_id=self.tokenizer.pad_id)
-        if shuffle:
-            batches = self._train_batches(ShuffledBatches(len(data), self.cfg.batch_size, self.seed, rank, world))
-            return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.num_workers, collate_fn=collate)
-        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=range(rank, len(data), world),
-                          num_workers=self.cfg.num_workers, collate_fn=collate)
+        return self._block_loader(split, shuffle, collate_masked)
 
 
 # ------------------------------------------------------------------------------------ translation
