@@ -371,23 +371,26 @@ def check_export_target(out: str | Path, force: bool = False) -> None:
     raise UseError(f"--hf {out}: not an empty directory: {what}; choose a new or empty directory, or pass --force")
 
 
-def export_hf(run: LoadedRun, out: str | Path) -> str:
+def export_hf(run: LoadedRun, out: str | Path, family: Optional[str] = None) -> str:
     """Write the run as a Hugging Face model directory (weights, config, generation config and
-    tokenizer) that ``transformers``' ``Auto*.from_pretrained(out)`` loads; returns its class name."""
+    tokenizer) that ``transformers``' ``Auto*.from_pretrained(out)`` loads; returns its class name.
+    ``family``: the ``model_type`` to write (default: the first that carries the composition)."""
     from transformers import PreTrainedTokenizerFast
 
     from variants.interop import to_hf
 
     tok, out = run.tokenizer, Path(out)
-    hf_model = to_hf(run.model.float().cpu(), bos_id=tok.bos_id, eos_id=tok.eos_id)
-    generation = hf_model.generation_config
-    generation.bos_token_id, generation.eos_token_id, generation.pad_token_id = tok.bos_id, tok.eos_id, tok.pad_id
-    if hf_model.config.is_encoder_decoder:
-        generation.decoder_start_token_id = tok.bos_id  # our decoders start from <bos>
+    hf_model = to_hf(run.model.float().cpu(), bos_id=tok.bos_id, eos_id=tok.eos_id, family=family)
+    generation = getattr(hf_model, "generation_config", None)  # None: a model that does not generate (an encoder)
+    if generation is not None:
+        generation.bos_token_id, generation.eos_token_id, generation.pad_token_id = tok.bos_id, tok.eos_id, tok.pad_id
+        if hf_model.config.is_encoder_decoder:
+            generation.decoder_start_token_id = tok.bos_id  # our decoders start from <bos>
     out.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(out)
+    masks = {"mask_token": MASK} if tok.mask_id is not None else {}  # a masked-LM tokenizer's <mask>
     fast = PreTrainedTokenizerFast(tokenizer_file=str(run.checkpoint.parent.parent / "tokenizer.json"),
-                                   pad_token=PAD, bos_token=BOS, eos_token=EOS)
+                                   pad_token=PAD, bos_token=BOS, eos_token=EOS, **masks)
     fast.save_pretrained(out)
     return type(hf_model).__name__
 
@@ -396,7 +399,7 @@ def export_command(args) -> int:
     try:
         check_export_target(args.hf, args.force)
         run = load_run(args.run_dir, "cpu")
-        name = export_hf(run, args.hf)
+        name = export_hf(run, args.hf, args.family)
     except (UseError, ValueError, NotImplementedError) as err:
         report_error("ablate export", err)
         return 2

@@ -51,7 +51,10 @@ class ModelConfig:
     pad_id: Optional[int] = 0  # None: no token is padding
     tie_embeddings: bool = True  # output head shares the (joint) token embedding
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (init 'xavier' does so itself)
-    embed_norm: bool = False  # a norm right after the embeddings (BLOOM)
+    embed_norm: bool = False  # a norm right after the embeddings (BLOOM, BERT)
+    # BERT's masked-LM prediction head: dense (d_model -> d_model), GELU and a norm between the final
+    # states and the output projection, which gets a bias (BERT, RoBERTa, DeBERTa, ModernBERT)
+    head_transform: bool = False
     init_std: float = 0.02
     logit_softcap: Optional[float] = None  # final logits = c * tanh(logits / c) (Gemma 2); None: none
     options: Dict[str, Any] = field(default_factory=dict)  # the chosen components' settings

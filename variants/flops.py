@@ -47,6 +47,8 @@ class FlopCounter:
         stacks = {name: getattr(model, name) for name in names}
         self.matmul = {name: _matmul_params(stack) for name, stack in stacks.items()}
         self.matmul[self.output] += cfg.d_model * cfg.vocab_size  # + output head
+        if model.head_transform is not None:  # + its transform's dense layer
+            self.matmul[self.output] += _matmul_params(model.head_transform)
         self.layers = {name: len(stack.blocks) for name, stack in stacks.items()}
         self.cross = any(block.cross_attn is not None for block in stacks[self.output].blocks)
 

@@ -107,6 +107,21 @@ class Stack(nn.Module):
         return x if self.final_norm is None else self.final_norm(x)
 
 
+class HeadTransform(nn.Module):
+    """BERT's masked-LM prediction head before the output projection (``head_transform``):
+    ``norm(gelu(dense(x)))``, the norm the model's ``norm`` entry. Devlin et al. 2019, "BERT:
+    Pre-training of Deep Bidirectional Transformers for Language Understanding", arXiv:1810.04805
+    (the layout of ``BertPredictionHeadTransform``, kept by RoBERTa, DeBERTa and ModernBERT)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.norm = NORMS.build(cfg.norm, cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(F.gelu(self.dense(x)))
+
+
 class TransformerBase(nn.Module):
     """Token embedding, output head, initialisation and reporting shared by every kind.
 
@@ -124,6 +139,8 @@ class TransformerBase(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head_transform = HeadTransform(cfg) if cfg.head_transform else None
+        self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.head_transform else None
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.embeddings_scaled else 1.0
         self.initializer = INITS.build(cfg.init, cfg)  # parameterless: names the scheme in the fingerprint
         self._with_auxiliary: Optional[list[nn.Module]] = None  # modules that may leave an aux_loss
@@ -146,7 +163,11 @@ class TransformerBase(nn.Module):
         return self.embed.weight if self.head is None else self.head.weight
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(x, self.head_weight())
+        """(..., D) final states -> (..., V) logits: the prediction head's transform when the model
+        has one, the output projection (and its bias), soft-capped when the config says so."""
+        if self.head_transform is not None:
+            x = self.head_transform(x)
+        logits = F.linear(x, self.head_weight(), self.head_bias)
         cap = self.cfg.logit_softcap
         return logits if cap is None else cap * torch.tanh(logits / cap)
 
@@ -155,8 +176,15 @@ class TransformerBase(nn.Module):
         """Head and cross-entropy of ``hidden`` (B, T, D) against ``targets`` (B, T), without
         materialising the (B, T, V) logits: ``(objective, nll)`` summed over the targets that
         are not ``ignore_index``, the logits soft-capped when the config says so; ``z_loss``
-        and ``with_z`` as in :func:`variants.loss.linear_cross_entropy`."""
-        return linear_cross_entropy(hidden, self.head_weight(), targets, ignore_index, label_smoothing,
+        and ``with_z`` as in :func:`variants.loss.linear_cross_entropy`. A prediction head's
+        transform is applied first; its output bias enters as one more input feature fixed at 1,
+        whose column of the head matrix is the bias (the same logits, with the bias's gradient)."""
+        weight = self.head_weight()
+        if self.head_transform is not None:
+            hidden = self.head_transform(hidden)
+            hidden = torch.cat([hidden, hidden.new_ones(*hidden.shape[:-1], 1)], dim=-1)
+            weight = torch.cat([weight, self.head_bias.unsqueeze(1).to(weight.dtype)], dim=1)
+        return linear_cross_entropy(hidden, weight, targets, ignore_index, label_smoothing,
                                     softcap=self.cfg.logit_softcap, z_loss=z_loss, with_z=with_z)
 
     def fingerprint(self) -> dict[str, str]:

@@ -280,7 +280,8 @@ _NOT_IN_RUN_ID = ("run.root", "logger", "wandb", "perf", "plugins", "checkpoint"
 # of the run id at that value, so existing run directories keep their ids (and resume).
 # (A component's own settings need no entry: they enter the run id only away from their defaults.)
 _ADDED_LATER = {"model.attention": "mha", "data.length_multiple": 1, "model.init": "gpt2", "run.test": True,
-                "model.logit_softcap": None, "task.z_loss": 0.0, "data.max_words": None}
+                "model.logit_softcap": None, "task.z_loss": 0.0, "data.max_words": None,
+                "model.head_transform": False}
 
 
 def check_yaml_mapping(path: Path, what: str) -> None:

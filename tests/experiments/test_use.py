@@ -27,6 +27,31 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
     assert "no config.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_export_a_bert_run_to_hugging_face(tmp_path, capsys):
+    """A masked-LM run with the BERT preset exports to BertForMaskedLM (and, asked for, to
+    RobertaForMaskedLM): transformers' Auto classes load it, its logits are ours, its tokenizer
+    knows <mask>; the default masked-LM composition (Pre-LN, no prediction head) is refused by name."""
+    transformers = pytest.importorskip("transformers")
+    run_dir = _train(tmp_path / "bert", "mlm-bible", "trainer.max_steps=5", "model.norm_position=post",
+                     "model.embed_norm=true", "model.head_transform=true")
+    run = load_run(run_dir, "cpu")
+    ids = [run.tokenizer.eos_id] + run.tokenizer.encode("In the beginning") + [run.tokenizer.mask_id]
+    for family, name in ((None, "BertForMaskedLM"), ("roberta", "RobertaForMaskedLM")):
+        out = tmp_path / f"hf-{family}"
+        assert main(["export", str(run_dir), "--hf", str(out)] + (["--family", family] if family else [])) == 0
+        assert f"wrote {name}" in capsys.readouterr().out
+        model = transformers.AutoModelForMaskedLM.from_pretrained(out).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+        assert type(model).__name__ == name and tokenizer.mask_token_id == run.tokenizer.mask_id
+        with torch.no_grad():
+            torch.testing.assert_close(model(torch.tensor([ids])).logits, run.model(torch.tensor([ids])),
+                                       atol=1e-4, rtol=0)
+    plain = _train(tmp_path / "plain", "mlm-bible", "trainer.max_steps=2")
+    assert main(["export", str(plain), "--hf", str(tmp_path / "plain-hf")]) == 2
+    assert "has no equivalent in BertForMaskedLM" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory):
     """A tiny LM run (learned positions, 128 of them), trained once for this module's tests."""

@@ -50,3 +50,14 @@ def test_s2s_decode_flops_by_hand():
     steps = sum(2 * 3 * (2 * decoder + 4 * d * t + 4 * d * S) for t in (1, 2))
     assert encode + steps == 513536
     assert s2s_decode_flops(model, batch=2, beam=3, src_len=S, new=2) == 513536
+
+
+def test_encoder_flops_count_the_prediction_head_by_hand():
+    """An encoder with BERT's prediction head: its dense layer is one more d x d matrix per token."""
+    d, L, V, T, dff = 32, 2, 50, 16, 64
+    cfg = ModelConfig(kind="encoder", vocab_size=V, d_model=d, n_heads=4, n_layers=L, d_ff=dff, ffn="relu")
+    per_layer = 3 * d * d + d * d + 2 * d * dff
+    plain = 6 * (L * per_layer + d * V) + 12 * L * d * T
+    assert FlopCounter(build_model(cfg))(tokens=10, seq_len=T) == plain * 10
+    with_head = FlopCounter(build_model(cfg.replace(head_transform=True)))(tokens=10, seq_len=T)
+    assert with_head == (plain + 6 * d * d) * 10

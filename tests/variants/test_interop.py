@@ -18,6 +18,7 @@ GPT2, LLAMA, BLOOM, MARIAN = (transformers.GPT2LMHeadModel, transformers.LlamaFo
 MISTRAL, QWEN2, QWEN3, OLMO2 = (transformers.MistralForCausalLM, transformers.Qwen2ForCausalLM,
                                 transformers.Qwen3ForCausalLM, transformers.Olmo2ForCausalLM)
 MIXTRAL, GEMMA2 = transformers.MixtralForCausalLM, transformers.Gemma2ForCausalLM
+BERT, ROBERTA = transformers.BertForMaskedLM, transformers.RobertaForMaskedLM
 
 V = 100  # vocabulary of every test model
 SPECIALS = dict(bos_token_id=1, eos_token_id=2)  # inside the tiny vocabulary
@@ -111,6 +112,22 @@ def marian(**kw):
                scale_embedding=True)
     cfg.update(kw)
     return randomize(MARIAN(transformers.MarianConfig(**cfg)))
+
+
+def bert(**kw):
+    """Token types of 2 rows (row 0 folded into the positions), [PAD] = 0 as in BERT."""
+    cfg = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+               max_position_embeddings=40, pad_token_id=0)
+    cfg.update(kw)
+    return randomize(BERT(transformers.BertConfig(**cfg)))
+
+
+def roberta(**kw):
+    """<pad> = 1 as in RoBERTa: positions read rows 2 onwards."""
+    cfg = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+               max_position_embeddings=42, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+    cfg.update(kw)
+    return randomize(ROBERTA(transformers.RobertaConfig(**cfg)))
 
 
 def fingerprint(position, norm_position, norm, ffn, attention="mha"):
@@ -250,6 +267,60 @@ def test_lm_left_padding_matches_hf_attention_mask(make):
     assert_logits_close(mine[real], theirs[real])
 
 
+ENCODERS = {
+    "bert": (bert, {}),
+    "bert-untied-1-type": (bert, dict(tie_word_embeddings=False, type_vocab_size=1)),
+    "roberta": (roberta, {}),
+    "roberta-pad-5": (roberta, dict(pad_token_id=5, max_position_embeddings=46)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_encoder_logits_match_with_and_without_padding(name):
+    """BERT-style masked-LM models: the same logits for an unpadded batch, and at the real tokens of
+    a right-padded one (HF given ``attention_mask``); every row sees its later tokens."""
+    make, overrides = ENCODERS[name]
+    hf = make(**overrides)
+    pad = hf.config.pad_token_id
+    ours = from_hf(hf)
+    assert ours.fingerprint() == fingerprint("learned", "post", "layernorm", "gelu")
+    assert ours.cfg.kind == "encoder" and ours.cfg.head_transform and ours.cfg.embed_norm and ours.cfg.pad_id == pad
+    assert ours.cfg.max_seq_len == 40 and ours.cfg.tie_embeddings == hf.config.tie_word_embeddings
+    tokens = lm_tokens()
+    tokens[tokens == pad] = pad + 1
+    with torch.no_grad():
+        assert_logits_close(ours(tokens), hf(tokens).logits)
+        tokens[1, 8:] = pad
+        tokens[2, 5:] = pad
+        mask = (tokens != pad).long()
+        theirs, mine = hf(tokens, attention_mask=mask).logits, ours(tokens)
+    real = mask.bool()
+    assert_logits_close(mine[real], theirs[real])
+
+
+def test_bert_type_zero_is_folded_into_the_positions():
+    """The type-0 embedding is part of every position's vector; a model without it computes
+    other logits (so the parity above pins the fold)."""
+    hf = bert()
+    ours = from_hf(hf)
+    types = hf.bert.embeddings.token_type_embeddings.weight
+    torch.testing.assert_close(ours.encoder.position.table.weight,
+                               hf.bert.embeddings.position_embeddings.weight + types[0])
+    with torch.no_grad():
+        types.zero_()
+        assert (ours(lm_tokens()) - hf(lm_tokens()).logits).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("make, setting, message", [
+    (bert, dict(hidden_act="gelu_new"), "hidden_act='gelu_new' cannot be imported.*prediction head"),
+    (bert, dict(is_decoder=True), "is_decoder=True"),
+    (roberta, dict(hidden_act="relu"), "RoBERTa with hidden_act='relu'"),
+])
+def test_encoder_settings_without_a_counterpart_are_refused(make, setting, message):
+    with pytest.raises(NotImplementedError, match=message):
+        from_hf(make(**setting))
+
+
 MARIANS = {
     "gelu": {},
     "swish-unscaled-3-1-layers": dict(activation_function="swish", scale_embedding=False,
@@ -373,11 +444,11 @@ def test_import_refuses_what_has_no_counterpart_naming_it():
 
 
 def test_unsupported_model_type_lists_supported():
-    bert = transformers.BertModel(transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+    albert = transformers.AlbertForMaskedLM(transformers.AlbertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, embedding_size=16,
         vocab_size=V))
-    with pytest.raises(NotImplementedError, match="'bert'.*gpt2.*llama.*bloom.*marian"):
-        from_hf(bert)
+    with pytest.raises(NotImplementedError, match="'albert'.*gpt2.*llama.*bloom.*marian.*bert.*roberta"):
+        from_hf(albert)
 
 
 def test_base_model_without_head_refused():
@@ -385,6 +456,8 @@ def test_base_model_without_head_refused():
                                                           vocab_size=V, n_positions=16))
     with pytest.raises(NotImplementedError, match="GPT2LMHeadModel.*GPT2Model"):
         from_hf(base)
+    with pytest.raises(NotImplementedError, match="BertForMaskedLM.*BertModel"):
+        from_hf(transformers.BertModel(bert().config))
 
 
 def test_marian_final_logits_bias_refused():
@@ -469,7 +542,15 @@ EXPORTABLE = {
                   embed_norm=True),
     "marian": dict(kind="seq2seq", position="sinusoidal", norm="layernorm", norm_position="post", ffn="gelu",
                    scale_embeddings=True),
+    "bert": dict(kind="encoder", position="learned", norm="layernorm", norm_position="post", ffn="gelu",
+                 embed_norm=True, head_transform=True),
+    "bert-untied": dict(kind="encoder", position="learned", norm="layernorm", norm_position="post", ffn="gelu",
+                        embed_norm=True, head_transform=True, tie_embeddings=False),
+    "roberta": dict(kind="encoder", position="learned", norm="layernorm", norm_position="post", ffn="gelu",
+                    embed_norm=True, head_transform=True, pad_id=1),
 }
+# the family an export is asked for (default: the first that fits)
+EXPORT_FAMILY = {"roberta": "roberta"}
 
 
 def _ours(**fields):
@@ -486,8 +567,8 @@ def _ours(**fields):
 
 
 # the family each LLaMA-like composition exports to (the first whose fields and settings fit)
-EXPORTED_AS = {"llama-head-dim": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-               "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "mixtral": "MixtralForCausalLM",
+EXPORTED_AS = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM", "llama-head-dim": "LlamaForCausalLM",
+               "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "mixtral": "MixtralForCausalLM",
                "gemma2": "Gemma2ForCausalLM", "gemma2-untied-geglu-no-window": "Gemma2ForCausalLM"}
 
 
@@ -496,12 +577,12 @@ def test_export_computes_the_same_logits(name, tmp_path):
     from variants.interop import to_hf
 
     ours = _ours(**EXPORTABLE[name])
-    hf = to_hf(ours, bos_id=1, eos_id=2)
+    hf = to_hf(ours, bos_id=1 if ours.cfg.pad_id != 1 else 0, eos_id=2, family=EXPORT_FAMILY.get(name))
     hf.save_pretrained(tmp_path)
     loaded = getattr(transformers, type(hf).__name__).from_pretrained(tmp_path).eval()
     src = torch.randint(3, 61, (2, 11), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        if ours.cfg.kind == "lm":
+        if ours.cfg.kind != "seq2seq":
             expected, got = ours(src), loaded(input_ids=src).logits
         else:
             tgt = torch.randint(3, 61, (2, 7), generator=torch.Generator().manual_seed(2))

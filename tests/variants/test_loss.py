@@ -134,15 +134,21 @@ def test_autocast_bf16_close_to_fp32():
     assert abs(nll.item() - ref.item()) / ref.item() < 2e-2
 
 
-@pytest.mark.parametrize("kind", ["lm", "seq2seq"])
+@pytest.mark.parametrize("kind", ["lm", "seq2seq", "encoder"])
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_model_loss_matches_logits(kind, tie):
-    cfg = tiny_config(kind, tie_embeddings=tie)
+@pytest.mark.parametrize("head", [False, True], ids=["plain-head", "head-transform"])
+def test_model_loss_matches_logits(kind, tie, head):
+    """``model.loss`` is the cross-entropy of ``model(...)``'s logits, gradients included; with
+    BERT's prediction head (``head_transform``: a transform and an output bias) too."""
+    cfg = tiny_config(kind, tie_embeddings=tie, head_transform=head)
     a, b = build(cfg), build(cfg)
+    if head:
+        with torch.no_grad():
+            a.head_bias.normal_()  # zero at initialisation: a bias left out would go unseen
     b.load_state_dict(a.state_dict())
     src, tgt = tokens(3, 9, 0), tokens(3, 7, 1)
     tgt[0, -2:] = PAD
-    args = (tgt,) if kind == "lm" else (src, tgt)
+    args = (src, tgt) if kind == "seq2seq" else (tgt,)
     objective, nll = a.loss(a.hidden(*args), tgt, PAD)
     logits = b(*args)
     assert_close(a.logits(a.hidden(*args)), logits)

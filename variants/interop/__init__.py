@@ -18,6 +18,8 @@ model_type     class                position  norm_position  norm       ffn     
 ``gemma2``     Gemma2ForCausalLM    rope      sandwich       rmsnorm    geglu_tanh (*)   + window (**), softcap (***)
 ``bloom``      BloomForCausalLM     alibi     pre            layernorm  gelu_tanh        mha
 ``marian``     MarianMTModel        sinus.    post           layernorm  from config (*)  mha
+``bert``       BertForMaskedLM      learned   post (+emb.)   layernorm  gelu             mha, head_transform (****)
+``roberta``    RobertaForMaskedLM   learned   post (+emb.)   layernorm  gelu             + position offset (****)
 =============  ===================  ========  =============  =========  ===============  ============================
 
 (*) mapped from the config's activation name (``gelu_new`` -> ``gelu_tanh``, ``swish`` -> ``silu``,
@@ -30,7 +32,10 @@ ways). The LLaMA-like families carry GQA, ``head_dim`` and RoPE scaling (linear,
 alike. Anything the composition cannot express (another RoPE scaling, a non-zero
 ``final_logits_bias``, attention dropout in the newer families, Qwen 3's, OLMo 2's and Gemma 2's
 ``attention_bias``, ...) raises ``NotImplementedError`` naming the setting, rather than importing
-a different function. Every tensor of the source state dict must
+a different function. (****) Encoders (``model.kind: encoder``) with the masked-LM prediction
+head (``head_transform``) and a LayerNorm on the embeddings (``embed_norm``); token-type embeddings
+are held at type 0 (folded into the position table; an export writes zero tables), RoBERTa's
+position rows start after its padding id. Every tensor of the source state dict must
 be used (tied copies are checked equal), so a weight the mapping does not know about fails
 loudly too. The logits measured against transformers on tiny random models are in the table of
 ``docs/components.md`` ("Faithful to the reference implementations").
@@ -39,7 +44,7 @@ One module per family (:mod:`~variants.interop.gpt2`, :mod:`~variants.interop.ll
 :mod:`~variants.interop.mistral`, :mod:`~variants.interop.qwen2`, :mod:`~variants.interop.qwen3`,
 :mod:`~variants.interop.olmo2`, :mod:`~variants.interop.mixtral`, :mod:`~variants.interop.gemma2`,
 :mod:`~variants.interop.bloom`,
-:mod:`~variants.interop.marian`)
+:mod:`~variants.interop.marian`, :mod:`~variants.interop.bert`, :mod:`~variants.interop.roberta`)
 holds its import converter, its export config builder and its layout conversions;
 :mod:`variants.interop.common` the helpers they share (and :mod:`~variants.interop.llama` those of
 the LLaMA-like families). This module dispatches on ``model_type``; an export goes to the first
@@ -47,7 +52,8 @@ family whose slots, fields and settings carry the composition.
 
 Reference: Wolf et al. 2020, "Transformers: State-of-the-Art Natural Language Processing",
 EMNLP (system demonstrations), arXiv:1910.03771; the layouts were read from
-``transformers/models/{gpt2,llama,mistral,qwen2,qwen3,olmo2,mixtral,gemma2,bloom,marian}/modeling_*.py``
+``transformers/models/{gpt2,llama,mistral,qwen2,qwen3,olmo2,mixtral,gemma2,bloom,marian,bert,roberta}/``
+``modeling_*.py``
 (transformers 5.25).
 """
 
@@ -58,7 +64,7 @@ from typing import Callable, Optional
 import torch
 
 from variants.config import ModelConfig
-from variants.interop import bloom, gemma2, gpt2, llama, marian, mistral, mixtral, olmo2, qwen2, qwen3
+from variants.interop import bert, bloom, gemma2, gpt2, llama, marian, mistral, mixtral, olmo2, qwen2, qwen3, roberta
 from variants.interop.common import _offset_gains, _Weights
 from variants.models import TransformerBase, build_model
 from variants.registry import REGISTRIES
@@ -68,10 +74,12 @@ __all__ = ["from_hf", "to_hf", "export_family", "SUPPORTED"]
 _FROM_CONFIG = object()  # sentinel: take pad_id from the Hugging Face config
 
 # model_type -> its module: HF_CLASS, KIND, EXPORT_SLOTS, EXPORT_OPTIONS (optional), GAIN_OFFSETS (optional:
-# the HF keys holding norm gains less 1), convert(), hf_config()
+# the HF keys holding norm gains less 1), EXPORT_ZERO (optional: HF keys an export leaves at zero, BERT's token
+# types), EXPORT_UNREAD (optional: HF keys with elements the import never reads), convert(), hf_config()
 # (in the order an export tries them: LLaMA first among the RoPE families)
 _FAMILIES = {"gpt2": gpt2, "llama": llama, "mistral": mistral, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2,
-             "mixtral": mixtral, "gemma2": gemma2, "bloom": bloom, "marian": marian}
+             "mixtral": mixtral, "gemma2": gemma2, "bloom": bloom, "marian": marian, "bert": bert,
+             "roberta": roberta}
 
 _Converter = Callable[[object, _Weights, dict], "tuple[ModelConfig, dict]"]
 
@@ -152,7 +160,7 @@ _EXPORTS = {name: (family.KIND, family.EXPORT_SLOTS, family.HF_CLASS, family.hf_
 # fields the round trip must give back unchanged (the rest are sizes, set from the model)
 _ROUND_TRIP = ("kind", "norm", "norm_position", "position", "ffn", "attention", "bias", "norm_eps", "embed_norm",
                "embeddings_scaled", "tie_embeddings", "rope_base", "logit_softcap", "d_model", "n_heads",
-               "vocab_size", "options")  # the components' settings
+               "vocab_size", "head_transform", "options")  # the components' settings
 
 
 def _misfits(family: str, cfg: ModelConfig) -> list[str]:
@@ -173,10 +181,21 @@ def _misfits(family: str, cfg: ModelConfig) -> list[str]:
     return found
 
 
-def export_family(cfg: ModelConfig) -> str:
+def export_family(cfg: ModelConfig, family: Optional[str] = None) -> str:
     """The Hugging Face family ``cfg``'s composition exports to: the first (in ``_FAMILIES``
-    order) for its position scheme whose slots, fields and settings fit. ``NotImplementedError``
-    naming what has no equivalent in the nearest family otherwise."""
+    order) for its position scheme whose slots, fields and settings fit, or ``family`` when
+    given (a ``model_type``: RoBERTa rather than BERT). ``NotImplementedError`` naming what has
+    no equivalent in the nearest (or the given) family otherwise."""
+    if family is not None:
+        if family not in _EXPORTS:
+            raise NotImplementedError(f"no export to {family!r}; families: {', '.join(_EXPORTS)}")
+        if _EXPORTS[family][0] != cfg.kind:
+            raise NotImplementedError(f"{_EXPORTS[family][2]} holds a {_EXPORTS[family][0]} model, not a "
+                                      f"{cfg.kind} model")
+        misfits = _misfits(family, cfg)
+        if misfits:
+            raise NotImplementedError("; ".join(misfits))
+        return family
     candidates = [family for family, (kind, slots, _, _) in _EXPORTS.items()
                   if kind == cfg.kind and cfg.position in slots["position"]]
     if not candidates:
@@ -195,13 +214,17 @@ def export_family(cfg: ModelConfig) -> str:
     raise NotImplementedError("; ".join(misfits[nearest]))
 
 
-def _probe(hf_model) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
+def _probe(hf_model, zero: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
     """The HF state dict with every trainable tensor replaced by its elements' global indices
-    (float64, exact), tied tensors sharing theirs; other tensors (fixed sinusoid tables,
-    buffers) keep their values. Returns it and key -> (first index, element count)."""
+    (float64, exact), tied tensors sharing theirs; the tensors named in ``zero`` are zeros (an
+    export leaves them so); other tensors (fixed sinusoid tables, buffers) keep their values.
+    Returns it and key -> (first index, element count)."""
     trainable = {name: p for name, p in hf_model.named_parameters(remove_duplicate=False) if p.requires_grad}
     probe, spans, by_storage, start = {}, {}, {}, 0
     for key, tensor in hf_model.state_dict(keep_vars=True).items():
+        if key in zero:
+            probe[key] = torch.zeros(tensor.shape, dtype=torch.float64)
+            continue
         if key not in trainable:
             probe[key] = tensor.detach()
             continue
@@ -215,15 +238,18 @@ def _probe(hf_model) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]
     return probe, spans
 
 
-def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optional[int] = None):
+def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optional[int] = None,
+          family: Optional[str] = None):
     """A Hugging Face ``transformers`` model (fp32, CPU, eval mode) computing the same function
     as ``model``: ``GPT2LMHeadModel`` (learned positions, Pre-LN LayerNorm), ``LlamaForCausalLM``
     (RoPE, Pre-LN RMSNorm, gated feed-forward), ``MistralForCausalLM`` (the same without biases,
     with a sliding window), ``Qwen2ForCausalLM`` (``qkv_bias``), ``Qwen3ForCausalLM``
     (``qk_norm: head``), ``Olmo2ForCausalLM`` (``reordered``, ``qk_norm: full``),
     ``MixtralForCausalLM`` (``moe``), ``Gemma2ForCausalLM`` (``sandwich``, scaled embeddings, soft-capping),
-    ``BloomForCausalLM`` (ALiBi with an embedding norm) or ``MarianMTModel`` (sinusoids, Post-LN).
-    Other compositions raise ``NotImplementedError`` naming the component without an equivalent.
+    ``BloomForCausalLM`` (ALiBi with an embedding norm), ``MarianMTModel`` (sinusoids, Post-LN) or,
+    for an encoder, ``BertForMaskedLM`` (learned positions, Post-LN, an embedding norm and the
+    prediction head), or another family named by ``family`` (``roberta``). Other compositions
+    raise ``NotImplementedError`` naming the component without an equivalent.
 
     The weights are placed by running the import converter of the family backwards: each HF
     tensor is filled with its elements' indices, the converter maps them to our layout, and our
@@ -234,13 +260,14 @@ def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optio
     import transformers
 
     cfg: ModelConfig = model.cfg
-    family = export_family(cfg)
+    family = export_family(cfg, family)
     _, _, class_name, build_config = _EXPORTS[family]
     common = {"tie_word_embeddings": cfg.tie_embeddings, "pad_token_id": cfg.pad_id,
               "bos_token_id": bos_id, "eos_token_id": eos_id}
     hf_model = getattr(transformers, class_name)(build_config(cfg, model, dict(common))).float().eval()
 
-    probe, spans = _probe(hf_model)
+    zero = getattr(_FAMILIES[family], "EXPORT_ZERO", ())
+    probe, spans = _probe(hf_model, zero)
     _, convert = SUPPORTED[family]
     src = _Weights(probe)
     back_cfg, indices = convert(hf_model.config, src, {"dropout": 0.0, "pad_id": cfg.pad_id,
@@ -259,8 +286,13 @@ def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optio
         flat = where.reshape(-1).long()
         values[flat] = ours[key].detach().float().cpu().reshape(-1)
         placed[flat] = True
+    for key in getattr(_FAMILIES[family], "EXPORT_UNREAD", ()):  # elements the import never reads: zeros
+        first, count = spans[key]
+        values[first:first + count][~placed[first:first + count]] = 0.0
+        placed[first:first + count] = True
     if not bool(placed.all()):
         raise NotImplementedError(f"{int((~placed).sum())} elements of {class_name} received no weight")
     state = {key: values[first:first + count].view(probe[key].shape) for key, (first, count) in spans.items()}
+    state |= {key: torch.zeros(probe[key].shape) for key in zero}
     hf_model.load_state_dict(_offset_gains(state, _gain_offsets(family), -1.0), strict=False)
     return hf_model

@@ -107,5 +107,5 @@ def _ffn(table: dict[str, str], activation: str, family: str) -> str:
 def _hidden_width(model: TransformerBase) -> int:
     """The feed-forward hidden width, as built (the down projection's input; an expert's, for a
     mixture of experts)."""
-    ffn = model.decoder.blocks[0].ffn
+    ffn = getattr(model, next(iter(model.stacks))).blocks[0].ffn  # every stack has the same width
     return ffn.experts[0].down.weight.shape[1] if hasattr(ffn, "experts") else ffn.down.weight.shape[1]

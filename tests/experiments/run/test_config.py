@@ -38,7 +38,7 @@ def test_layers_merge_left_to_right_then_overrides(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("model.nrom=rmsnorm", "model.nrom"),
     ("model.d_model=wide", "model.d_model"),
-    ("model.position=xpos", "alibi, learned, none, rope, sinusoidal"),
+    ("model.position=xpos", "unknown position 'xpos'; choices: alibi, "),
     ("model.n_heads=3", "n_heads"),
     ("model.kind=seq2seq", "task.name='lm' needs model.kind='lm', got 'seq2seq'"),
     ("data.source=nowhere", "data.source"),
