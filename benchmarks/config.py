@@ -10,10 +10,12 @@ from typing import Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-SECTIONS = ("train-lm", "train-seq2seq", "loss", "decode", "positions", "moe", "breakdown", "profile", "sweep")
+SECTIONS = ("train-lm", "train-seq2seq", "train-encoder", "loss", "decode", "positions", "moe", "breakdown",
+            "profile", "sweep")
 # the positions section (our gpt2-style model with each position scheme) runs by default on a GPU;
-# the moe section (llama-style dense vs iso-FLOP mixtures of experts) and the sweep section (whole
-# `ablate sweep` runs, minutes) only when asked for
+# the encoder section (our bert-style encoder against BertForMaskedLM), the moe section (llama-style
+# dense vs iso-FLOP mixtures of experts) and the sweep section (whole `ablate sweep` runs, minutes)
+# only when asked for
 CPU_SECTIONS = ("train-lm", "train-seq2seq", "loss", "decode", "breakdown", "profile")
 GPU_SECTIONS = ("train-lm", "train-seq2seq", "loss", "decode", "positions", "breakdown", "profile")
 
@@ -138,7 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     parser.add_argument("--sections", default=None,
                         help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all but "
-                             f"'moe' and 'sweep', which run when named; 'positions' only on a GPU)")
+                             f"'train-encoder', 'moe' and 'sweep', which run when named; 'positions' only on a GPU)")
     parser.add_argument("--presets", default="gpt2,llama,alibi,vaswani", help="LM presets to train")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per comparison")
     parser.add_argument("--compile", action="store_true", help="add rows with our model under torch.compile")

@@ -3,7 +3,7 @@
 Ours are the shipped presets (``configs/model/<preset>.yaml``) over the bench's dimensions.
 Each peer is configured to compute the same function as far as its library allows:
 x-transformers (``TransformerWrapper`` / ``XTransformer``), Hugging Face ``transformers``
-(GPT-2, LLaMA, BLOOM, Marian) and ``torch.nn.Transformer``. Where a peer differs, the
+(GPT-2, LLaMA, BLOOM, Marian, BERT) and ``torch.nn.Transformer``. Where a peer differs, the
 difference is stated in :data:`PEER_NOTES` and printed with the table. The peers are optional:
 a library that is not installed is reported as skipped.
 """
@@ -27,7 +27,7 @@ from variants.registry import FFNS
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 
 # bench name -> preset file (the ALiBi row is the BLOOM composition)
-PRESETS = {"gpt2": "gpt2", "llama": "llama", "alibi": "bloom", "vaswani": "vaswani"}
+PRESETS = {"gpt2": "gpt2", "llama": "llama", "alibi": "bloom", "vaswani": "vaswani", "bert": "bert"}
 GATED = tuple(name for name in FFNS if FFNS.get(name).gated)  # the gated feed-forward entries
 
 PEER_NOTES = {
@@ -150,6 +150,30 @@ def hf_lm(preset: str, cfg: ModelConfig) -> Optional[nn.Module]:
             attention_dropout=cfg.dropout, **common)
         return transformers.BloomForCausalLM._from_config(config)
     return None
+
+
+def hf_bert(cfg: ModelConfig) -> nn.Module:
+    """A random-weight ``BertForMaskedLM`` at the encoder dimensions (SDPA attention), the model
+    our ``bert`` preset imports from and exports to."""
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, intermediate_size=ffn_width(cfg), max_position_embeddings=cfg.max_seq_len,
+        layer_norm_eps=cfg.norm_eps, hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+        pad_token_id=0, tie_word_embeddings=cfg.tie_embeddings)
+    return transformers.BertForMaskedLM._from_config(config, attn_implementation="sdpa")
+
+
+class HFMaskedLM(nn.Module):
+    """A Hugging Face masked-LM model called the way training calls it: logits of every position."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens):
+        return self.model(input_ids=tokens).logits
 
 
 def hf_marian(cfg: ModelConfig) -> nn.Module:

@@ -116,6 +116,8 @@ def run_bench(cfg: BenchConfig, command: str = "ablate bench", log=print) -> dic
         rows += suites.train_lm(cfg, device, peak, log)
     if "train-seq2seq" in cfg.sections:
         rows += suites.train_seq2seq(cfg, device, peak, log)
+    if "train-encoder" in cfg.sections:
+        rows += suites.train_encoder(cfg, device, peak, log)
     if "loss" in cfg.sections:
         rows += suites.head_loss(cfg, device, peak, log)
     if "decode" in cfg.sections:

@@ -233,6 +233,37 @@ def _lm_peers(preset, mcfg, inputs, targets, tokens, flops, device, cfg, log, co
     return peers
 
 
+# ---------------------------------------------------------------------------- encoder training
+MASKED_SHARE = 0.15  # of the positions carry a target, as in masked-LM training
+
+
+def train_encoder(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
+    """Masked-LM training of our bert-style encoder (``configs/model/bert.yaml``: Post-LN, learned
+    positions, GELU, an embedding norm, the prediction head) against ``BertForMaskedLM`` at the
+    same size, on the LM rows' tokens with 15% of the positions as targets (the rest ignored),
+    the same for both; tokens/s counts every input token, FLOPs the head over every position."""
+    B, T = cfg.lm_batch, cfg.lm_seq_len
+    inputs, _ = lm_batch(cfg, device)
+    chosen = torch.rand(inputs.shape, generator=torch.Generator().manual_seed(cfg.seed + 1)) < MASKED_SHARE
+    targets = inputs.masked_fill(~chosen.to(device), PAD)
+    settings = (f"bert-style encoder, masked LM ({100 * MASKED_SHARE:.0f}% of positions as targets): vocab "
+                f"{cfg.vocab_size}, d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, d_ff "
+                f"{cfg.d_ff}, length {T}, batch {B}, dropout {cfg.dropout}")
+    title = "bert-style encoder"
+    log(f"train-encoder {title}")
+    mcfg = M.preset_config("bert", kind="encoder", **cfg.dims())
+    _seeded(cfg.seed)
+    model = M.ours(mcfg)
+    flops = FlopCounter(model)(B * T, T)
+    contenders = [train_contender("ablate", model, (inputs,), targets, B * T, flops, device, ours=True)]
+    if M.available("transformers"):
+        _seeded(cfg.seed)
+        contenders.append(train_contender("transformers (BertForMaskedLM)", M.HFMaskedLM(M.hf_bert(mcfg)),
+                                          (inputs,), targets, B * T, flops, device))
+    time_interleaved(contenders, device, cfg.warmup, cfg.repeats, log)
+    return _rows("train-encoder", title, contenders, None, peak, settings)
+
+
 # -------------------------------------------------------------------------- head + loss alone
 def head_loss(cfg: BenchConfig, device: torch.device, peak: float, log=print) -> list[dict]:
     """The output head and the token-level cross-entropy alone, forward and backward, at the LM

@@ -180,6 +180,21 @@ def test_moe_rows_compare_iso_flop_experts_with_dense():
     assert max(flops_per_token) / min(flops_per_token) < 1.05  # iso-FLOP within the router's share
 
 
+def test_the_encoder_section_times_our_bert_style_encoder_against_bert_for_masked_lm():
+    """The train-encoder section: our bert preset and BertForMaskedLM at the same size (the same
+    parameter count), at the same FLOPs per token; the peer is the reference."""
+    pytest.importorskip("transformers")
+    cfg = tiny_config(device="cpu", threads=1, out="", sections=("train-encoder",))
+    rows = run_bench(cfg, command="t", log=lambda s: None)["rows"]
+    assert [r["impl"] for r in rows] == ["ablate", "transformers (BertForMaskedLM)"]
+    assert rows[1]["ratio"] == 1.0 and rows[0]["ratio"] > 0 and rows[0]["reference"] == rows[1]["impl"]
+    assert rows[0]["mfu"] / rows[0]["tokens_per_s"] == pytest.approx(rows[1]["mfu"] / rows[1]["tokens_per_s"])
+    mcfg = M.preset_config("bert", kind="encoder", **cfg.dims())
+    ours, theirs = M.ours(mcfg), M.hf_bert(mcfg)
+    token_types = theirs.config.type_vocab_size * mcfg.d_model  # held at type 0 by ours (folded into positions)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters()) - token_types
+
+
 def test_a_contender_out_of_memory_is_reported_not_fatal():
     from benchmarks.suites import _rows
 
