@@ -4,13 +4,16 @@ task's name; a new task is one decorated class here.
 
 A spec names the model kind its task trains, builds its data module and LightningModule, and
 says which metrics summarise a run (``ablate status``), which a report tabulates, and which it
-tests against the baseline. Data modules and LightningModules are imported when built, so
-reading a spec (config validation, reports) never imports Lightning.
+tests against the baseline; what a tested run leaves in its directory (``after_test``), the W&B
+tables it logs (``tables``), the notes its data prints (``notes``) and the signature of its
+score (``signature``). Data modules and LightningModules are imported when built, so reading a
+spec (config validation, reports) never imports Lightning.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import Callable, ClassVar, Optional
 
 from variants.registry import Registry
 
@@ -38,6 +41,28 @@ class TaskSpec:
         """The LightningModule for a model config, task config and a set-up data module."""
         raise NotImplementedError
 
+    @staticmethod
+    def notes(data) -> list[str]:
+        """Lines ``ablate train`` prints once the data is set up (what the data left out)."""
+        return []
+
+    @staticmethod
+    def after_test(task, data, run_dir: Path) -> dict[str, float]:
+        """Once the run is tested (the lead process only): write what the task leaves in the run
+        directory beside its metrics, and return metrics to add to them."""
+        return {}
+
+    @staticmethod
+    def tables(task, data, rows: int) -> dict[str, Callable[[], tuple[list[str], list[list]]]]:
+        """The W&B tables of a tested run: key -> a function giving (columns, rows), at most
+        ``rows`` rows (each is built and logged on its own: one that fails costs only itself)."""
+        return {}
+
+    @staticmethod
+    def signature(task) -> Optional[str]:
+        """The signature of the test score, when it has one (sacreBLEU's), for ``status.json``."""
+        return None
+
 
 @TASKS.register("lm")
 class LanguageModelling(TaskSpec):
@@ -63,6 +88,13 @@ class LanguageModelling(TaskSpec):
         from lit.tasks import LanguageModelTask
 
         return LanguageModelTask(model, task, data.block_size, data.tokenizer.pad_id, data.n_bytes, data.streams)
+
+    @staticmethod
+    def tables(task, data, rows):
+        from lit.outputs import continuation_rows
+
+        return {"test/continuations": lambda: continuation_rows(task.model, data.tokenizer, data.streams["test"],
+                                                                min(rows, 4))}
 
 
 @TASKS.register("translation")
@@ -91,6 +123,36 @@ class Translation(TaskSpec):
 
         return TranslationTask(model, task, data.tokenizer, data.references)
 
+    @staticmethod
+    def notes(data):
+        dropped = data.dropped_train
+        return [f"note: {dropped} training pairs longer than model.max_seq_len={data.max_seq_len} were left out"
+                ] if dropped else []
+
+    @staticmethod
+    def after_test(task, data, run_dir):
+        """``test.src``, ``test.ref``, ``test.hyp`` (what BLEU scored), and whether the model reads
+        its source (the shuffled-source check)."""
+        from lit.outputs import source_check, write_translations
+
+        if "test" not in task.last_hypotheses:
+            return {}
+        write_translations(run_dir, data.sources["test"], data.references["test"], task.last_hypotheses["test"])
+        return source_check(task, data)
+
+    @staticmethod
+    def tables(task, data, rows):
+        from lit.outputs import translation_rows
+
+        if "test" not in task.last_hypotheses:
+            return {}
+        return {"test/translations": lambda: translation_rows(data.sources["test"], data.references["test"],
+                                                              task.last_hypotheses["test"], rows)}
+
+    @staticmethod
+    def signature(task):
+        return task.bleu_signature
+
 
 @TASKS.register("mlm")
 class MaskedLanguageModelling(TaskSpec):
@@ -117,6 +179,12 @@ class MaskedLanguageModelling(TaskSpec):
         from lit.tasks import MaskedLanguageModelTask
 
         return MaskedLanguageModelTask(model, task, data.tokenizer, data.token_bytes, data.seed)
+
+    @staticmethod
+    def tables(task, data, rows):
+        from lit.outputs import fill_rows
+
+        return {"test/fills": lambda: fill_rows(task.model, data.tokenizer, data.datasets["test"], min(rows, 20))}
 
 
 def best_of() -> dict[str, str]:

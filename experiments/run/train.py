@@ -252,7 +252,7 @@ def _train(cfg: RunConfig, rid: str, extra_callbacks: Sequence[L.Callback]) -> d
     metrics.update(throughput.medians())
     state = "diverged" if guard.message else "completed"
     status(run_dir, state, step=trainer.global_step, run_id=rid, message=guard.message,
-           metrics={**resume_state.saved_metrics, **metrics}, signature=getattr(task, "bleu_signature", None),
+           metrics={**resume_state.saved_metrics, **metrics}, signature=task_spec(cfg.task.name).signature(task),
            params=params, resumed_from_step=resume_state.resumed_from_step,
            segment_s=wall_s - resume_state.elapsed_before,  # this process's share of wall_s
            environment=environment("cpu" if _runs_on_cpu(cfg) else "gpu"))
@@ -274,10 +274,8 @@ def _prepare_data(cfg: RunConfig):
     data = task_spec(cfg.task.name).datamodule(cfg.data, cfg.model.max_seq_len, cfg.seed)
     data.prepare_data()
     data.setup()
-    dropped = getattr(data, "dropped_train", 0)
-    if dropped:
-        print(f"note: {dropped} training pairs longer than model.max_seq_len={cfg.model.max_seq_len} "
-              f"were left out")
+    for line in task_spec(cfg.task.name).notes(data):
+        print(line)
     return cfg.with_derived(data.tokenizer), data
 
 
@@ -299,17 +297,15 @@ def _resume_point(cfg: RunConfig, lead: bool) -> Optional[Path]:
 
 
 def _log_to_wandb(cfg: RunConfig, task, data, step: int, rid: str) -> None:
-    """What people look at beside the numbers: test translations or LM continuations as a
-    Table, and the final checkpoint as an artifact when asked for. Called after the final
-    status is written: each that fails (W&B cannot write its staging files, say) is a warning
-    naming it, and the run keeps its result."""
+    """What people look at beside the numbers: the task's tables (its spec's ``tables``: test
+    translations, LM continuations, masked-LM fills), and the final checkpoint as an artifact when
+    asked for. Called after the final status is written: each that fails (W&B cannot write its
+    staging files, say) is a warning naming it, and the run keeps its result."""
     rows = cfg.wandb.table_rows
-    if "test" in getattr(task, "last_hypotheses", {}):
-        _soft("the test translations table", wandb_log.log_translations, data.sources["test"],
-              data.references["test"], task.last_hypotheses["test"], step, rows)
-    elif "test" in getattr(data, "streams", {}):
-        _soft("the test continuations table", wandb_log.log_continuations, task.model, data.tokenizer,
-              data.streams["test"], step, min(rows, 4))
+    if rows > 0:
+        for key, build in task_spec(cfg.task.name).tables(task, data, rows).items():
+            _soft(f"the {key.replace('/', ' ')} table", lambda key=key, build=build: wandb_log.log_table(
+                key, *build(), step))
     if cfg.wandb.log_checkpoints:
         _soft("the checkpoint artifact", lambda: wandb_log.log_checkpoint(
             latest_checkpoint(cfg.run_dir / "checkpoints"), cfg, rid))
@@ -348,10 +344,8 @@ def _fit_and_test(cfg: RunConfig, trainer: L.Trainer, task, data, resume_from: O
             test_start = time.time()
             trainer.test(task, datamodule=data, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-            if lead and "test" in getattr(task, "last_hypotheses", {}):
-                write_translations(cfg.run_dir, data.sources["test"], data.references["test"],
-                                   task.last_hypotheses["test"])
-                metrics.update(_source_check(task, data))
+            if lead:
+                metrics.update(task_spec(cfg.task.name).after_test(task, data, cfg.run_dir))
             test_s = time.time() - test_start
     except BaseException as err:
         interrupted = isinstance(err, INTERRUPTIONS)
@@ -360,34 +354,6 @@ def _fit_and_test(cfg: RunConfig, trainer: L.Trainer, task, data, resume_from: O
             raise SystemExit(interrupt_code(err)) from err
         raise
     return {**metrics, "test_s": test_s}
-
-
-def _source_check(task, data) -> dict[str, float]:
-    """Does the model read its source? (a report flags runs that do not: "collapsed"). A check that
-    fails says so in the metrics and leaves the finished, tested run as it is."""
-    try:
-        return task.source_check(data.datasets["val"], data.references["val"])
-    except Exception as err:  # noqa: BLE001 - the run itself is done: never lose it to a check after it
-        print(f"note: the shuffled-source check failed ({type(err).__name__}: {one_line(str(err))}); "
-              f"the run is kept, the report cannot check that it reads its source")
-        return {"test/src_check_failed": 1.0}
-
-
-def write_translations(run_dir: Path, sources: Sequence[str], references: Sequence[str],
-                       hypotheses: Sequence[str]) -> None:
-    """``test.src``, ``test.ref`` and ``test.hyp``: detokenized text, one test example per line in
-    test-set order, the hypotheses exactly as BLEU scored them (``sacrebleu test.ref -i test.hyp``
-    reproduces the run's score)."""
-    if not len(sources) == len(references) == len(hypotheses):
-        raise ValueError(f"{len(sources)} sources, {len(references)} references, {len(hypotheses)} hypotheses")
-    for name, lines in (("test.src", sources), ("test.ref", references), ("test.hyp", hypotheses)):
-        tmp = run_dir / f"{name}.tmp"
-        try:
-            with writing(run_dir / name):
-                tmp.write_text("".join(one_line(line) + "\n" for line in lines), encoding="utf-8")
-                tmp.replace(run_dir / name)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 def run_command(items: Sequence[str], prog: str = "ablate train") -> int:

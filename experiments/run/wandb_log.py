@@ -11,8 +11,9 @@ comparison:
 - At the end, the summary gets the numbers ``status.json`` holds (with ``state``, the BLEU
   signature and the run id), then ``finish`` gets an exit code that is non-zero for failed,
   interrupted and diverged runs.
-- Tables: 50 test translations with sentence BLEU, or a few greedy continuations of test
-  prompts; the final checkpoint as an artifact with ``wandb.log_checkpoints=true``.
+- Tables, as the task's spec builds them: 50 test translations with sentence BLEU, a few greedy
+  continuations of test prompts, or 20 masked test positions with the model's fill; the final
+  checkpoint as an artifact with ``wandb.log_checkpoints=true``.
 - A resumed run keeps its W&B id and sends only the steps beyond those its killed segment
   already sent (read back from W&B's own files), so each step is in the W&B history once.
 """
@@ -185,60 +186,14 @@ def finish(status: dict[str, Any], metrics_path: Path, exit_code: int) -> Option
     return seen
 
 
-def log_translations(sources: Sequence[str], references: Sequence[str], hypotheses: Sequence[str],
-                     step: int, rows: int) -> None:
-    """The first ``rows`` test examples as a W&B Table (source, reference, hypothesis, sentence BLEU)."""
-    import wandb
-    from sacrebleu.metrics import BLEU
-
-    if wandb.run is None or rows <= 0:
-        return
-    bleu = BLEU(effective_order=True)
-    data = [[s, r, h, round(bleu.sentence_score(h, [r]).score, 2)]
-            for s, r, h in list(zip(sources, references, hypotheses))[:rows]]
-    table = wandb.Table(columns=["source", "reference", "hypothesis", "sentence_bleu"], data=data)
-    wandb.run.log({"test/translations": table, STEP_KEY: step})
-
-
-@torch.no_grad()
-def log_continuations(model, tokenizer, stream: torch.Tensor, step: int, rows: int, prompt_tokens: int = 8,
-                      new_tokens: int = 24) -> None:
-    """Greedy continuations of the first ``rows`` test examples' opening ``prompt_tokens`` tokens,
-    as a W&B Table (prompt, continuation, reference)."""
+def log_table(key: str, columns: list[str], rows: list[list], step: int) -> None:
+    """``rows`` under ``columns`` as the W&B Table ``key`` at ``step`` (nothing without a W&B run
+    or rows): the tables a task's spec builds (:meth:`lit.specs.TaskSpec.tables`)."""
     import wandb
 
-    from variants.decoding import greedy_generate
-
-    if wandb.run is None or rows <= 0:
+    if wandb.run is None or not rows:
         return
-    eos = tokenizer.eos_id
-    examples, current = [], []
-    for token in stream.tolist():
-        if token == eos:
-            if len(current) > prompt_tokens:
-                examples.append(current)
-            current = []
-            if len(examples) == rows:
-                break
-        else:
-            current.append(token)
-    if not examples:
-        return
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    limit = getattr(model.cfg, "max_seq_len", prompt_tokens + new_tokens)
-    new_tokens = max(1, min(new_tokens, limit - prompt_tokens))
-    prompts = torch.tensor([[eos] + ids[:prompt_tokens] for ids in examples], device=device)
-    out = greedy_generate(model, prompts, new_tokens).tolist()
-    model.train(was_training)
-    data = []
-    for ids, generated in zip(examples, out):
-        generated = generated[:generated.index(eos)] if eos in generated else generated
-        data.append([tokenizer.decode(ids[:prompt_tokens]), tokenizer.decode(generated),
-                     tokenizer.decode(ids[prompt_tokens:prompt_tokens + new_tokens])])
-    table = wandb.Table(columns=["prompt", "continuation", "reference"], data=data)
-    wandb.run.log({"test/continuations": table, STEP_KEY: step})
+    wandb.run.log({key: wandb.Table(columns=columns, data=rows), STEP_KEY: step})
 
 
 def log_checkpoint(path: Path, cfg: RunConfig, run_id: str) -> None:

@@ -101,7 +101,7 @@ REFS = [f"and the man number {i} went down to the city by the sea" for i in rang
 
 
 def test_the_translation_page_says_which_runs_collapsed(tmp_path, monkeypatch):
-    from experiments.run.train import write_translations
+    from lit.outputs import write_translations
 
     sweep_file = tmp_path / "s.yaml"
     sweep_file.write_text(MT_BASE + "name: mtc\ngrid: {model.norm_position: [post, pre]}\nseeds: [0, 1]\n"

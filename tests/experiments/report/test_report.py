@@ -99,7 +99,7 @@ REFS = [f"and the man number {i} went down to the city by the sea" for i in rang
 
 def _fake_translation_run(run, dropped: int):
     """A finished translation run whose hypotheses drop the last ``dropped`` words of each reference."""
-    from experiments.run.train import write_translations
+    from lit.outputs import write_translations
     from tools.metrics import corpus_bleu
 
     hyps = [" ".join(r.split()[: len(r.split()) - dropped]) for r in REFS]

@@ -141,7 +141,7 @@ def test_a_wandb_table_that_fails_is_a_warning_after_the_final_status(tmp_path, 
         raise PermissionError("Unable to write staging files to /nowhere/artifacts/staging")
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setattr(train_module.wandb_log, "log_continuations", failing_table)
+    monkeypatch.setattr(train_module.wandb_log, "log_table", failing_table)
     args = _args(tmp_path, "logger=wandb", *TINY)
     cfg = load_config(args[:2], args[2:])
     with pytest.warns(UserWarning, match=r"W&B: could not log the test continuations table \(PermissionError: "

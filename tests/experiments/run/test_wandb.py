@@ -158,6 +158,23 @@ def test_a_translation_run_logs_its_test_translations(tmp_path, monkeypatch):
     assert any(f.endswith(".ckpt") for f in model[0]["files"]) and "tokenizer.json" in model[0]["files"]
 
 
+@pytest.mark.slow
+def test_a_masked_lm_run_logs_its_fills(tmp_path, monkeypatch):
+    """A masked-LM run's table (its spec's): the first masked test positions with the model's fill."""
+    from experiments.run.train import train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = load_config([ROOT / "configs" / "experiments" / "mlm-bible.yaml", SMOKE],
+                      [f"run.root={tmp_path}", "logger=wandb", f"data.cache_dir={tmp_path}/cache",
+                       "trainer.max_steps=5"])
+    assert train(cfg)["state"] == "completed"
+    (run,) = run_segments(cfg.run_dir, (cfg.run_dir / "wandb_id").read_text().strip(), wait_s=30)
+    _check_against_status(run, cfg.run_dir)
+    table = run.table("test/fills")
+    assert table["columns"] == ["context", "target", "prediction", "probability"] and 0 < len(table["data"]) <= 20
+    assert all("[" in row[0] and 0 < row[3] <= 1 for row in table["data"])
+
+
 @pytest.mark.parametrize("name, val, test", [("smoke", "val/ppl", "test/ppl"), ("demo-mt", "val/bleu", "test/bleu")])
 def test_the_workspace_of_a_sweep_is_built_offline(tmp_path, monkeypatch, capsys, name, val, test):
     from experiments.cli import main
