@@ -138,7 +138,7 @@ class RunConfig:
         if self.perf.cuda_graphs and not task_spec(self.task.name).blocks:
             raise ValueError(f"key 'perf.cuda_graphs': CUDA graphs replay fixed shapes, and {self.task.name} "
                              f"batches vary in length; tasks batched in blocks only (perf.compile compiles any task)")
-        decode = getattr(self.task, "max_decode_len", None) if expected == "seq2seq" else None
+        decode = getattr(self.task, "max_decode_len", None) if task_spec(self.task.name).translates else None
         if decode is not None and limit is not None and decode > limit:
             raise ValueError(f"key 'task.max_decode_len': translations of up to {decode} tokens, but position "
                              f"{self.model.position!r} encodes at most {limit} (model.max_seq_len); "
