@@ -31,8 +31,9 @@ class AttentionInputs:
     """What one stack's attention layers are called with, computed once per forward pass.
 
     Self-attention gets the position scheme's signals (``rotary``; its score bias folded into
-    ``mask``, or as ``score_mod`` for a FlexAttention kernel); cross-attention gets ``memory``
-    and the source padding in ``mask``, and no position signal.
+    ``mask``, or as ``score_mod`` for a FlexAttention kernel; ``score_terms``, which each layer
+    calls with itself: :meth:`variants.positions.PositionScheme.score_terms`); cross-attention
+    gets ``memory`` and the source padding in ``mask``, and no position signal.
     """
 
     positions: torch.Tensor  # (B|1, T) absolute positions of the queries
@@ -45,6 +46,7 @@ class AttentionInputs:
     memory: Optional[torch.Tensor] = None  # cross-attention: encoder states (B, S, D)
     record: Optional[list] = None  # attention maps asked for: each layer appends its probabilities
     key_positions: Optional[torch.Tensor] = None  # (B|1, Tk) absolute positions of the keys (self-attention)
+    score_terms: Optional[Callable] = None  # the scheme's per-layer score terms (self-attention)
 
 
 def self_attention_inputs(position, positions: torch.Tensor, key_positions: torch.Tensor,
@@ -64,7 +66,7 @@ def self_attention_inputs(position, positions: torch.Tensor, key_positions: torc
         mask, is_causal = attention_mask(positions.size(-1), key_positions.size(-1), causal=causal,
                                          key_valid=key_valid, bias=position.score_bias(positions, key_positions))
     return AttentionInputs(positions, mask, is_causal, key_valid, position.rotary(positions), score_mod, cache,
-                           key_positions=key_positions)
+                           key_positions=key_positions, score_terms=position.score_terms)
 
 
 def cross_attention_inputs(positions: torch.Tensor, memory: torch.Tensor, memory_valid: Optional[torch.Tensor],
@@ -172,6 +174,19 @@ def _keys_from(inputs: AttentionInputs, start: int) -> AttentionInputs:
         inputs, mask=None if inputs.mask is None else inputs.mask[..., start:],
         key_valid=None if inputs.key_valid is None else inputs.key_valid[..., start:],
         key_positions=inputs.key_positions[..., start:])
+
+
+def with_bias(inputs: AttentionInputs, bias: torch.Tensor, tq: int, tk: int) -> torch.Tensor:
+    """``inputs.mask`` (or its causality) with ``bias`` (B|1, H, Tq, Tk) added: a float SDPA mask,
+    -inf where the mask forbids a key (its rows with no key already attend to every key)."""
+    mask = inputs.mask
+    if mask is None:
+        if not inputs.is_causal:
+            return bias
+        mask = torch.ones(tq, tk, dtype=torch.bool, device=bias.device).tril(tk - tq)
+    if mask.is_floating_point():
+        return mask + bias
+    return torch.where(mask, bias, float("-inf"))
 
 
 def windowed_mask(inputs: AttentionInputs, window: int, tq: int, tk: int, device) -> torch.Tensor:
@@ -459,6 +474,14 @@ class MultiHeadAttention(nn.Module):
         window = self.window if self.local(layer) else None
         if not self.cross and inputs.cache is not None and inputs.cache.key_start(layer):
             inputs = _keys_from(inputs, inputs.cache.key_start(layer))  # a local layer's cache: its recent keys
+        scale = self.scale
+        if inputs.score_terms is not None:  # self-attention: position terms that need this layer's q and k
+            terms = inputs.score_terms(self, q, k, inputs.positions, inputs.key_positions,
+                                       scale or self.head_width ** -0.5)
+            if terms is not None:
+                bias, scale = terms
+                inputs = dataclasses.replace(inputs, mask=with_bias(inputs, bias, q.size(-2), k.size(-2)),
+                                             is_causal=False)
         if window is not None and inputs.score_mod is None:  # the window as part of SDPA's mask
             inputs = dataclasses.replace(inputs, mask=windowed_mask(inputs, window, q.size(-2), k.size(-2), q.device),
                                          is_causal=False)
@@ -468,10 +491,10 @@ class MultiHeadAttention(nn.Module):
             if self.attn_softcap is not None:
                 score_mod = softcapped(score_mod, self.attn_softcap)
             y = flex_attention_with(q, _repeat_kv(k, groups), _repeat_kv(v, groups), score_mod,
-                                    inputs.is_causal, window, self.scale)
+                                    inputs.is_causal, window, scale)
         elif inputs.record is not None or self.attn_softcap is not None:
             # attention maps asked for (variants.maps), or soft-capped scores: an explicit softmax
-            y = explicit_attention(q, _repeat_kv(k, groups), _repeat_kv(v, groups), inputs, scale=self.scale,
+            y = explicit_attention(q, _repeat_kv(k, groups), _repeat_kv(v, groups), inputs, scale=scale,
                                    softcap=self.attn_softcap, dropout=dropout)
         else:
             mask = inputs.mask
@@ -479,7 +502,7 @@ class MultiHeadAttention(nn.Module):
                 mask = mask.to(q.dtype)  # a float bias under autocast: SDPA wants the query's dtype
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=inputs.is_causal, dropout_p=dropout,
-                scale=self.scale, enable_gqa=groups > 1,
+                scale=scale, enable_gqa=groups > 1,
             )  # (B, H, T, hd)
         B, _, T, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, H * hd) -> (B, T, D)
@@ -491,6 +514,16 @@ class MultiHeadAttention(nn.Module):
             x = norm(x)
         x = x.view(B, T, heads, self.head_width).transpose(1, 2)
         return norm(x) if norm is not None and self.qk_norm == "head" else x
+
+    def project_qk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) -> queries (B, H, T, hd) and keys (B, Hkv, T, hd) by this self-attention layer's own
+        projections and q/k norms, unrotated: what DeBERTa projects its relative embeddings with."""
+        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_width
+        width = (H + Hkv) * hd  # the [q; k] rows of the fused [q; k; v] projection
+        bias = None if self.qkv.bias is None else self.qkv.bias[:width]
+        q, k = F.linear(x, self.qkv.weight[:width], bias).split([H * hd, Hkv * hd], dim=-1)
+        norms = self.qk_norms
+        return self._heads(q, H, norms and norms.queries), self._heads(k, Hkv, norms and norms.keys)
 
     def _self_qkv(self, x, inputs: AttentionInputs, layer: int):
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_width

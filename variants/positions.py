@@ -1,11 +1,14 @@
 """Position schemes (slot ``position``).
 
-A scheme has three hooks, each a no-op unless the scheme needs it, so one slot decides every
+A scheme has four hooks, each a no-op unless the scheme needs it, so one slot decides every
 way position information enters the model ("learned + ALiBi by accident" cannot be built):
 
 - ``add_to_embeddings(x, positions)``: absolute encodings added to token embeddings;
 - ``rotary(positions)``: ``(cos, sin)`` that rotate queries and keys of self-attention;
-- ``score_bias(q_pos, k_pos)``: an additive bias on self-attention scores.
+- ``score_bias(q_pos, k_pos)``: an additive bias on self-attention scores, from positions alone;
+- ``score_terms(attn, q, k, q_pos, k_pos, scale)``: score terms that also depend on one layer's
+  queries, keys and projections (DeBERTa's content-to-position and position-to-content terms),
+  with the scale the scores then take; each self-attention layer calls it with itself.
 
 A scheme with a score bias may also return it as a FlexAttention ``score_mod`` from
 ``score_mod()``, so that on a GPU the bias is added inside the attention kernel
@@ -31,6 +34,11 @@ References:
 - T5 relative position bias: Raffel et al. 2020, "Exploring the Limits of Transfer Learning with
   a Unified Text-to-Text Transformer", JMLR 21(140), section 2.1; buckets as in Mesh TensorFlow
   and Hugging Face's ``T5Attention`` (tested equal).
+- DeBERTa's disentangled attention: He et al. 2021, "DeBERTa: Decoding-enhanced BERT with
+  Disentangled Attention", arXiv:2006.03654, section 3.1; the layout of DeBERTa-v3 (He et al.
+  2021, arXiv:2111.09543): log-spaced buckets, one normed table per stack projected by each
+  layer's own query and key projections, as Hugging Face's ``DisentangledSelfAttention`` (tested
+  equal).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from variants.registry import POSITIONS, Option
+from variants.registry import NORMS, POSITIONS, Option
 
 
 class PositionScheme(nn.Module):
@@ -69,6 +77,16 @@ class PositionScheme(nn.Module):
         return None
 
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
+        return None
+
+    def score_terms(self, attn, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+                    scale: float) -> Optional[tuple[torch.Tensor, float]]:
+        """Score terms of one self-attention layer ``attn`` that depend on its queries ``q`` (B, H, Tq, hd)
+        and keys ``k`` (B, Hkv, Tk, hd; under a KV cache, every past key too) as well as on the
+        positions ``q_pos`` (B|1, Tq) and ``k_pos`` (B|1, Tk): ``(bias, scale)``, a bias (B|1, H, Tq, Tk)
+        added to the scaled scores and the factor on q·k that replaces ``scale`` (the layer's own),
+        or None when the scheme has none (every scheme but ``deberta``). A scheme with score terms
+        has no ``score_mod``: the terms reach the kernel in the mask."""
         return None
 
     def score_mod(self):
@@ -354,3 +372,80 @@ class T5Bias(PositionScheme):
         relative = k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)  # (B, Tq, Tk)
         buckets = relative_position_bucket(relative, not self.causal, self.num_buckets, self.max_distance)
         return self.bias(buckets).permute(0, 3, 1, 2)  # (B, H, Tq, Tk)
+
+
+def log_bucket_position(relative: torch.Tensor, buckets: int, max_distance: int) -> torch.Tensor:
+    """DeBERTa's bucket (a long tensor of the same shape) of each query-minus-key distance.
+
+    Distances up to ``buckets // 2`` (m) either way are their own bucket; a longer distance d goes
+    to ``m + ceil((m - 1) log(d / m) / log((max_distance - 1) / m))``, with its sign, so that
+    ``max_distance - 1`` reaches bucket 2m - 1 and longer distances go on past it (the caller
+    clamps them to the table). Computed in float32 as Hugging Face's ``make_log_bucket_position``
+    does, so the rounding up falls the same way (tested equal).
+    """
+    relative = relative.long()
+    mid = buckets // 2
+    distance = relative.abs()
+    span = torch.log(torch.tensor((max_distance - 1) / mid))  # float32, as the reference
+    far = torch.ceil(torch.log(distance.clamp(min=mid) / mid) / span * (mid - 1)) + mid
+    return torch.where(distance <= mid, relative, far.long() * relative.sign())
+
+
+@POSITIONS.register("deberta")
+class Disentangled(PositionScheme):
+    """DeBERTa's disentangled attention: the score of query i for key j adds to ``q_i·k_j`` a
+    content-to-position term ``q_i·K_r[δ]`` and a position-to-content term ``k_j·Q_r[δ]``, all
+    three scaled by ``(3 hd)^-½``, where δ is the bucket of the distance i − j
+    (:func:`log_bucket_position`: ``deberta_buckets`` buckets each way, log-spaced up to
+    ``deberta_max_distance``) shifted into the table's 2 × ``deberta_buckets`` rows and clamped
+    there. ``Q_r`` and ``K_r`` are the stack's one table of relative embeddings, normed by the
+    model's ``norm`` (DeBERTa-v3: LayerNorm) and projected by each layer's own query and key
+    projections (biases and q/k norms included), as DeBERTa-v3 shares them (``share_att_key``).
+
+    Under a KV cache the terms use every past key and its absolute position, so cached decoding
+    equals the full pass; a causal stack uses only the half of the table for keys at or before
+    the query. Positions come from the padding mask, so left padding does not shift distances.
+    With ``attn_scale_dim`` the scale is ``(3 attn_scale_dim)^-½``.
+    """
+
+    options = (
+        Option("deberta_buckets", 32, "relative distances on each side of the query, log-spaced beyond half of "
+               "them (DeBERTa-v3: 256)", short="buckets", minimum=4,
+               examples=(8, {"deberta_buckets": 4, "deberta_max_distance": 6})),
+        Option("deberta_max_distance", 128, "the distance the last bucket begins at; longer ones share it "
+               "(DeBERTa-v3: 512)", short="maxdist", minimum=4, examples=(20,)),
+    )
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        if cfg.deberta_max_distance <= cfg.deberta_buckets // 2 + 1:
+            raise ValueError(f"model.deberta_max_distance ({cfg.deberta_max_distance}) must exceed deberta_buckets / 2 "
+                             f"+ 1 ({cfg.deberta_buckets // 2 + 1}): the log-spaced buckets begin after half of them")
+        if cfg.option_values().get("attn_softcap") is not None:
+            raise ValueError("position 'deberta' with model.attn_softcap: a cap on the content scores alone would leave "
+                             "the disentangled terms uncapped, and DeBERTa defines no cap; leave model.attn_softcap out")
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.deberta_buckets, self.deberta_max_distance = cfg.deberta_buckets, cfg.deberta_max_distance
+        self.table = nn.Embedding(2 * self.deberta_buckets, cfg.d_model)  # rows: distances -buckets .. buckets - 1
+        self.norm = NORMS.build(cfg.norm, cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def relative_index(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """The table row (B|1, Tq, Tk) of each query (B|1, Tq) and key (B|1, Tk) position pair."""
+        relative = q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)  # i - j
+        bucket = log_bucket_position(relative, self.deberta_buckets, self.deberta_max_distance)
+        return (bucket + self.deberta_buckets).clamp(0, 2 * self.deberta_buckets - 1)
+
+    def score_terms(self, attn, q, k, q_pos, k_pos, scale):
+        B, H, Tq, _ = q.shape
+        Tk, groups = k.size(2), H // k.size(1)
+        rel_q, rel_k = attn.project_qk(self.dropout(self.norm(self.table.weight)).unsqueeze(0))  # (1, H|Hkv, 2s, hd)
+        if groups > 1:  # each key head serves `groups` consecutive query heads (the attention's GQA layout)
+            rel_k, k = rel_k.repeat_interleave(groups, dim=1), k.repeat_interleave(groups, dim=1)
+        index = self.relative_index(q_pos, k_pos).unsqueeze(1)  # (B|1, 1, Tq, Tk)
+        c2p = (q @ rel_k.transpose(-1, -2)).gather(-1, index.expand(B, H, Tq, Tk))  # q_i·K_r[δ(i, j)]
+        p2c = (k @ rel_q.transpose(-1, -2)).gather(-1, index.transpose(-1, -2).expand(B, H, Tk, Tq))  # k_j·Q_r[δ(i, j)]
+        scale = scale / math.sqrt(3)  # three terms of the same width
+        return (c2p + p2c.transpose(-1, -2)) * scale, scale

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tests.variants.helpers import tiny_config
-from variants.positions import (ALiBi, Learned, NoPosition, Rotary, Sinusoidal, T5Bias, alibi_slopes, apply_rotary,
-                                relative_position_bucket)
+from variants.positions import (ALiBi, Disentangled, Learned, NoPosition, Rotary, Sinusoidal, T5Bias, alibi_slopes,
+                                apply_rotary, log_bucket_position, relative_position_bucket)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -299,3 +299,198 @@ def test_t5_config_is_checked():
         tiny_config(position="t5", t5_num_buckets=2)
     with pytest.raises(ValueError, match="t5_max_distance"):
         tiny_config(position="t5", t5_num_buckets=32, t5_max_distance=16)
+
+
+# ---------------------------------------------------------------------------------------------
+# DeBERTa's disentangled attention (He et al. 2021)
+
+
+@pytest.mark.parametrize("buckets, max_distance", [(256, 512), (32, 128), (8, 20), (4, 6), (5, 9), (64, 300)])
+def test_deberta_buckets_are_hugging_faces(buckets, max_distance):
+    deberta = pytest.importorskip("transformers.models.deberta_v2.modeling_deberta_v2")
+    relative = torch.arange(-3000, 3001).view(1, -1)
+    expected = deberta.make_log_bucket_position(relative, buckets, max_distance).long()
+    assert torch.equal(log_bucket_position(relative, buckets, max_distance), expected)
+
+
+def test_deberta_buckets_by_hand():
+    """8 buckets (m = 4) up to 20: distances within 4 are their own bucket, signed; 19 (the last
+    below max_distance) reaches bucket 2m - 1 = 7; the table row clamps longer ones to its ends."""
+    relative = torch.tensor([0, 1, -3, 4, -4, 5, 19, -19, 1000, -1000])
+    buckets = log_bucket_position(relative, 8, 20)
+    assert buckets.tolist()[:5] == [0, 1, -3, 4, -4] and 5 <= buckets[5] <= 7
+    assert buckets[6] == 7 and buckets[7] == -7 and buckets[8] > 7 and buckets[9] < -7
+    scheme = Disentangled(tiny_config(position="deberta", deberta_buckets=8, deberta_max_distance=20))
+    rows = scheme.relative_index(torch.tensor([[0]]), -relative.view(1, -1))[0, 0]
+    assert rows.tolist()[:5] == [8, 9, 5, 12, 4] and rows[8] == 15 and rows[9] == 0
+
+
+def _deberta_reference(n_heads=4, buckets=8, max_distance=20, eps=1e-7):
+    """Hugging Face's disentangled self-attention and the encoder that holds its relative table,
+    with random weights (DeBERTa-v3's layout: c2p and p2c, shared projections, a normed table)."""
+    deberta = pytest.importorskip("transformers.models.deberta_v2.modeling_deberta_v2")
+    config = deberta.DebertaV2Config(
+        hidden_size=32, num_attention_heads=n_heads, relative_attention=True, position_buckets=buckets,
+        max_relative_positions=max_distance, pos_att_type=["p2c", "c2p"], share_att_key=True,
+        norm_rel_ebd="layer_norm", attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0, layer_norm_eps=eps)
+    attention, encoder = deberta.DisentangledSelfAttention(config).eval(), deberta.DebertaV2Encoder(config).eval()
+    for p in [*attention.parameters(), encoder.rel_embeddings.weight, *encoder.LayerNorm.parameters()]:
+        torch.nn.init.normal_(p, 0.0, 0.3)
+    return deberta, attention, encoder
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "right-padded"])
+def test_deberta_attention_is_hugging_faces(padded):
+    """One layer of ``mha`` with the ``deberta`` scheme equals Hugging Face's
+    ``DisentangledSelfAttention`` (before its output projection) with the same weights, over 30
+    tokens (beyond max_distance, so the table's clamped ends are used); right padding compared at
+    the real tokens."""
+    from variants.attention import MultiHeadAttention, self_attention_inputs
+
+    deberta, reference, encoder = _deberta_reference()
+    cfg = tiny_config("encoder", position="deberta", deberta_buckets=8, deberta_max_distance=20, norm_eps=1e-7)
+    attn, scheme = MultiHeadAttention(cfg).eval(), Disentangled(cfg).eval()
+    with torch.no_grad():
+        attn.qkv.weight.copy_(torch.cat([reference.query_proj.weight, reference.key_proj.weight,
+                                         reference.value_proj.weight]))
+        attn.qkv.bias.copy_(torch.cat([reference.query_proj.bias, reference.key_proj.bias, reference.value_proj.bias]))
+        attn.out.weight.copy_(torch.eye(32))
+        attn.out.bias.zero_()
+        scheme.table.weight.copy_(encoder.rel_embeddings.weight)
+        scheme.norm.weight.copy_(encoder.LayerNorm.weight)
+        scheme.norm.bias.copy_(encoder.LayerNorm.bias)
+    T = 30
+    x = torch.randn(2, T, 32, generator=torch.Generator().manual_seed(1))
+    valid = torch.ones(2, T, dtype=torch.bool)
+    if padded:
+        valid[1, 21:] = False
+    relative = deberta.build_relative_position(x, x, bucket_size=8, max_position=20)
+    mask = encoder.get_attention_mask(valid.long())
+    with torch.no_grad():
+        expected, _ = reference(x, mask, relative_pos=relative, rel_embeddings=encoder.get_rel_embedding())
+        pos = torch.arange(T)[None]
+        inputs = self_attention_inputs(scheme, pos, pos, valid if padded else None, causal=False, cache=None,
+                                       in_kernel=False)
+        got = attn(x, inputs)
+    torch.testing.assert_close(got[valid], expected[valid], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
+def test_deberta_terms_by_hand(n_kv_heads):
+    """The score terms written out one entry at a time: ``q_i·K_r[δ] + k_j·Q_r[δ]`` with δ the
+    table row of the pair's query-minus-key distance, K_r and Q_r the normed table through the
+    layer's key and query projections, key heads shared by consecutive query heads (GQA), query
+    and key positions apart (a KV cache, left padding); scale (3 · attn_scale_dim)^-½."""
+    from tests.variants.helpers import build
+
+    cfg = tiny_config(position="deberta", attention="gqa", n_kv_heads=n_kv_heads, deberta_buckets=4,
+                      deberta_max_distance=6, attn_scale_dim=20)
+    model = build(cfg)
+    attn, scheme = model.decoder.blocks[0].attn, model.decoder.position
+    torch.nn.init.normal_(scheme.table.weight)
+    q, k = torch.randn(2, 4, 3, 8), torch.randn(2, n_kv_heads, 5, 8)
+    q_pos = torch.tensor([[7, 8, 9], [2, 3, 3]])
+    k_pos = torch.tensor([[0, 1, 2, 8, 9], [0, 0, 1, 2, 3]])
+    with torch.no_grad():
+        bias, scale = scheme.score_terms(attn, q, k, q_pos, k_pos, 20 ** -0.5)
+        table = scheme.norm(scheme.table.weight)
+        H, hd = 4, 8
+        width = (H + n_kv_heads) * hd
+        projected = table @ attn.qkv.weight[:width].T + attn.qkv.bias[:width]
+        rel_q = projected[:, :H * hd].view(-1, H, hd)
+        rel_k = projected[:, H * hd:].view(-1, n_kv_heads, hd)
+    assert scale == pytest.approx((3 * 20) ** -0.5) and bias.shape == (2, 4, 3, 5)
+    groups = H // n_kv_heads
+    for b in range(2):
+        for h in range(H):
+            for i in range(3):
+                for j in range(5):
+                    bucket = log_bucket_position(q_pos[b, i] - k_pos[b, j], 4, 6)
+                    row = int(bucket.clamp(-4, 3)) + 4
+                    expected = q[b, h, i] @ rel_k[row, h // groups] + k[b, h // groups, j] @ rel_q[row, h]
+                    torch.testing.assert_close(bias[b, h, i, j], expected * scale)
+
+
+@pytest.mark.parametrize("kind", ["lm", "seq2seq"])
+def test_deberta_with_attention_settings_under_the_kv_cache_left_padding_and_maps(kind):
+    """The terms follow every attention setting they meet: grouped-query heads, q/k/v biases alone,
+    a head width of its own, a score scale, a sliding window and QK-norm; cached decoding after a
+    left-padded prompt gives the full pass's logits, and the attention maps (explicit softmax)
+    give the same outputs as SDPA."""
+    from tests.variants.helpers import build
+    from variants.maps import _recording
+
+    cfg = tiny_config(kind, attention="gqa", n_kv_heads=2, qkv_bias=True, bias=False, head_dim=12,
+                      attn_scale_dim=20, window=5, position="deberta", qk_norm="head", deberta_buckets=4,
+                      deberta_max_distance=6)
+    model = build(cfg)
+    for name, p in model.named_parameters():
+        if "position" in name:
+            torch.nn.init.normal_(p, 0.0, 0.5)
+    seq = torch.randint(1, 61, (3, 9), generator=torch.Generator().manual_seed(3))
+    seq[1, :5] = seq[2, :2] = 0
+    real = seq != 0
+    with torch.no_grad():
+        if kind == "lm":
+            full = model(seq)
+            cache = model.new_cache(3, 9)
+            steps = [model(seq[:, :5], cache)] + [model(seq[:, t:t + 1], cache) for t in range(5, 9)]
+            torch.testing.assert_close(torch.cat(steps, 1)[real], full[real], rtol=1e-4, atol=1e-5)
+            args = (seq,)
+        else:
+            memory, valid = model.encode(seq)
+            tgt = torch.randint(1, 61, (3, 6), generator=torch.Generator().manual_seed(4))
+            full = model.decode(tgt, memory, valid)
+            cache = model.new_cache(3, 6)
+            steps = [model.decode(tgt[:, t:t + 1], memory, valid, cache) for t in range(6)]
+            torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
+            args = (seq, tgt)
+        expected = model(*args)
+        with _recording(model):
+            torch.testing.assert_close(model(*args), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_deberta_terms_change_the_attention_and_have_no_kernel_form():
+    """The terms are not a no-op (zeroing the table changes the logits), the scheme gives no
+    ``score_bias`` or ``score_mod`` (so a GPU never runs it in a FlexAttention kernel) and no other
+    scheme gives score terms."""
+    from tests.variants.helpers import build
+    from variants.registry import POSITIONS
+
+    model = build(tiny_config("encoder", position="deberta"))
+    scheme, attn = model.encoder.position, model.encoder.blocks[0].attn
+    seq = torch.randint(1, 61, (2, 9), generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(9)[None]
+    assert scheme.score_mod() is None and scheme.score_bias(pos, pos) is None and scheme.rotary(pos) is None
+    with torch.no_grad():
+        before = model(seq)
+        scheme.table.weight.zero_()
+        scheme.norm.bias.zero_()  # a zero table normed is the norm's bias
+        assert not torch.allclose(model(seq), before, atol=1e-3)
+    q = k = torch.randn(1, 4, 9, 8)
+    for name in POSITIONS.names():
+        if name != "deberta":
+            other = build(tiny_config("encoder", position=name))
+            assert other.encoder.position.score_terms(attn, q, k, pos, pos, 8 ** -0.5) is None
+
+
+@pytest.mark.parametrize("kind", ["lm", "seq2seq", "encoder"])
+def test_deberta_is_one_normed_table_per_stack_shared_by_its_layers(kind):
+    """As in DeBERTa: each stack holds one table of 2 x deberta_buckets relative embeddings and
+    its norm (the model's); its layers project it with their own query and key projections."""
+    from variants import build_model
+
+    model = build_model(tiny_config(kind, position="deberta", n_layers=3, norm="rmsnorm"))
+    tables = {name: p for name, p in model.named_parameters() if name.endswith("position.table.weight")}
+    assert len(tables) == (2 if kind == "seq2seq" else 1)
+    assert all(p.shape == (64, 32) for p in tables.values())
+    assert all(type(m.norm).registry_name == "rmsnorm" for m in model.modules() if isinstance(m, Disentangled))
+
+
+def test_deberta_config_is_checked():
+    with pytest.raises(ValueError, match="deberta_max_distance"):
+        tiny_config(position="deberta", deberta_buckets=32, deberta_max_distance=17)
+    with pytest.raises(ValueError, match="deberta_buckets"):
+        tiny_config(position="deberta", deberta_buckets=2)
+    with pytest.raises(ValueError, match="attn_softcap"):
+        tiny_config(position="deberta", attn_softcap=5.0)
