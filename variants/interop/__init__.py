@@ -5,22 +5,23 @@ compositions that have an equivalent (:func:`to_hf`).
 ``transformers`` itself), picks the :class:`variants.ModelConfig` whose registry slots compute the
 same function, builds it with :func:`variants.build_model` and copies the weights in. Supported:
 
-=============  ===================  ========  =============  =========  ===============  ============================
-model_type     class                position  norm_position  norm       ffn              attention
-=============  ===================  ========  =============  =========  ===============  ============================
-``gpt2``       GPT2LMHeadModel      learned   pre            layernorm  gelu_tanh (*)    mha
-``llama``      LlamaForCausalLM     rope      pre            rmsnorm    swiglu (*)       mha / gqa, head_dim
-``mistral``    MistralForCausalLM   rope      pre            rmsnorm    swiglu (*)       + window
-``qwen2``      Qwen2ForCausalLM     rope      pre            rmsnorm    swiglu (*)       + qkv_bias, window (**)
-``qwen3``      Qwen3ForCausalLM     rope      pre            rmsnorm    swiglu (*)       + qk_norm head, window (**)
-``olmo2``      Olmo2ForCausalLM     rope      reordered      rmsnorm    swiglu (*)       + qk_norm full
-``mixtral``    MixtralForCausalLM   rope      pre            rmsnorm    moe of swiglu    + window
-``gemma2``     Gemma2ForCausalLM    rope      sandwich       rmsnorm    geglu_tanh (*)   + window (**), softcap (***)
-``bloom``      BloomForCausalLM     alibi     pre            layernorm  gelu_tanh        mha
-``marian``     MarianMTModel        sinus.    post           layernorm  from config (*)  mha
-``bert``       BertForMaskedLM      learned   post (+emb.)   layernorm  gelu             mha, head_transform (****)
-``roberta``    RobertaForMaskedLM   learned   post (+emb.)   layernorm  gelu             + position offset (****)
-=============  ===================  ========  =============  =========  ===============  ============================
+==============  ====================  ========  =============  =========  ===============  ============================
+model_type      class                 position  norm_position  norm       ffn              attention
+==============  ====================  ========  =============  =========  ===============  ============================
+``gpt2``        GPT2LMHeadModel       learned   pre            layernorm  gelu_tanh (*)    mha
+``llama``       LlamaForCausalLM      rope      pre            rmsnorm    swiglu (*)       mha / gqa, head_dim
+``mistral``     MistralForCausalLM    rope      pre            rmsnorm    swiglu (*)       + window
+``qwen2``       Qwen2ForCausalLM      rope      pre            rmsnorm    swiglu (*)       + qkv_bias, window (**)
+``qwen3``       Qwen3ForCausalLM      rope      pre            rmsnorm    swiglu (*)       + qk_norm head, window (**)
+``olmo2``       Olmo2ForCausalLM      rope      reordered      rmsnorm    swiglu (*)       + qk_norm full
+``mixtral``     MixtralForCausalLM    rope      pre            rmsnorm    moe of swiglu    + window
+``gemma2``      Gemma2ForCausalLM     rope      sandwich       rmsnorm    geglu_tanh (*)   + window (**), softcap (***)
+``bloom``       BloomForCausalLM      alibi     pre            layernorm  gelu_tanh        mha
+``marian``      MarianMTModel         sinus.    post           layernorm  from config (*)  mha
+``bert``        BertForMaskedLM       learned   post (+emb.)   layernorm  gelu             mha, head_transform (****)
+``roberta``     RobertaForMaskedLM    learned   post (+emb.)   layernorm  gelu             + position offset (****)
+``deberta-v2``  DebertaV2ForMaskedLM  deberta   post (+emb.)   layernorm  gelu             mha, head_transform (****)
+==============  ====================  ========  =============  =========  ===============  ============================
 
 (*) mapped from the config's activation name (``gelu_new`` -> ``gelu_tanh``, ``swish`` -> ``silu``,
 LLaMA's ``hidden_act`` and Gemma 2's ``hidden_activation`` -> the matching gated entry). (**) when
@@ -65,6 +66,7 @@ import torch
 
 from variants.config import ModelConfig
 from variants.interop import bert, bloom, gemma2, gpt2, llama, marian, mistral, mixtral, olmo2, qwen2, qwen3, roberta
+from variants.interop import deberta_v2
 from variants.interop.common import _offset_gains, _Weights
 from variants.models import TransformerBase, build_model
 from variants.registry import REGISTRIES
@@ -79,7 +81,7 @@ _FROM_CONFIG = object()  # sentinel: take pad_id from the Hugging Face config
 # (in the order an export tries them: LLaMA first among the RoPE families)
 _FAMILIES = {"gpt2": gpt2, "llama": llama, "mistral": mistral, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2,
              "mixtral": mixtral, "gemma2": gemma2, "bloom": bloom, "marian": marian, "bert": bert,
-             "roberta": roberta}
+             "roberta": roberta, "deberta-v2": deberta_v2}
 
 _Converter = Callable[[object, _Weights, dict], "tuple[ModelConfig, dict]"]
 
