@@ -47,6 +47,7 @@ class AttentionInputs:
     record: Optional[list] = None  # attention maps asked for: each layer appends its probabilities
     key_positions: Optional[torch.Tensor] = None  # (B|1, Tk) absolute positions of the keys (self-attention)
     score_terms: Optional[Callable] = None  # the scheme's per-layer score terms (self-attention)
+    rotary_local: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # of the window layers, when they differ
 
 
 def self_attention_inputs(position, positions: torch.Tensor, key_positions: torch.Tensor,
@@ -66,7 +67,8 @@ def self_attention_inputs(position, positions: torch.Tensor, key_positions: torc
         mask, is_causal = attention_mask(positions.size(-1), key_positions.size(-1), causal=causal,
                                          key_valid=key_valid, bias=position.score_bias(positions, key_positions))
     return AttentionInputs(positions, mask, is_causal, key_valid, position.rotary(positions), score_mod, cache,
-                           key_positions=key_positions, score_terms=position.score_terms)
+                           key_positions=key_positions, score_terms=position.score_terms,
+                           rotary_local=position.rotary(positions, local=True))
 
 
 def cross_attention_inputs(positions: torch.Tensor, memory: torch.Tensor, memory_valid: Optional[torch.Tensor],
@@ -398,6 +400,9 @@ class MultiHeadAttention(nn.Module):
         Option("window_global_every", 0, "with a window: every this-many-th layer attends globally "
                "(2: Gemma 2's alternation; 6: Gemma 3's 5 local to 1 global); 0: every layer local",
                short="glob", minimum=0, examples=({"window": 4, "window_global_every": 2},)),
+        Option("window_global_from", None, "the first global layer of window_global_every (default: the "
+               "n-th, layer n - 1; 0: the first, as ModernBERT)", short="globfrom", kind=int, minimum=0,
+               examples=({"window": 4, "window_global_every": 2, "window_global_from": 0},)),
         Option("qkv_bias", False, "biases on the query, key and value projections only, in a model without "
                "biases (bias: false; Qwen 2)", short="qkvbias", examples=({"qkv_bias": True, "bias": False},)),
         Option("head_dim", None, "the width of each head, set apart from d_model / n_heads (Qwen 3, Gemma); "
@@ -413,6 +418,13 @@ class MultiHeadAttention(nn.Module):
     def check_config(cfg) -> None:
         if cfg.window_global_every and cfg.window is None:
             raise ValueError(f"model.window_global_every={cfg.window_global_every} needs model.window")
+        every, first = cfg.window_global_every, cfg.window_global_from
+        if first is not None and not (every and first < every):
+            raise ValueError(f"model.window_global_from={first} needs model.window_global_every above it "
+                             f"(got {every}): the first global layer comes before the n-th")
+        if first is not None and first == every - 1:
+            raise ValueError(f"model.window_global_from={first} is the default for window_global_every={every}: "
+                             f"leave model.window_global_from out")
         if cfg.qkv_bias and cfg.bias:
             raise ValueError("model.qkv_bias=true with model.bias=true: every linear layer has biases already; "
                              "set model.bias=false to keep biases on the query, key and value projections only")
@@ -463,9 +475,13 @@ class MultiHeadAttention(nn.Module):
         return self.n_kv_heads, self.head_width
 
     def local(self, layer: int) -> bool:
-        """Whether self-attention layer ``layer`` sees only its window (sliding-window attention)."""
+        """Whether self-attention layer ``layer`` sees only its window (sliding-window attention):
+        every layer but, with ``window_global_every`` n, every n-th from ``window_global_from``."""
+        if self.window is None or self.cross:
+            return False
         every = self.window_global_every
-        return self.window is not None and not self.cross and not (every and (layer + 1) % every == 0)
+        first = every - 1 if self.window_global_from is None else self.window_global_from
+        return not (every and layer >= first and (layer - first) % every == 0)
 
     def forward(self, x: torch.Tensor, inputs: AttentionInputs, layer: int = 0) -> torch.Tensor:
         """(B, T, D) -> (B, T, D); ``layer`` indexes the KV cache (and the window pattern)."""
@@ -527,20 +543,21 @@ class MultiHeadAttention(nn.Module):
 
     def _self_qkv(self, x, inputs: AttentionInputs, layer: int):
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_width
+        rotary = inputs.rotary_local if inputs.rotary_local is not None and self.local(layer) else inputs.rotary
         if H == Hkv and self.qk_norms is None:  # one view and one permute for all three
             B, T, _ = x.shape
             qkv = self.qkv(x).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
             q, k, v = qkv
-            if inputs.rotary is not None:  # rotate before caching: cached keys keep their own positions
-                q, k = apply_rotary(qkv[:2], *inputs.rotary)  # queries and keys in one pass
+            if rotary is not None:  # rotate before caching: cached keys keep their own positions
+                q, k = apply_rotary(qkv[:2], *rotary)  # queries and keys in one pass
         else:
             q, k, v = self.qkv(x).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
             norms = self.qk_norms
             q = self._heads(q, H, norms and norms.queries)
             k = self._heads(k, Hkv, norms and norms.keys)
             v = self._heads(v, Hkv)
-            if inputs.rotary is not None:
-                q, k = apply_rotary(q, *inputs.rotary), apply_rotary(k, *inputs.rotary)
+            if rotary is not None:
+                q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if inputs.cache is not None:
             k, v = inputs.cache.append(layer, k, v)  # (B, Hkv, Tk, hd)
         return q, k, v

@@ -30,12 +30,14 @@ from variants.registry import (ATTENTIONS, FFNS, INITS, KINDS, NORM_POSITIONS, N
 
 class Block(nn.Module):
     """Self-attention, optional cross-attention, feed-forward; each in a residual wrapper
-    (``norm_position``) that owns its norm."""
+    (``norm_position``) that owns its norm. ``first``: the stack's first block."""
 
-    def __init__(self, cfg: ModelConfig, cross: bool) -> None:
+    def __init__(self, cfg: ModelConfig, cross: bool, first: bool = False) -> None:
         super().__init__()
         residual = NORM_POSITIONS.get(cfg.norm_position)
         self.attn_res, self.attn = residual(cfg), ATTENTIONS.build(cfg.attention, cfg)
+        if first:
+            self.attn_res.first_of_stack()
         self.cross_res = residual(cfg) if cross else None
         self.cross_attn = ATTENTIONS.build(cfg.attention, cfg, cross=True) if cross else None
         self.ffn_res, self.ffn = residual(cfg), FFNS.build(cfg.ffn, cfg)
@@ -60,7 +62,7 @@ class Stack(nn.Module):
         self.position.causal = causal
         self.embed_norm = NORMS.build(cfg.norm, cfg) if cfg.embed_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, cross, first=i == 0) for i in range(n_layers))
         final = NORM_POSITIONS.get(cfg.norm_position).final_norm
         self.final_norm = NORMS.build(cfg.norm, cfg) if final else None
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from variants.registry import NORM_POSITIONS, NORMS
+from variants.registry import NORM_POSITIONS, NORMS, Option
 
 
 @NORMS.register("layernorm")
@@ -53,12 +53,28 @@ class Residual(nn.Module):
         self.norm = NORMS.build(cfg.norm, cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
+    def first_of_stack(self) -> None:
+        """Called on the wrapper of a stack's first sub-layer (its first block's self-attention),
+        once built, for an entry that treats it apart; nothing by default."""
+
 
 @NORM_POSITIONS.register("pre")
 class PreNorm(Residual):
-    """``x + f(norm(x))``; the stack ends with a final norm (Pre-LN)."""
+    """``x + f(norm(x))``; the stack ends with a final norm (Pre-LN). With ``skip_first_norm``
+    the first block's attention reads its input unnormed (ModernBERT, whose embeddings are normed
+    already: ``embed_norm``)."""
 
     final_norm = True
+    options = (Option("skip_first_norm", False, "the first block's self-attention has no norm of its own "
+                      "(ModernBERT: the embedding norm serves it)", short="skipfirst"),)
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.skip_first_norm = cfg.skip_first_norm  # kept under its key: the fingerprint reads it here
+
+    def first_of_stack(self) -> None:
+        if self.skip_first_norm:
+            self.norm = nn.Identity()
 
     def forward(self, x: torch.Tensor, sublayer, *args, **kwargs) -> torch.Tensor:
         return x + self.dropout(sublayer(self.norm(x), *args, **kwargs))

@@ -73,7 +73,8 @@ class PositionScheme(nn.Module):
     def add_to_embeddings(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return x
 
-    def rotary(self, positions: torch.Tensor):
+    def rotary(self, positions: torch.Tensor, local: bool = False):
+        """``local``: the rotation of the sliding-window layers, None when it is the same."""
         return None
 
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
@@ -165,9 +166,9 @@ def rotated_dims(cfg) -> int:
     return int(cfg.head_dim * cfg.rope_fraction)
 
 
-def rope_frequencies(cfg) -> tuple[torch.Tensor, float]:
-    """The inverse frequencies (r/2,) of the rotated features, and the factor on cos and sin,
-    under ``rope_scaling``:
+def rope_frequencies(cfg, base: Optional[float] = None) -> tuple[torch.Tensor, float]:
+    """The inverse frequencies (r/2,) of the rotated features from ``base`` (default
+    ``rope_base``), and the factor on cos and sin, under ``rope_scaling``:
 
     - ``linear`` (position interpolation, Chen et al. 2023, arXiv:2306.15595): every frequency
       divided by ``rope_factor``;
@@ -180,7 +181,8 @@ def rope_frequencies(cfg) -> tuple[torch.Tensor, float]:
     Computed as Hugging Face's ``modeling_rope_utils`` does (float32), so imports match.
     """
     rotated = rotated_dims(cfg)
-    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, rotated, 2, dtype=torch.float32) / rotated))
+    base = cfg.rope_base if base is None else base
+    inv_freq = 1.0 / (base ** (torch.arange(0, rotated, 2, dtype=torch.float32) / rotated))
     kind, factor = cfg.rope_scaling, cfg.rope_factor
     original = cfg.rope_original_max_len or max(1, round(cfg.max_seq_len / factor))
     if kind == "linear":
@@ -195,7 +197,7 @@ def rope_frequencies(cfg) -> tuple[torch.Tensor, float]:
         return torch.where(medium, smoothed, scaled), 1.0
     if kind == "yarn":
         def dim_of(rotations: float) -> float:  # the feature index whose frequency turns that often
-            return rotated * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(cfg.rope_base))
+            return rotated * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
         lo, hi = max(math.floor(dim_of(cfg.rope_beta_fast)), 0), min(math.ceil(dim_of(cfg.rope_beta_slow)), rotated - 1)
         ramp = ((torch.arange(rotated // 2, dtype=torch.float32) - lo) / ((hi - lo) or 0.001)).clamp(0, 1)
@@ -234,6 +236,9 @@ class Rotary(PositionScheme):
                minimum=0.0, examples=({"rope_scaling": "yarn", "rope_factor": 4.0, "rope_beta_slow": 2.0},)),
         Option("rope_fraction", 1.0, "the fraction of each head's features that rotate", short="frac",
                minimum=0.0, examples=(0.5,)),
+        Option("rope_local_base", None, "the base of the sliding-window layers' rotation (ModernBERT: 10,000 "
+               "beside 160,000 on its global layers); default: rope_base", short="localbase", kind=float,
+               minimum=1.0, examples=({"rope_local_base": 500.0, "window": 4, "window_global_every": 2},)),
     )
 
     @staticmethod
@@ -255,6 +260,9 @@ class Rotary(PositionScheme):
         if cfg.rope_beta_slow >= cfg.rope_beta_fast:
             raise ValueError(f"model.rope_beta_slow ({cfg.rope_beta_slow}) must be below rope_beta_fast "
                              f"({cfg.rope_beta_fast})")
+        if cfg.rope_local_base is not None and getattr(cfg, "window", None) is None:
+            raise ValueError(f"model.rope_local_base={cfg.rope_local_base} is the base of the sliding-window layers, "
+                             f"and there are none: set model.window, or leave model.rope_local_base out")
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
@@ -262,11 +270,16 @@ class Rotary(PositionScheme):
             setattr(self, option.key, getattr(cfg, option.key))
         inv_freq, self.attention_factor = rope_frequencies(cfg)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        local = None if self.rope_local_base is None else rope_frequencies(cfg, self.rope_local_base)[0]
+        self.register_buffer("inv_freq_local", local, persistent=False)
 
-    def rotary(self, positions):
+    def rotary(self, positions, local: bool = False):
         """``(cos, sin)`` (B|1, 1, T, r) for :func:`apply_rotary`, the first half of ``sin``
-        negated, both times the scaling's attention factor (1 but for YaRN)."""
-        angles = positions.unsqueeze(-1).float() * self.inv_freq  # (B, T, r/2)
+        negated, both times the scaling's attention factor (1 but for YaRN); ``local``: those of
+        the sliding-window layers, None when they rotate as the others do."""
+        if local and self.inv_freq_local is None:
+            return None
+        angles = positions.unsqueeze(-1).float() * (self.inv_freq_local if local else self.inv_freq)  # (B, T, r/2)
         sin = angles.sin()
         cos = torch.cat([angles, angles], dim=-1).cos().unsqueeze(1)
         sin = torch.cat([-sin, sin], dim=-1).unsqueeze(1)

@@ -19,6 +19,7 @@ MISTRAL, QWEN2, QWEN3, OLMO2 = (transformers.MistralForCausalLM, transformers.Qw
                                 transformers.Qwen3ForCausalLM, transformers.Olmo2ForCausalLM)
 MIXTRAL, GEMMA2 = transformers.MixtralForCausalLM, transformers.Gemma2ForCausalLM
 BERT, ROBERTA = transformers.BertForMaskedLM, transformers.RobertaForMaskedLM
+MODERNBERT = transformers.ModernBertForMaskedLM
 
 V = 100  # vocabulary of every test model
 SPECIALS = dict(bos_token_id=1, eos_token_id=2)  # inside the tiny vocabulary
@@ -128,6 +129,16 @@ def roberta(**kw):
                max_position_embeddings=42, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
     cfg.update(kw)
     return randomize(ROBERTA(transformers.RobertaConfig(**cfg)))
+
+
+def modernbert(**kw):
+    """4 layers: global, window, window, global (every 3rd from the first), a window of 2 each side
+    (local_attention 4) over 12 tokens, RoPE bases 160000 (global) and 500 (window), no biases."""
+    cfg = dict(vocab_size=V, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
+               max_position_embeddings=64, local_attention=4, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+               cls_token_id=1, sep_token_id=2, global_rope_theta=160000.0, local_rope_theta=500.0)
+    cfg.update(kw)
+    return randomize(MODERNBERT(transformers.ModernBertConfig(**cfg)))
 
 
 def fingerprint(position, norm_position, norm, ffn, attention="mha"):
@@ -275,6 +286,53 @@ ENCODERS = {
 }
 
 
+MODERNBERTS = {
+    "modernbert": ({}, fingerprint("rope(rope_local_base=500.0)", "pre(skip_first_norm=True)", "layernorm", "geglu",
+                                   "mha(window=3, window_global_every=3, window_global_from=0)")),
+    "modernbert-every-2nd-one-base-tanh-biases-untied": (
+        dict(global_attn_every_n_layers=2, local_rope_theta=160000.0, hidden_activation="gelu_pytorch_tanh",
+             attention_bias=True, mlp_bias=True, norm_bias=True, classifier_bias=True, tie_word_embeddings=False),
+        fingerprint("rope", "pre(skip_first_norm=True)", "layernorm", "geglu_tanh",
+                    "mha(window=3, window_global_every=2, window_global_from=0)")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODERNBERTS))
+def test_modernbert_logits_match_with_and_without_padding(name):
+    """ModernBERT: Pre-LN whose first attention reads the normed embeddings, GeGLU, window layers
+    with a RoPE base of their own between global ones; unpadded and right-padded batches."""
+    overrides, expected = MODERNBERTS[name]
+    hf = modernbert(**overrides)
+    ours = from_hf(hf)
+    assert ours.fingerprint() == expected
+    assert ours.cfg.head_transform and ours.cfg.embed_norm and ours.cfg.pad_id == 0
+    tokens = lm_tokens()
+    with torch.no_grad():
+        assert_logits_close(ours(tokens), hf(tokens).logits)
+        tokens[1, 8:] = 0
+        tokens[2, 5:] = 0
+        mask = (tokens != 0).long()
+        theirs, mine = hf(tokens, attention_mask=mask).logits, ours(tokens)
+    real = mask.bool()
+    assert_logits_close(mine[real], theirs[real])
+
+
+@pytest.mark.parametrize("shift", [-1, 1])
+def test_modernbert_window_is_not_off_by_one(shift):
+    """local_attention 4 is our window of 3 (|i - j| < 3): a window one shorter or longer, or the
+    global layers shifted by one, gives other logits."""
+    from variants import build_model
+
+    hf = modernbert()
+    ours = from_hf(hf)
+    tokens = lm_tokens()
+    for changed in (ours.cfg.replace(window=ours.cfg.window + shift), ours.cfg.replace(window_global_from=1)):
+        other = build_model(changed).eval()
+        other.load_state_dict(ours.state_dict())
+        with torch.no_grad():
+            assert (other(tokens) - hf(tokens).logits).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("name", sorted(ENCODERS))
 def test_encoder_logits_match_with_and_without_padding(name):
     """BERT-style masked-LM models: the same logits for an unpadded batch, and at the real tokens of
@@ -315,6 +373,11 @@ def test_bert_type_zero_is_folded_into_the_positions():
     (bert, dict(hidden_act="gelu_new"), "hidden_act='gelu_new' cannot be imported.*prediction head"),
     (bert, dict(is_decoder=True), "is_decoder=True"),
     (roberta, dict(hidden_act="relu"), "RoBERTa with hidden_act='relu'"),
+    (modernbert, dict(mlp_bias=True), "mlp_bias=True cannot be imported"),
+    (modernbert, dict(classifier_activation="relu"), "classifier_activation='relu'"),
+    (modernbert, dict(decoder_bias=False), "without decoder_bias"),
+    (modernbert, dict(layer_types=["sliding_attention", "full_attention", "full_attention", "sliding_attention"]),
+     "layer_types=.*cannot be imported"),
 ])
 def test_encoder_settings_without_a_counterpart_are_refused(make, setting, message):
     with pytest.raises(NotImplementedError, match=message):
@@ -548,6 +611,12 @@ EXPORTABLE = {
                         embed_norm=True, head_transform=True, tie_embeddings=False),
     "roberta": dict(kind="encoder", position="learned", norm="layernorm", norm_position="post", ffn="gelu",
                     embed_norm=True, head_transform=True, pad_id=1),
+    "modernbert": dict(kind="encoder", position="rope", norm="layernorm", norm_position="pre", ffn="geglu",
+                       bias=False, embed_norm=True, head_transform=True, skip_first_norm=True, n_layers=3, window=3,
+                       window_global_every=3, window_global_from=0, rope_base=160000.0, rope_local_base=500.0),
+    "modernbert-no-window-untied": dict(kind="encoder", position="rope", norm="layernorm", norm_position="pre",
+                                        ffn="geglu_tanh", embed_norm=True, head_transform=True, skip_first_norm=True,
+                                        tie_embeddings=False),
 }
 # the family an export is asked for (default: the first that fits)
 EXPORT_FAMILY = {"roberta": "roberta"}
@@ -567,7 +636,8 @@ def _ours(**fields):
 
 
 # the family each LLaMA-like composition exports to (the first whose fields and settings fit)
-EXPORTED_AS = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM", "llama-head-dim": "LlamaForCausalLM",
+EXPORTED_AS = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM", "modernbert": "ModernBertForMaskedLM",
+               "llama-head-dim": "LlamaForCausalLM",
                "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "mixtral": "MixtralForCausalLM",
                "gemma2": "Gemma2ForCausalLM", "gemma2-untied-geglu-no-window": "Gemma2ForCausalLM"}
 

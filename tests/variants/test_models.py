@@ -563,3 +563,23 @@ def test_each_norm_placement_computes_its_formula(norm_position, formula):
     assert len(norms) == (2 if norm_position == "sandwich" else 1)
     with torch.no_grad():
         assert_close(residual(x, sublayer), formula(x, sublayer, residual.norm, second))
+
+
+@pytest.mark.parametrize("kind", KINDS.names())
+def test_skip_first_norm_leaves_only_the_first_attention_unnormed(kind):
+    """``pre`` with ``skip_first_norm``: every stack's first block feeds its self-attention the
+    residual stream itself (ModernBERT); every other norm stays, and the function changes."""
+    cfg = tiny_config(kind, norm_position="pre", embed_norm=True)
+    plain, skipped = build(cfg), build(cfg.replace(skip_first_norm=True))
+    for name in plain.stacks:
+        blocks = getattr(skipped, name).blocks
+        assert isinstance(blocks[0].attn_res.norm, torch.nn.Identity)
+        assert all(not isinstance(b.attn_res.norm, torch.nn.Identity) for b in blocks[1:])
+        assert not isinstance(blocks[0].ffn_res.norm, torch.nn.Identity)
+    missing = set(plain.state_dict()) - set(skipped.state_dict())
+    assert missing and all(".blocks.0.attn_res.norm." in key for key in missing)
+    skipped.load_state_dict({k: v for k, v in plain.state_dict().items() if k not in missing})
+    inputs = plain.example_inputs(tokens(2, 7, 0))
+    with torch.no_grad():
+        assert not torch.allclose(plain(*inputs), skipped(*inputs))
+    assert skipped.fingerprint()["norm_position"] == "pre(skip_first_norm=True)"

@@ -21,6 +21,7 @@ model_type      class                 position  norm_position  norm       ffn   
 ``bert``        BertForMaskedLM       learned   post (+emb.)   layernorm  gelu             mha, head_transform (****)
 ``roberta``     RobertaForMaskedLM    learned   post (+emb.)   layernorm  gelu             + position offset (****)
 ``deberta-v2``  DebertaV2ForMaskedLM  deberta   post (+emb.)   layernorm  gelu             mha, head_transform (****)
+``modernbert``  ModernBertForMaskedLM rope      pre (+emb.)    layernorm  geglu (*)        + window (*****)
 ==============  ====================  ========  =============  =========  ===============  ============================
 
 (*) mapped from the config's activation name (``gelu_new`` -> ``gelu_tanh``, ``swish`` -> ``silu``,
@@ -36,7 +37,9 @@ alike. Anything the composition cannot express (another RoPE scaling, a non-zero
 a different function. (****) Encoders (``model.kind: encoder``) with the masked-LM prediction
 head (``head_transform``) and a LayerNorm on the embeddings (``embed_norm``); token-type embeddings
 are held at type 0 (folded into the position table; an export writes zero tables), RoBERTa's
-position rows start after its padding id. Every tensor of the source state dict must
+position rows start after its padding id. (*****) ModernBERT: Pre-LN whose first attention reads the normed
+embeddings (``skip_first_norm``), window layers on all but every n-th layer from the first
+(``window_global_from: 0``) with a RoPE base of their own (``rope_local_base``), no biases. Every tensor of the source state dict must
 be used (tied copies are checked equal), so a weight the mapping does not know about fails
 loudly too. The logits measured against transformers on tiny random models are in the table of
 ``docs/components.md`` ("Faithful to the reference implementations").
@@ -66,7 +69,7 @@ import torch
 
 from variants.config import ModelConfig
 from variants.interop import bert, bloom, gemma2, gpt2, llama, marian, mistral, mixtral, olmo2, qwen2, qwen3, roberta
-from variants.interop import deberta_v2
+from variants.interop import deberta_v2, modernbert
 from variants.interop.common import _offset_gains, _Weights
 from variants.models import TransformerBase, build_model
 from variants.registry import REGISTRIES
@@ -81,7 +84,7 @@ _FROM_CONFIG = object()  # sentinel: take pad_id from the Hugging Face config
 # (in the order an export tries them: LLaMA first among the RoPE families)
 _FAMILIES = {"gpt2": gpt2, "llama": llama, "mistral": mistral, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2,
              "mixtral": mixtral, "gemma2": gemma2, "bloom": bloom, "marian": marian, "bert": bert,
-             "roberta": roberta, "deberta-v2": deberta_v2}
+             "roberta": roberta, "deberta-v2": deberta_v2, "modernbert": modernbert}
 
 _Converter = Callable[[object, _Weights, dict], "tuple[ModelConfig, dict]"]
 

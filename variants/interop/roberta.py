@@ -11,14 +11,15 @@ arXiv:1907.11692; layout read from ``transformers/models/roberta/modeling_robert
 from __future__ import annotations
 
 from variants.config import ModelConfig
-from variants.interop import bert
+from variants.interop.bert import EXPORT_OPTIONS as BERT_OPTIONS, EXPORT_SLOTS as BERT_SLOTS, check, encoder
+from variants.interop.bert import encoder_config
 from variants.interop.common import _Weights
 from variants.models import TransformerBase
 
 HF_CLASS = "RobertaForMaskedLM"
 KIND = "encoder"
-EXPORT_SLOTS = bert.EXPORT_SLOTS
-EXPORT_OPTIONS = bert.EXPORT_OPTIONS
+EXPORT_SLOTS = BERT_SLOTS
+EXPORT_OPTIONS = BERT_OPTIONS
 EXPORT_ZERO = ("roberta.embeddings.token_type_embeddings.weight",)
 # HF keys some of whose elements the import never reads: an export leaves those at zero
 EXPORT_UNREAD = ("roberta.embeddings.position_embeddings.weight", "lm_head.bias")
@@ -32,8 +33,8 @@ def _offset(config) -> int:
 
 def convert(config, src: _Weights, common: dict) -> tuple[ModelConfig, dict]:
     """(HF config, state dict, common fields) -> (our config, our weights)."""
-    bert.check(config, "RoBERTa")
-    return bert.encoder(config, src, common, "roberta", "lm_head", offset=_offset(config))
+    check(config, "RoBERTa")
+    return encoder(config, src, common, "roberta", "lm_head", offset=_offset(config))
 
 
 def hf_config(cfg: ModelConfig, model: TransformerBase, common: dict):
@@ -43,4 +44,4 @@ def hf_config(cfg: ModelConfig, model: TransformerBase, common: dict):
     pad = common["pad_token_id"]
     if pad is None:
         raise NotImplementedError("a RoBERTa export needs the model's pad_id: its positions start after it")
-    return RobertaConfig(**bert.encoder_config(cfg, model, offset=pad + 1), type_vocab_size=1, **common)
+    return RobertaConfig(**encoder_config(cfg, model, offset=pad + 1), type_vocab_size=1, **common)
