@@ -48,6 +48,7 @@ class AttentionInputs:
     key_positions: Optional[torch.Tensor] = None  # (B|1, Tk) absolute positions of the keys (self-attention)
     score_terms: Optional[Callable] = None  # the scheme's per-layer score terms (self-attention)
     rotary_local: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # of the window layers, when they differ
+    in_kernel: bool = False  # a FlexAttention kernel may run: on a GPU, nothing padded, no cache, no maps, no dropout
 
 
 def self_attention_inputs(position, positions: torch.Tensor, key_positions: torch.Tensor,
@@ -68,7 +69,8 @@ def self_attention_inputs(position, positions: torch.Tensor, key_positions: torc
                                          key_valid=key_valid, bias=position.score_bias(positions, key_positions))
     return AttentionInputs(positions, mask, is_causal, key_valid, position.rotary(positions), score_mod, cache,
                            key_positions=key_positions, score_terms=position.score_terms,
-                           rotary_local=position.rotary(positions, local=True))
+                           rotary_local=position.rotary(positions, local=True),
+                           in_kernel=in_kernel and key_valid is None and cache is None)
 
 
 def cross_attention_inputs(positions: torch.Tensor, memory: torch.Tensor, memory_valid: Optional[torch.Tensor],
@@ -342,6 +344,11 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs
     return probs.to(v.dtype) @ v
 
 
+def _unbiased(score, b, h, q_idx, kv_idx):
+    """A FlexAttention ``score_mod`` that leaves the scores as they are (soft-capping alone)."""
+    return score
+
+
 def softcapped(score_mod: Callable, cap: float) -> Callable:
     """``score_mod`` applied to soft-capped scores (``cap · tanh(score / cap)``), inside a
     FlexAttention kernel: the position bias is added after the cap, as a mask would be."""
@@ -498,6 +505,8 @@ class MultiHeadAttention(nn.Module):
                 bias, scale = terms
                 inputs = dataclasses.replace(inputs, mask=with_bias(inputs, bias, q.size(-2), k.size(-2)),
                                              is_causal=False)
+        if self.attn_softcap is not None and inputs.in_kernel and inputs.score_mod is None and inputs.mask is None:
+            inputs = dataclasses.replace(inputs, score_mod=_unbiased)  # capped scores inside the kernel
         if window is not None and inputs.score_mod is None:  # the window as part of SDPA's mask
             inputs = dataclasses.replace(inputs, mask=windowed_mask(inputs, window, q.size(-2), k.size(-2), q.device),
                                          is_causal=False)

@@ -391,3 +391,50 @@ def test_softcap_and_scale_inside_the_alibi_kernel_match_the_explicit_softmax(ki
         expected, got = cpu(*args), gpu(*(a.cuda() for a in args)).cpu()
     assert calls, "the in-kernel path was not taken"
     torch.testing.assert_close(got, expected, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("causal, window", [(True, None), (True, 5), (False, 5)], ids=["causal", "window", "both-sides"])
+def test_softcap_alone_inside_the_kernel_equals_the_explicit_softmax(causal, window):
+    """Soft-capped scores with no position bias (RoPE: Gemma 2) inside a FlexAttention kernel, as a
+    GPU runs them: the explicit softmax's output (the kernel's forward on the CPU)."""
+    from variants.attention import _unbiased, attention_mask, explicit_attention, flex_attention_with, softcapped
+    from variants.attention import windowed_mask
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 40, 16) for _ in range(3))
+    pos = torch.arange(40)[None]
+    mask, is_causal = attention_mask(40, 40, causal=causal)
+    inputs = AttentionInputs(pos, mask, is_causal, key_positions=pos)
+    if window is not None:
+        inputs = AttentionInputs(pos, windowed_mask(inputs, window, 40, 40, q.device), False, key_positions=pos)
+    expected = explicit_attention(q, k, v, inputs, scale=0.3, softcap=2.0)
+    got = flex_attention_with(q, k, v, softcapped(_unbiased, 2.0), causal, window, 0.3)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lm", "encoder"])
+def test_a_softcapped_model_takes_the_kernel_where_one_may_run(kind, monkeypatch):
+    """With a kernel allowed (as on a GPU; forced here on the CPU), a soft-capped RoPE model with
+    windows runs its attention inside FlexAttention and gives the explicit softmax's logits; a
+    padded batch keeps the explicit path."""
+    import variants.attention as attention
+    import variants.models as models
+
+    cfg = tiny_config(kind, position="rope", attn_softcap=2.0, window=5, window_global_every=2, max_seq_len=64)
+    model = build(cfg)
+    tokens = torch.randint(1, cfg.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(tokens)
+    calls = []
+    kernel = attention.flex_attention_with
+    monkeypatch.setattr(attention, "flex_attention_with", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(models, "flex_available", lambda device, head_dim: True)
+    with torch.no_grad():
+        got = model(tokens)
+        assert len(calls) == cfg.n_layers
+        padded = tokens.clone()
+        padded[1, 15:] = 0
+        calls.clear()
+        model(padded)
+    assert not calls
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
