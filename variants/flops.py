@@ -6,7 +6,9 @@ backward for activations and weights). Counted: every linear layer including the
 (``6 N`` per token with N the non-embedding parameters of the matrices that token passes
 through: of a mixture of experts, the router and ``top_k`` of the ``n_experts`` experts), and
 the attention score and value products (``12 L d T`` per token for T keys) without causal
-halving. Not counted: embeddings lookups, norms, softmax, activations, the optimizer.
+halving, and a position scheme's own score products (DeBERTa's: ``24 L s d`` per token for s
+buckets; :meth:`variants.positions.PositionScheme.score_flops`). Not counted: embeddings lookups,
+norms, softmax, activations, the optimizer.
 
 Decoding (:func:`lm_decode_flops`, :func:`s2s_decode_flops`) counts forward passes only, with
 the same convention per token position: ``2 N`` plus the attention score and value products
@@ -50,16 +52,19 @@ class FlopCounter:
         if model.head_transform is not None:  # + its transform's dense layer
             self.matmul[self.output] += _matmul_params(model.head_transform)
         self.layers = {name: len(stack.blocks) for name, stack in stacks.items()}
+        # a position scheme's own score products (DeBERTa's), forward FLOPs per token and layer
+        self.position = {name: stack.position.score_flops() for name, stack in stacks.items()}
         self.cross = any(block.cross_attn is not None for block in stacks[self.output].blocks)
 
     def __call__(self, tokens: int, seq_len: int, src_tokens: int = 0, src_len: int = 0) -> float:
         """FLOPs of one training step over ``tokens`` (non-pad) target tokens in sequences of
         ``seq_len``; for an encoder-decoder also ``src_tokens`` source tokens of ``src_len``."""
         d, out = self.d_model, self.output
-        flops = (6 * self.matmul[out] + 12 * self.layers[out] * d * seq_len) * tokens
+        flops = (6 * self.matmul[out] + self.layers[out] * (12 * d * seq_len + 3 * self.position[out])) * tokens
         if self.source is not None:
             src = self.source
-            flops += (6 * self.matmul[src] + 12 * self.layers[src] * d * src_len) * src_tokens
+            per_token = 6 * self.matmul[src] + self.layers[src] * (12 * d * src_len + 3 * self.position[src])
+            flops += per_token * src_tokens
         if self.cross:
             flops += 12 * self.layers[out] * d * src_len * tokens  # cross-attention products
         return float(flops)

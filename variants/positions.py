@@ -90,6 +90,11 @@ class PositionScheme(nn.Module):
         has no ``score_mod``: the terms reach the kernel in the mask."""
         return None
 
+    def score_flops(self) -> float:
+        """Forward FLOPs per token and layer of the scheme's own products beside q·k and the value
+        product (DeBERTa's content-to-position and position-to-content terms); 0 for the others."""
+        return 0.0
+
     def score_mod(self):
         """``score_bias`` as a FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)``, or None
         when the scheme has no bias or cannot express it so. It is used only when query and key
@@ -441,6 +446,7 @@ class Disentangled(PositionScheme):
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         self.deberta_buckets, self.deberta_max_distance = cfg.deberta_buckets, cfg.deberta_max_distance
+        self.d_model = cfg.d_model
         self.table = nn.Embedding(2 * self.deberta_buckets, cfg.d_model)  # rows: distances -buckets .. buckets - 1
         self.norm = NORMS.build(cfg.norm, cfg)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -450,6 +456,11 @@ class Disentangled(PositionScheme):
         relative = q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)  # i - j
         bucket = log_bucket_position(relative, self.deberta_buckets, self.deberta_max_distance)
         return (bucket + self.deberta_buckets).clamp(0, 2 * self.deberta_buckets - 1)
+
+    def score_flops(self) -> float:
+        """Each query against the 2 × ``deberta_buckets`` projected table rows (c2p) and each key
+        likewise (p2c): 2 · 2s · d each. (The table's projections, once per step, are left out.)"""
+        return 8.0 * self.deberta_buckets * self.d_model
 
     def score_terms(self, attn, q, k, q_pos, k_pos, scale):
         B, H, Tq, _ = q.shape

@@ -393,7 +393,8 @@ def test_softcap_and_scale_inside_the_alibi_kernel_match_the_explicit_softmax(ki
     torch.testing.assert_close(got, expected, atol=2e-4, rtol=2e-4)
 
 
-@pytest.mark.parametrize("causal, window", [(True, None), (True, 5), (False, 5)], ids=["causal", "window", "both-sides"])
+@pytest.mark.parametrize("causal, window", [(True, None), (True, 5), (False, 5)],
+                         ids=["causal", "window", "both-sides"])
 def test_softcap_alone_inside_the_kernel_equals_the_explicit_softmax(causal, window):
     """Soft-capped scores with no position bias (RoPE: Gemma 2) inside a FlexAttention kernel, as a
     GPU runs them: the explicit softmax's output (the kernel's forward on the CPU)."""

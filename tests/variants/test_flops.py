@@ -61,3 +61,13 @@ def test_encoder_flops_count_the_prediction_head_by_hand():
     assert FlopCounter(build_model(cfg))(tokens=10, seq_len=T) == plain * 10
     with_head = FlopCounter(build_model(cfg.replace(head_transform=True)))(tokens=10, seq_len=T)
     assert with_head == (plain + 6 * d * d) * 10
+
+
+def test_deberta_counts_its_position_products_by_hand():
+    """DeBERTa's c2p and p2c: each token against the 2s projected table rows, twice, in each layer."""
+    d, L, V, T, dff, s = 32, 2, 50, 16, 64, 8
+    cfg = ModelConfig(kind="encoder", vocab_size=V, d_model=d, n_heads=4, n_layers=L, d_ff=dff, ffn="relu",
+                      position="deberta", deberta_buckets=s, deberta_max_distance=20)
+    per_layer = 3 * d * d + d * d + 2 * d * dff
+    expected = 6 * (L * per_layer + d * V) + 12 * L * d * T + 3 * L * (2 * (2 * 2 * s * d))
+    assert FlopCounter(build_model(cfg))(tokens=10, seq_len=T) == expected * 10

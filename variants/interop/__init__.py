@@ -37,11 +37,11 @@ alike. Anything the composition cannot express (another RoPE scaling, a non-zero
 a different function. (****) Encoders (``model.kind: encoder``) with the masked-LM prediction
 head (``head_transform``) and a LayerNorm on the embeddings (``embed_norm``); token-type embeddings
 are held at type 0 (folded into the position table; an export writes zero tables), RoBERTa's
-position rows start after its padding id. (*****) ModernBERT: Pre-LN whose first attention reads the normed
-embeddings (``skip_first_norm``), window layers on all but every n-th layer from the first
-(``window_global_from: 0``) with a RoPE base of their own (``rope_local_base``), no biases. Every tensor of the source state dict must
-be used (tied copies are checked equal), so a weight the mapping does not know about fails
-loudly too. The logits measured against transformers on tiny random models are in the table of
+position rows start after its padding id. (*****) ModernBERT: Pre-LN whose first attention reads the
+normed embeddings (``skip_first_norm``), window layers on all but every n-th layer from the first
+(``window_global_from: 0``) with a RoPE base of their own (``rope_local_base``), no biases. Every
+tensor of the source state dict must be used (tied copies are checked equal), so a weight the
+mapping does not know about fails loudly too. The logits measured against transformers on tiny random models are in the table of
 ``docs/components.md`` ("Faithful to the reference implementations").
 
 One module per family (:mod:`~variants.interop.gpt2`, :mod:`~variants.interop.llama`,

@@ -1,17 +1,18 @@
-"""ModernBERT (``ModernBertForMaskedLM``): an encoder with RoPE, Pre-LN LayerNorm without biases,
-a gated GELU feed-forward (``Wi = [input; gate]``, our ``gate_up`` as it stands), a LayerNorm on
-the embeddings that also serves the first block's attention (``skip_first_norm``), sliding-window
+"""ModernBERT (``ModernBertForMaskedLM``): an encoder with RoPE, Pre-LN LayerNorm without biases, a
+gated GELU feed-forward (``Wi = [input; gate]``, our ``gate_up`` as it stands), a LayerNorm on the
+embeddings that also serves the first block's attention (``skip_first_norm``), sliding-window
 attention on all but every n-th layer starting with the first (``window_global_every`` with
-``window_global_from: 0``; its ``global_attn_every_n_layers``), a RoPE base of its own on the window layers (``rope_local_base``)
-and the masked-LM prediction head (``head_transform``, its output bias ``decoder.bias``).
+``window_global_from: 0``; its ``global_attn_every_n_layers``), a RoPE base of its own on the window
+layers (``rope_local_base``) and the masked-LM prediction head (``head_transform``, its output bias
+``decoder.bias``).
 
-Its bidirectional window lets a query see the keys at most ``local_attention / 2`` positions
-away (``masking_utils.sliding_window_bidirectional_overlay``: ``|q - kv| <= sliding_window``),
-ours those fewer than ``window`` away: ``window = local_attention / 2 + 1``. Refused, by name:
-biases on some layers and not others (``attention_bias``, ``mlp_bias``, ``norm_bias``,
-``classifier_bias`` must agree), a prediction-head activation other than GELU, RoPE scaling,
-a ``layer_types`` pattern other than window layers everywhere or all but every n-th. Reference: Warner et al. 2024, "Smarter, Better,
-Faster, Longer: A Modern Bidirectional Encoder for Fast, Memory Efficient, and Long Context
+Its bidirectional window lets a query see the keys at most ``local_attention / 2`` positions away
+(``masking_utils.sliding_window_bidirectional_overlay``: ``|q - kv| <= sliding_window``), ours those
+fewer than ``window`` away: ``window = local_attention / 2 + 1``. Refused, by name: biases on some
+layers and not others (``attention_bias``, ``mlp_bias``, ``norm_bias``, ``classifier_bias`` must
+agree), a prediction-head activation other than GELU, RoPE scaling, a ``layer_types`` pattern other
+than window layers everywhere or all but every n-th. Reference: Warner et al. 2024, "Smarter,
+Better, Faster, Longer: A Modern Bidirectional Encoder for Fast, Memory Efficient, and Long Context
 Finetuning and Inference", arXiv:2412.13663; layout read from
 ``transformers/models/modernbert/modeling_modernbert.py``.
 """
