@@ -138,3 +138,47 @@ def tokens(batch: int, length: int, seed: int, vocab: int = TINY["vocab_size"]) 
 
 def assert_close(actual, expected, msg=""):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=msg or None)
+
+
+def check_cache_and_maps(model, kind: str) -> tuple:
+    """On a left-padded batch (source padding in seq2seq): cached decoding gives the full pass's
+    logits, and the recording path (explicit softmax, for attention maps) the same outputs as
+    SDPA. Returns the model's arguments."""
+    from variants.maps import _recording
+
+    seq = torch.randint(1, 61, (3, 9), generator=torch.Generator().manual_seed(3))
+    seq[1, :5] = seq[2, :2] = 0
+    real = seq != 0
+    with torch.no_grad():
+        if kind == "lm":
+            full = model(seq)
+            cache = model.new_cache(3, 9)
+            steps = [model(seq[:, :5], cache)] + [model(seq[:, t:t + 1], cache) for t in range(5, 9)]
+            torch.testing.assert_close(torch.cat(steps, 1)[real], full[real], rtol=1e-4, atol=1e-5)
+            args = (seq,)
+        else:
+            memory, valid = model.encode(seq)
+            tgt = torch.randint(1, 61, (3, 6), generator=torch.Generator().manual_seed(4))
+            full = model.decode(tgt, memory, valid)
+            cache = model.new_cache(3, 6)
+            steps = [model.decode(tgt[:, t:t + 1], memory, valid, cache) for t in range(6)]
+            torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
+            args = (seq, tgt)
+        expected = model(*args)
+        with _recording(model):
+            torch.testing.assert_close(model(*args), expected, rtol=1e-4, atol=1e-5)
+    return args
+
+
+def assert_encoder_parity(ours, hf, tokens: torch.Tensor, pad: int, close) -> None:
+    """An imported encoder's logits equal ``hf``'s on ``tokens`` (no padding), and at the real
+    tokens once rows 1 and 2 are right-padded with ``pad`` (HF given ``attention_mask``)."""
+    tokens = tokens.clone()
+    with torch.no_grad():
+        close(ours(tokens), hf(tokens).logits)
+        tokens[1, 2 * tokens.size(1) // 3:] = pad
+        tokens[2, tokens.size(1) // 3:] = pad
+        mask = (tokens != pad).long()
+        theirs, mine = hf(tokens, attention_mask=mask).logits, ours(tokens)
+    real = mask.bool()
+    close(mine[real], theirs[real])

@@ -10,6 +10,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tests.variants.helpers import assert_encoder_parity  # noqa: E402
 from variants.interop import from_hf  # noqa: E402
 
 # transformers imports model classes lazily (~2 s for the first); do it at collection time.
@@ -306,15 +307,7 @@ def test_modernbert_logits_match_with_and_without_padding(name):
     ours = from_hf(hf)
     assert ours.fingerprint() == expected
     assert ours.cfg.head_transform and ours.cfg.embed_norm and ours.cfg.pad_id == 0
-    tokens = lm_tokens()
-    with torch.no_grad():
-        assert_logits_close(ours(tokens), hf(tokens).logits)
-        tokens[1, 8:] = 0
-        tokens[2, 5:] = 0
-        mask = (tokens != 0).long()
-        theirs, mine = hf(tokens, attention_mask=mask).logits, ours(tokens)
-    real = mask.bool()
-    assert_logits_close(mine[real], theirs[real])
+    assert_encoder_parity(ours, hf, lm_tokens(), 0, assert_logits_close)
 
 
 @pytest.mark.parametrize("shift", [-1, 1])
@@ -346,14 +339,7 @@ def test_encoder_logits_match_with_and_without_padding(name):
     assert ours.cfg.max_seq_len == 40 and ours.cfg.tie_embeddings == hf.config.tie_word_embeddings
     tokens = lm_tokens()
     tokens[tokens == pad] = pad + 1
-    with torch.no_grad():
-        assert_logits_close(ours(tokens), hf(tokens).logits)
-        tokens[1, 8:] = pad
-        tokens[2, 5:] = pad
-        mask = (tokens != pad).long()
-        theirs, mine = hf(tokens, attention_mask=mask).logits, ours(tokens)
-    real = mask.bool()
-    assert_logits_close(mine[real], theirs[real])
+    assert_encoder_parity(ours, hf, tokens, pad, assert_logits_close)
 
 
 def test_bert_type_zero_is_folded_into_the_positions():

@@ -11,6 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tests.variants.helpers import assert_encoder_parity  # noqa: E402
 from variants import ModelConfig, build_model  # noqa: E402
 from variants.interop import from_hf, to_hf  # noqa: E402
 
@@ -72,15 +73,7 @@ def test_logits_match_with_and_without_padding(name):
     cfg = ours.cfg
     assert cfg.kind == "encoder" and cfg.head_transform and cfg.embed_norm and cfg.pad_id == PAD
     assert cfg.norm_eps == 1e-7 and cfg.tie_embeddings == (hf.config.tie_word_embeddings or not hf.config.legacy)
-    seq = tokens()
-    with torch.no_grad():
-        close(ours(seq), hf(seq).logits)
-        seq[1, 21:] = PAD
-        seq[2, 6:] = PAD
-        mask = (seq != PAD).long()
-        theirs, mine = hf(seq, attention_mask=mask).logits, ours(seq)
-    real = mask.bool()
-    close(mine[real], theirs[real])
+    assert_encoder_parity(ours, hf, tokens(), PAD, close)
 
 
 def test_the_disentangled_terms_and_the_relative_norm_matter():

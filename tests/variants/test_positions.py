@@ -417,8 +417,7 @@ def test_deberta_with_attention_settings_under_the_kv_cache_left_padding_and_map
     a head width of its own, a score scale, a sliding window and QK-norm; cached decoding after a
     left-padded prompt gives the full pass's logits, and the attention maps (explicit softmax)
     give the same outputs as SDPA."""
-    from tests.variants.helpers import build
-    from variants.maps import _recording
+    from tests.variants.helpers import build, check_cache_and_maps
 
     cfg = tiny_config(kind, attention="gqa", n_kv_heads=2, qkv_bias=True, bias=False, head_dim=12,
                       attn_scale_dim=20, window=5, position="deberta", qk_norm="head", deberta_buckets=4,
@@ -427,27 +426,7 @@ def test_deberta_with_attention_settings_under_the_kv_cache_left_padding_and_map
     for name, p in model.named_parameters():
         if "position" in name:
             torch.nn.init.normal_(p, 0.0, 0.5)
-    seq = torch.randint(1, 61, (3, 9), generator=torch.Generator().manual_seed(3))
-    seq[1, :5] = seq[2, :2] = 0
-    real = seq != 0
-    with torch.no_grad():
-        if kind == "lm":
-            full = model(seq)
-            cache = model.new_cache(3, 9)
-            steps = [model(seq[:, :5], cache)] + [model(seq[:, t:t + 1], cache) for t in range(5, 9)]
-            torch.testing.assert_close(torch.cat(steps, 1)[real], full[real], rtol=1e-4, atol=1e-5)
-            args = (seq,)
-        else:
-            memory, valid = model.encode(seq)
-            tgt = torch.randint(1, 61, (3, 6), generator=torch.Generator().manual_seed(4))
-            full = model.decode(tgt, memory, valid)
-            cache = model.new_cache(3, 6)
-            steps = [model.decode(tgt[:, t:t + 1], memory, valid, cache) for t in range(6)]
-            torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
-            args = (seq, tgt)
-        expected = model(*args)
-        with _recording(model):
-            torch.testing.assert_close(model(*args), expected, rtol=1e-4, atol=1e-5)
+    check_cache_and_maps(model, kind)
 
 
 def test_deberta_terms_change_the_attention_and_have_no_kernel_form():

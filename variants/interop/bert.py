@@ -52,15 +52,24 @@ def encoder(config, src: _Weights, common: dict, model: str, head: str, offset: 
     w = {"embed.weight": src.take(f"{emb}.word_embeddings.weight"),
          "encoder.position.table.weight": positions + types[0]}  # type 0 at every position
     w |= _norm(src, "encoder.embed_norm", f"{emb}.LayerNorm")
+    w |= encoder_layers(src, cfg, f"{model}.encoder.layer")
+    return cfg, w | prediction_head(src, cfg, head, f"{emb}.word_embeddings.weight")
+
+
+def encoder_layers(src: _Weights, cfg: ModelConfig, layers: str, suffix: str = "") -> dict:
+    """The Post-LN layers of BERT's layout under ``layers`` (``bert.encoder.layer``), each with
+    ``attention.self.{query,key,value}<suffix>`` (DeBERTa's end in ``_proj``), the attention's
+    output dense and LayerNorm, and ``intermediate`` / ``output`` for the feed-forward."""
+    w = {}
     for i in range(cfg.n_layers):
-        hf, ours = f"{model}.encoder.layer.{i}", f"encoder.blocks.{i}"
-        w |= _linear(src, f"{ours}.attn.qkv", *(f"{hf}.attention.self.{p}" for p in ("query", "key", "value")))
+        hf, ours = f"{layers}.{i}", f"encoder.blocks.{i}"
+        w |= _linear(src, f"{ours}.attn.qkv", *(f"{hf}.attention.self.{p}{suffix}" for p in ("query", "key", "value")))
         w |= _linear(src, f"{ours}.attn.out", f"{hf}.attention.output.dense")
         w |= _norm(src, f"{ours}.attn_res.norm", f"{hf}.attention.output.LayerNorm")
         w |= _linear(src, f"{ours}.ffn.up", f"{hf}.intermediate.dense")
         w |= _linear(src, f"{ours}.ffn.down", f"{hf}.output.dense")
         w |= _norm(src, f"{ours}.ffn_res.norm", f"{hf}.output.LayerNorm")
-    return cfg, w | prediction_head(src, cfg, head, f"{emb}.word_embeddings.weight")
+    return w
 
 
 def prediction_head(src: _Weights, cfg: ModelConfig, head: str, embedding: str) -> dict:

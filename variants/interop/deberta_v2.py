@@ -22,7 +22,7 @@ arXiv:2006.03654; He et al. 2021, "DeBERTaV3", arXiv:2111.09543; layout read fro
 from __future__ import annotations
 
 from variants.config import ModelConfig
-from variants.interop.bert import prediction_head
+from variants.interop.bert import encoder_layers, prediction_head
 from variants.interop.common import _PLAIN_ACTIVATION, _PLAIN_FFN, _ffn, _hidden_width, _linear, _norm, _require
 from variants.interop.common import _Weights
 from variants.models import TransformerBase
@@ -97,14 +97,7 @@ def convert(config, src: _Weights, common: dict) -> tuple[ModelConfig, dict]:
     w |= _norm(src, "encoder.embed_norm", f"{emb}.LayerNorm")
     w["encoder.position.table.weight"] = src.take("deberta.encoder.rel_embeddings.weight")
     w |= _norm(src, "encoder.position.norm", "deberta.encoder.LayerNorm")
-    for i in range(cfg.n_layers):
-        hf, ours = f"deberta.encoder.layer.{i}", f"encoder.blocks.{i}"
-        w |= _linear(src, f"{ours}.attn.qkv", *(f"{hf}.attention.self.{p}_proj" for p in ("query", "key", "value")))
-        w |= _linear(src, f"{ours}.attn.out", f"{hf}.attention.output.dense")
-        w |= _norm(src, f"{ours}.attn_res.norm", f"{hf}.attention.output.LayerNorm")
-        w |= _linear(src, f"{ours}.ffn.up", f"{hf}.intermediate.dense")
-        w |= _linear(src, f"{ours}.ffn.down", f"{hf}.output.dense")
-        w |= _norm(src, f"{ours}.ffn_res.norm", f"{hf}.output.LayerNorm")
+    w |= encoder_layers(src, cfg, "deberta.encoder.layer", suffix="_proj")
     if legacy:
         return cfg, w | prediction_head(src, cfg, "cls.predictions", f"{emb}.word_embeddings.weight")
     head = "lm_predictions.lm_head"
