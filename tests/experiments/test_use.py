@@ -28,16 +28,21 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_export_a_bert_run_to_hugging_face(tmp_path, capsys):
-    """A masked-LM run with the BERT preset exports to BertForMaskedLM (and, asked for, to
-    RobertaForMaskedLM): transformers' Auto classes load it, its logits are ours, its tokenizer
-    knows <mask>; the default masked-LM composition (Pre-LN, no prediction head) is refused by name."""
+@pytest.mark.parametrize("preset, families", [
+    ("bert", ((None, "BertForMaskedLM"), ("roberta", "RobertaForMaskedLM"))),
+    ("deberta", ((None, "DebertaV2ForMaskedLM"),)),
+    ("modernbert", ((None, "ModernBertForMaskedLM"),)),
+])
+def test_export_an_encoder_run_to_hugging_face(tmp_path, capsys, preset, families):
+    """A masked-LM run with an encoder preset exports to its family (BERT also, asked for, to
+    RoBERTa): transformers' Auto classes load it, its logits are ours, its tokenizer knows <mask>;
+    the default masked-LM composition (Pre-LN, no prediction head) is refused by name."""
     transformers = pytest.importorskip("transformers")
-    run_dir = _train(tmp_path / "bert", "mlm-bible", "trainer.max_steps=5", "model.norm_position=post",
-                     "model.embed_norm=true", "model.head_transform=true")
+    run_dir = _train(tmp_path / preset, "mlm-bible", "trainer.max_steps=5",
+                     str(ROOT / "configs" / "model" / f"{preset}.yaml"))
     run = load_run(run_dir, "cpu")
     ids = [run.tokenizer.eos_id] + run.tokenizer.encode("In the beginning") + [run.tokenizer.mask_id]
-    for family, name in ((None, "BertForMaskedLM"), ("roberta", "RobertaForMaskedLM")):
+    for family, name in families:
         out = tmp_path / f"hf-{family}"
         assert main(["export", str(run_dir), "--hf", str(out)] + (["--family", family] if family else [])) == 0
         assert f"wrote {name}" in capsys.readouterr().out
@@ -47,9 +52,10 @@ def test_export_a_bert_run_to_hugging_face(tmp_path, capsys):
         with torch.no_grad():
             torch.testing.assert_close(model(torch.tensor([ids])).logits, run.model(torch.tensor([ids])),
                                        atol=1e-4, rtol=0)
-    plain = _train(tmp_path / "plain", "mlm-bible", "trainer.max_steps=2")
-    assert main(["export", str(plain), "--hf", str(tmp_path / "plain-hf")]) == 2
-    assert "has no equivalent in BertForMaskedLM" in capsys.readouterr().err
+    if preset == "bert":
+        plain = _train(tmp_path / "plain", "mlm-bible", "trainer.max_steps=2")
+        assert main(["export", str(plain), "--hf", str(tmp_path / "plain-hf")]) == 2
+        assert "has no equivalent in BertForMaskedLM" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

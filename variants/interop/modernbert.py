@@ -2,9 +2,9 @@
 gated GELU feed-forward (``Wi = [input; gate]``, our ``gate_up`` as it stands), a LayerNorm on the
 embeddings that also serves the first block's attention (``skip_first_norm``), sliding-window
 attention on all but every n-th layer starting with the first (``window_global_every`` with
-``window_global_from: 0``; its ``global_attn_every_n_layers``), a RoPE base of its own on the window
-layers (``rope_local_base``) and the masked-LM prediction head (``head_transform``, its output bias
-``decoder.bias``).
+``window_global_from: 0``; its ``global_attn_every_n_layers``, read first, since fewer layers than n
++ 1 fit several patterns), a RoPE base of its own on the window layers (``rope_local_base``) and the
+masked-LM prediction head (``head_transform``, its output bias ``decoder.bias``).
 
 Its bidirectional window lets a query see the keys at most ``local_attention / 2`` positions away
 (``masking_utils.sliding_window_bidirectional_overlay``: ``|q - kv| <= sliding_window``), ours those
@@ -59,6 +59,9 @@ def _windows(config) -> dict:
     window = config.local_attention // 2 + 1
     if all(local):
         return {"window": window}
+    stated = getattr(config, "global_attn_every_n_layers", None)  # the config's own n, when its pattern fits
+    if stated and stated > 1 and local == [i % stated != 0 for i in range(len(local))]:
+        return {"window": window, "window_global_every": stated, "window_global_from": 0}
     for every in range(2, len(local) + 1):
         for first in range(every):
             if local == [i < first or (i - first) % every != 0 for i in range(len(local))]:
@@ -119,6 +122,7 @@ def hf_config(cfg: ModelConfig, model: TransformerBase, common: dict):
         hidden_activation=_ACTIVATION[cfg.ffn], max_position_embeddings=cfg.max_seq_len, norm_eps=cfg.norm_eps,
         attention_bias=cfg.bias, mlp_bias=cfg.bias, norm_bias=cfg.bias, classifier_bias=cfg.bias,
         decoder_bias=True, layer_types=types, local_attention=2 * (window - 1),
+        global_attn_every_n_layers=cfg.window_global_every or 1,  # the pattern's n, read back first on import
         rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": cfg.rope_base},
                          "sliding_attention": {"rope_type": "default", "rope_theta": local_base}},
         embedding_dropout=cfg.dropout, attention_dropout=cfg.dropout, mlp_dropout=cfg.dropout,
