@@ -359,7 +359,8 @@ def _add_attention(commands) -> None:
 
 def _add_export(commands) -> None:
     ex = commands.add_parser("export", help="write a trained run as a Hugging Face transformers model directory "
-                                            "(GPT-2, LLaMA-like, BLOOM, Marian or BERT compositions)")
+                                            "(GPT-2, LLaMA-like, BLOOM, Marian, BERT, DeBERTa or ModernBERT "
+                                            "compositions)")
     ex.add_argument("run_dir", metavar="RUN_DIR", help="e.g. runs/demo-lm/layernorm-pre-learned-gelu-s0")
     ex.add_argument("--hf", required=True, metavar="OUT_DIR", help="the directory to write (new or empty)")
     ex.add_argument("--force", action="store_true", help="write into OUT_DIR even if it is not empty, "

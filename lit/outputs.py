@@ -95,26 +95,28 @@ def continuation_rows(model, tokenizer, stream: torch.Tensor, rows: int, prompt_
 
 @torch.no_grad()
 def fill_rows(model, tokenizer, dataset, rows: int, context: int = 8) -> Table:
-    """The first ``rows`` masked positions of the first evaluation block (``dataset``: masked
-    once, the same for every run): the text around each (the position in brackets, as the model
-    saw it: ``<mask>``, a random word piece or the original), the original word piece, the
+    """The first ``rows`` masked positions of the evaluation blocks (``dataset``: masked once, the
+    same for every run), block by block: the text around each (the position in brackets, as the
+    model saw it: ``<mask>``, a random word piece or the original), the original word piece, the
     model's most likely one and its probability."""
     columns = ["context", "target", "prediction", "probability"]
-    inputs, targets = dataset.masked[0][:1], dataset.masked[1][:1]
-    positions = (targets[0] != tokenizer.pad_id).nonzero().flatten().tolist()[:rows]
-    if not positions:
-        return columns, []
+    inputs, targets = dataset.masked
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    probs = model(inputs.to(device)).float().softmax(-1)[0].cpu()
+    piece, data = tokenizer.tokenizer.decode, []
+    for block in range(len(inputs)):
+        positions = (targets[block] != tokenizer.pad_id).nonzero().flatten().tolist()[:rows - len(data)]
+        if not positions:
+            continue
+        probs = model(inputs[block:block + 1].to(device)).float().softmax(-1)[0].cpu()
+        ids = inputs[block].tolist()
+        for p in positions:
+            shown = (tokenizer.decode(ids[max(0, p - context):p]) + " [" + tokenizer.tokenizer.id_to_token(ids[p])
+                     + "] " + tokenizer.decode(ids[p + 1:p + 1 + context]))
+            best = int(probs[p].argmax())
+            data.append([shown, piece([int(targets[block, p])]), piece([best]), round(float(probs[p, best]), 4)])
+        if len(data) == rows:
+            break
     model.train(was_training)
-    ids = inputs[0].tolist()
-    data = []
-    for p in positions:
-        shown = (tokenizer.decode(ids[max(0, p - context):p]) + " [" + tokenizer.tokenizer.id_to_token(ids[p])
-                 + "] " + tokenizer.decode(ids[p + 1:p + 1 + context]))
-        best = int(probs[p].argmax())
-        piece = tokenizer.tokenizer.decode
-        data.append([shown, piece([int(targets[0, p])]), piece([best]), round(float(probs[p, best]), 4)])
     return columns, data

@@ -85,8 +85,9 @@ def lm_decode_flops(model, rows: int, prompt: int, new: int) -> float:
     counts all ``N`` (the output head included, though decoding reads only the last one's)."""
     counter = FlopCounter(model)
     n, L, d = counter.matmul["decoder"], counter.layers["decoder"], counter.d_model
-    total = rows * prompt * forward_flops(n, L, d, (prompt + 1) / 2)
-    total += sum(rows * forward_flops(n, L, d, prompt + t + 1) for t in range(new - 1))
+    own = L * counter.position["decoder"]  # a position scheme's own score products, per position
+    total = rows * prompt * (forward_flops(n, L, d, (prompt + 1) / 2) + own)
+    total += sum(rows * (forward_flops(n, L, d, prompt + t + 1) + own) for t in range(new - 1))
     return float(total)
 
 
@@ -99,7 +100,8 @@ def s2s_decode_flops(model, batch: int, beam: int, src_len: int, new: int) -> fl
     computes them once per source)."""
     counter = FlopCounter(model)
     d, Le, Ld = counter.d_model, counter.layers["encoder"], counter.layers["decoder"]
-    total = batch * src_len * forward_flops(counter.matmul["encoder"], Le, d, src_len)
-    total += sum(batch * beam * (forward_flops(counter.matmul["decoder"], Ld, d, t + 1) + 4 * Ld * d * src_len)
-                 for t in range(new))
+    encoder = forward_flops(counter.matmul["encoder"], Le, d, src_len) + Le * counter.position["encoder"]
+    total = batch * src_len * encoder
+    total += sum(batch * beam * (forward_flops(counter.matmul["decoder"], Ld, d, t + 1) + 4 * Ld * d * src_len
+                                 + Ld * counter.position["decoder"]) for t in range(new))
     return float(total)

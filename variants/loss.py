@@ -159,12 +159,13 @@ def use_fused(device: torch.device) -> bool:
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, ignore_index: int, smoothing: float, chunk: int, fused: bool,
-                softcap: Optional[float], z_loss: float):
+                softcap: Optional[float], z_loss: float, bias: Optional[torch.Tensor]):
         N = hidden.size(0)
-        wants_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        wants_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[9]
         dtype = _compute_dtype(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
+            b = None if bias is None else bias.to(dtype)
             valid = targets != ignore_index
             safe = targets.masked_fill(~valid, 0).unsqueeze(1)  # (N, 1) gather index
             objective = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -173,12 +174,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
                 if ctx.needs_input_grad[1] else None
+            grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) \
+                if bias is not None and ctx.needs_input_grad[9] else None
             terms = _fused_terms() if fused else _eager_terms
             for start in range(0, N, chunk):
                 rows = slice(start, start + chunk)
                 keep = valid[rows].unsqueeze(1).float()  # (n, 1)
-                part_nll, part_objective, part_z, grad = terms(torch.mm(h[rows], w.t()), safe[rows], keep,
-                                                               smoothing, wants_grad, softcap, z_loss)
+                logits = torch.mm(h[rows], w.t()) if b is None else torch.addmm(b, h[rows], w.t())
+                part_nll, part_objective, part_z, grad = terms(logits, safe[rows], keep, smoothing, wants_grad,
+                                                               softcap, z_loss)
                 nll += part_nll
                 z += part_z
                 objective += part_objective
@@ -188,6 +192,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # products below rather than through the (n, V) ``grad`` (V / D times less traffic)
                 if grad_h is not None:
                     grad_h[rows] = (torch.mm(grad, w) * keep).to(grad_h.dtype)
+                if grad_b is not None:  # the counted rows' logit gradients, summed
+                    grad_b += torch.mm(keep.t().to(grad.dtype), grad).squeeze(0).float()
                 if grad_w is not None:
                     kept = h[rows] * keep.to(dtype)
                     if dtype == torch.float32:
@@ -195,28 +201,31 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     else:
                         grad_w.add_(torch.mm(grad.t(), kept))
         ctx.mark_non_differentiable(nll, z)
-        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if grad_w is not None else None)
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
+                              grad_b.to(bias.dtype) if grad_b is not None else None)
         return objective, nll, z
 
     @staticmethod
     def backward(ctx, grad_objective, _grad_nll, _grad_z):
-        grad_h, grad_w = ctx.saved_tensors
+        grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = grad_objective
         return (None if grad_h is None else grad_h * scale.to(grad_h.dtype),
                 None if grad_w is None else grad_w * scale.to(grad_w.dtype),
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None,
+                None if grad_b is None else grad_b * scale.to(grad_b.dtype))
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          ignore_index: int = -100, label_smoothing: float = 0.0,
                          chunk_rows: Optional[int] = None,
                          fused: Optional[bool] = None, softcap: Optional[float] = None,
-                         z_loss: float = 0.0, with_z: bool = False):
+                         z_loss: float = 0.0, with_z: bool = False, bias: Optional[torch.Tensor] = None):
     """``(objective, nll)``: summed over the targets that are not ``ignore_index``.
 
-    ``hidden`` (..., D) are the states before the output head ``weight`` (V, D, no bias) and
-    ``targets`` (...) the token ids. ``nll`` is the summed negative log-likelihood (no
-    gradient); ``objective`` is the same sum with ``label_smoothing`` applied (PyTorch's
+    ``hidden`` (..., D) are the states before the output head ``weight`` (V, D) and its optional
+    ``bias`` (V,: BERT's prediction head), and ``targets`` (...) the token ids. ``nll`` is the
+    summed negative log-likelihood (no gradient); ``objective`` is the same sum with
+    ``label_smoothing`` applied (PyTorch's
     definition: ``(1 - eps) * nll + eps * mean over the vocabulary of -log p``) and carries
     the gradient. Softmax and sums run in fp32 whatever the matmul precision (autocast is
     followed for the matmuls).
@@ -247,7 +256,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         # under torch.compile the plain formula is traced instead: the compiler fuses the
         # softmax, the gather and their backward into few kernels (the chunk loop above would
         # break the graph)
-        sums = _plain_cross_entropy(h, weight, t, ignore_index, label_smoothing, softcap, float(z_loss))
+        sums = _plain_cross_entropy(h, weight, t, ignore_index, label_smoothing, softcap, float(z_loss), bias)
         return sums if with_z else sums[:2]
     if chunk_rows is None:
         budget = _CHUNK_ELEMENTS.get(h.device.type, _CHUNK_ELEMENTS["cuda"])
@@ -257,12 +266,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if fused is None:
         fused = use_fused(h.device) and not _fallen_back
     try:
-        sums = _LinearCrossEntropy.apply(*args, fused, softcap, float(z_loss))
+        sums = _LinearCrossEntropy.apply(*args, fused, softcap, float(z_loss), bias)
     except torch._dynamo.exc.BackendCompilerFailed as err:
         if chosen or not fused:
             raise
         _fall_back(err)
-        sums = _LinearCrossEntropy.apply(*args, False, softcap, float(z_loss))
+        sums = _LinearCrossEntropy.apply(*args, False, softcap, float(z_loss), bias)
     return sums if with_z else sums[:2]
 
 
@@ -280,8 +289,8 @@ def _fall_back(err: Exception) -> None:
 
 
 def _plain_cross_entropy(h, weight, t, ignore_index: int, smoothing: float, softcap: Optional[float] = None,
-                         z_loss: float = 0.0):
-    logits = torch.nn.functional.linear(h, weight).float()
+                         z_loss: float = 0.0, bias: Optional[torch.Tensor] = None):
+    logits = torch.nn.functional.linear(h, weight, bias).float()
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
     objective = torch.nn.functional.cross_entropy(logits, t, ignore_index=ignore_index, reduction="sum",

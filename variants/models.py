@@ -179,15 +179,11 @@ class TransformerBase(nn.Module):
         materialising the (B, T, V) logits: ``(objective, nll)`` summed over the targets that
         are not ``ignore_index``, the logits soft-capped when the config says so; ``z_loss``
         and ``with_z`` as in :func:`variants.loss.linear_cross_entropy`. A prediction head's
-        transform is applied first; its output bias enters as one more input feature fixed at 1,
-        whose column of the head matrix is the bias (the same logits, with the bias's gradient)."""
-        weight = self.head_weight()
+        transform is applied first, and its output bias added to each chunk's logits."""
         if self.head_transform is not None:
             hidden = self.head_transform(hidden)
-            hidden = torch.cat([hidden, hidden.new_ones(*hidden.shape[:-1], 1)], dim=-1)
-            weight = torch.cat([weight, self.head_bias.unsqueeze(1).to(weight.dtype)], dim=1)
-        return linear_cross_entropy(hidden, weight, targets, ignore_index, label_smoothing,
-                                    softcap=self.cfg.logit_softcap, z_loss=z_loss, with_z=with_z)
+        return linear_cross_entropy(hidden, self.head_weight(), targets, ignore_index, label_smoothing,
+                                    softcap=self.cfg.logit_softcap, z_loss=z_loss, with_z=with_z, bias=self.head_bias)
 
     def fingerprint(self) -> dict[str, str]:
         """Which registry entry fills each slot, with its settings away from their defaults

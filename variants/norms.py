@@ -66,7 +66,14 @@ class PreNorm(Residual):
 
     final_norm = True
     options = (Option("skip_first_norm", False, "the first block's self-attention has no norm of its own "
-                      "(ModernBERT: the embedding norm serves it)", short="skipfirst"),)
+                      "(ModernBERT: the embedding norm serves it; needs embed_norm)", short="skipfirst",
+                      examples=({"skip_first_norm": True, "embed_norm": True},)),)
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        if cfg.skip_first_norm and not cfg.embed_norm:
+            raise ValueError("model.skip_first_norm=true needs model.embed_norm=true: the first attention would "
+                             "read unnormed embeddings (ModernBERT's embedding norm is what serves it)")
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

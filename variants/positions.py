@@ -265,6 +265,9 @@ class Rotary(PositionScheme):
         if cfg.rope_beta_slow >= cfg.rope_beta_fast:
             raise ValueError(f"model.rope_beta_slow ({cfg.rope_beta_slow}) must be below rope_beta_fast "
                              f"({cfg.rope_beta_fast})")
+        if cfg.rope_local_base is not None and cfg.rope_local_base == cfg.rope_base:
+            raise ValueError(f"model.rope_local_base={cfg.rope_local_base} is model.rope_base, the rotation without "
+                             f"it: leave model.rope_local_base out")
         if cfg.rope_local_base is not None and getattr(cfg, "window", None) is None:
             raise ValueError(f"model.rope_local_base={cfg.rope_local_base} is the base of the sliding-window layers, "
                              f"and there are none: set model.window, or leave model.rope_local_base out")
@@ -446,7 +449,7 @@ class Disentangled(PositionScheme):
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         self.deberta_buckets, self.deberta_max_distance = cfg.deberta_buckets, cfg.deberta_max_distance
-        self.d_model = cfg.d_model
+        self.qk_width = cfg.n_heads * cfg.head_dim  # the width of the queries (and of the repeated keys)
         self.table = nn.Embedding(2 * self.deberta_buckets, cfg.d_model)  # rows: distances -buckets .. buckets - 1
         self.norm = NORMS.build(cfg.norm, cfg)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -459,8 +462,8 @@ class Disentangled(PositionScheme):
 
     def score_flops(self) -> float:
         """Each query against the 2 × ``deberta_buckets`` projected table rows (c2p) and each key
-        likewise (p2c): 2 · 2s · d each. (The table's projections, once per step, are left out.)"""
-        return 8.0 * self.deberta_buckets * self.d_model
+        likewise (p2c): 2 · 2s · H · hd each. (The table's projections, once per step, are left out.)"""
+        return 8.0 * self.deberta_buckets * self.qk_width
 
     def score_terms(self, attn, q, k, q_pos, k_pos, scale):
         B, H, Tq, _ = q.shape

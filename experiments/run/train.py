@@ -302,7 +302,7 @@ def _log_to_wandb(cfg: RunConfig, task, data, step: int, rid: str) -> None:
     asked for. Called after the final status is written: each that fails (W&B cannot write its
     staging files, say) is a warning naming it, and the run keeps its result."""
     rows = cfg.wandb.table_rows
-    if rows > 0:
+    if rows > 0 and cfg.run.test:  # the tables show test examples: a run that never tests shows none
         for key, build in task_spec(cfg.task.name).tables(task, data, rows).items():
             _soft(f"the {key.replace('/', ' ')} table", lambda key=key, build=build: wandb_log.log_table(
                 key, *build(), step))

@@ -61,19 +61,22 @@ def test_continuation_rows_continue_the_test_examples_greedily():
 
 
 def test_fill_rows_show_the_fixed_evaluation_masks_and_the_models_fill():
-    """The rows of the masked-LM table: the first masked positions of the first evaluation block,
-    each with its context (the position as the model saw it), target, prediction, probability."""
+    """The rows of the masked-LM table: the first masked positions of the evaluation blocks, block
+    by block, each with its context (the position as the model saw it), target, prediction,
+    probability."""
     model = build_model(tiny_config("encoder", dropout=0.0)).eval()
     blocks = MaskedBlocks(torch.arange(4, 36), 16, 0)
     inputs, targets = blocks.tokens.clone(), torch.zeros_like(blocks.tokens)
     inputs[0, [2, 5]], targets[0, [2, 5]] = 3, torch.tensor([6, 9])  # positions 2 and 5 masked
     blocks.masked = (inputs, targets)
+    inputs[1, 0], targets[1, 0] = 3, 20  # and the second block's first position
     columns, rows = fill_rows(model, Tokens(), blocks, rows=5, context=2)
-    assert columns == ["context", "target", "prediction", "probability"] and len(rows) == 2
-    assert rows[0][0] == "w4 w5 [w3] w7 w8" and rows[0][1] == "w6" and rows[1][1] == "w9"
+    assert columns == ["context", "target", "prediction", "probability"] and len(rows) == 3
+    assert rows[0][0] == "w4 w5 [w3] w7 w8" and [r[1] for r in rows] == ["w6", "w9", "w20"]
     with torch.no_grad():
         probs = model(inputs[:1]).softmax(-1)[0]
     assert rows[1][2] == f"w{int(probs[5].argmax())}" and rows[1][3] == pytest.approx(float(probs[5].max()), abs=1e-4)
+    assert len(fill_rows(model, Tokens(), blocks, rows=2)[1]) == 2  # stops at the rows asked for
 
 
 @pytest.mark.parametrize("name", TASKS.names())

@@ -304,6 +304,16 @@ def test_attention_settings_are_checked_naming_the_keys():
         tiny_config(head_dim=7, position="rope")
     with pytest.raises(ValueError, match=r"window_global_every=2 needs model.window"):
         tiny_config(attention="gqa", window_global_every=2)  # gqa runs the checks of every attention
+    with pytest.raises(ValueError, match=r"model.window_global_from=2 needs model.window_global_every above it"):
+        tiny_config(window=4, window_global_every=2, window_global_from=2)
+    with pytest.raises(ValueError, match=r"model.window_global_from=1 is the default for window_global_every=2"):
+        tiny_config(window=4, window_global_every=2, window_global_from=1)  # one model, one run id
+    with pytest.raises(ValueError, match=r"model.rope_local_base=500.0 is the base of the sliding-window layers"):
+        tiny_config(position="rope", rope_local_base=500.0)
+    with pytest.raises(ValueError, match=r"model.rope_local_base=10000.0 is model.rope_base"):
+        tiny_config(position="rope", rope_local_base=10000.0, window=4)
+    with pytest.raises(ValueError, match=r"model.skip_first_norm=true needs model.embed_norm=true"):
+        tiny_config(skip_first_norm=True)
 
 
 def test_gqa_at_n_heads_computes_what_mha_computes_and_one_head_is_multi_query():

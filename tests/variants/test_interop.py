@@ -295,6 +295,9 @@ MODERNBERTS = {
              attention_bias=True, mlp_bias=True, norm_bias=True, classifier_bias=True, tie_word_embeddings=False),
         fingerprint("rope", "pre(skip_first_norm=True)", "layernorm", "geglu_tanh",
                     "mha(window=3, window_global_every=2, window_global_from=0)")),
+    # every layer global: no window, and the local RoPE base (160000 vs 500 here) unused
+    "modernbert-all-global": (dict(global_attn_every_n_layers=1),
+                              fingerprint("rope", "pre(skip_first_norm=True)", "layernorm", "geglu")),
 }
 
 

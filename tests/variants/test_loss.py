@@ -80,6 +80,36 @@ def test_soft_capping_and_z_loss_equal_the_plain_formula(softcap, z_loss, smooth
     assert_close(again[0], objective.detach())
 
 
+@pytest.mark.parametrize("mode", ["eager", pytest.param("fused", marks=pytest.mark.slow),
+                                  pytest.param("compiled", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("chunk_rows", [5, None], ids=lambda c: f"chunk{c}")
+def test_an_output_bias_equals_the_plain_formula(mode, chunk_rows):
+    """The head's output bias (BERT's prediction head) in the chunked loss, with soft-capping,
+    z-loss and smoothing beside it: values and the gradients of hidden states, head and bias equal
+    the formula on the full logits (eager chunks, the fused region, and under torch.compile)."""
+    h1, w1, t = inputs()
+    h2, w2, _ = inputs()
+    gen = torch.Generator().manual_seed(5)
+    b1 = torch.randn(V, generator=gen, dtype=torch.float64).requires_grad_()
+    b2 = b1.detach().clone().requires_grad_()
+
+    def ours(h, w, b):
+        return linear_cross_entropy(h, w, t, PAD, 0.1, chunk_rows=chunk_rows, fused=mode == "fused", softcap=3.0,
+                                    z_loss=0.05, bias=b)
+
+    objective, nll = (torch.compile(ours) if mode == "compiled" else ours)(h1, w1, b1)
+    logits = 3.0 * torch.tanh(F.linear(h2, w2, b2) / 3.0)
+    ref_nll = F.cross_entropy(logits, t, ignore_index=PAD, reduction="sum")
+    z = (torch.logsumexp(logits, -1).square() * (t != PAD)).sum()
+    ref_objective = F.cross_entropy(logits, t, ignore_index=PAD, reduction="sum", label_smoothing=0.1) + 0.05 * z
+    assert_close(nll, ref_nll.float().detach())
+    assert_close(objective, ref_objective.float())
+    objective.backward()
+    ref_objective.backward()
+    for ours_grad, theirs in ((h1.grad, h2.grad), (w1.grad, w2.grad), (b1.grad, b2.grad)):
+        assert_close(ours_grad, theirs)
+
+
 @pytest.mark.slow
 def test_soft_capping_and_z_loss_under_torch_compile():
     h1, w1, t = inputs()

@@ -36,7 +36,8 @@ alike. Anything the composition cannot express (another RoPE scaling, a non-zero
 ``attention_bias``, ...) raises ``NotImplementedError`` naming the setting, rather than importing
 a different function. (****) Encoders (``model.kind: encoder``) with the masked-LM prediction
 head (``head_transform``) and a LayerNorm on the embeddings (``embed_norm``); token-type embeddings
-are held at type 0 (folded into the position table; an export writes zero tables), RoBERTa's
+are held at type 0 (BERT and RoBERTa fold it into the position table and an export writes zero
+tables; DeBERTa folds it into untied token embeddings and an export writes none), RoBERTa's
 position rows start after its padding id. (*****) ModernBERT: Pre-LN whose first attention reads the
 normed embeddings (``skip_first_norm``), window layers on all but every n-th layer from the first
 (``window_global_from: 0``) with a RoPE base of their own (``rope_local_base``), no biases. Every
@@ -48,7 +49,8 @@ One module per family (:mod:`~variants.interop.gpt2`, :mod:`~variants.interop.ll
 :mod:`~variants.interop.mistral`, :mod:`~variants.interop.qwen2`, :mod:`~variants.interop.qwen3`,
 :mod:`~variants.interop.olmo2`, :mod:`~variants.interop.mixtral`, :mod:`~variants.interop.gemma2`,
 :mod:`~variants.interop.bloom`,
-:mod:`~variants.interop.marian`, :mod:`~variants.interop.bert`, :mod:`~variants.interop.roberta`)
+:mod:`~variants.interop.marian`, :mod:`~variants.interop.bert`, :mod:`~variants.interop.roberta`,
+:mod:`~variants.interop.deberta_v2`, :mod:`~variants.interop.modernbert`)
 holds its import converter, its export config builder and its layout conversions;
 :mod:`variants.interop.common` the helpers they share (and :mod:`~variants.interop.llama` those of
 the LLaMA-like families). This module dispatches on ``model_type``; an export goes to the first
@@ -56,8 +58,8 @@ family whose slots, fields and settings carry the composition.
 
 Reference: Wolf et al. 2020, "Transformers: State-of-the-Art Natural Language Processing",
 EMNLP (system demonstrations), arXiv:1910.03771; the layouts were read from
-``transformers/models/{gpt2,llama,mistral,qwen2,qwen3,olmo2,mixtral,gemma2,bloom,marian,bert,roberta}/``
-``modeling_*.py``
+``transformers/models/{gpt2,llama,mistral,qwen2,qwen3,olmo2,mixtral,gemma2,bloom,marian,bert,roberta,``
+``deberta_v2,modernbert}/modeling_*.py``
 (transformers 5.25).
 """
 
@@ -253,7 +255,9 @@ def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optio
     ``MixtralForCausalLM`` (``moe``), ``Gemma2ForCausalLM`` (``sandwich``, scaled embeddings, soft-capping),
     ``BloomForCausalLM`` (ALiBi with an embedding norm), ``MarianMTModel`` (sinusoids, Post-LN) or,
     for an encoder, ``BertForMaskedLM`` (learned positions, Post-LN, an embedding norm and the
-    prediction head), or another family named by ``family`` (``roberta``). Other compositions
+    prediction head), ``DebertaV2ForMaskedLM`` (``deberta`` positions) or ``ModernBertForMaskedLM``
+    (RoPE, Pre-LN with ``skip_first_norm``, a gated feed-forward), or another family named by
+    ``family`` (``roberta``). Other compositions
     raise ``NotImplementedError`` naming the component without an equivalent.
 
     The weights are placed by running the import converter of the family backwards: each HF

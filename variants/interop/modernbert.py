@@ -34,8 +34,9 @@ EXPORT_SLOTS = {"position": ("rope",), "norm_position": ("pre",), "norm": ("laye
 EXPORT_OPTIONS = ("window", "window_global_every", "window_global_from", "rope_local_base")
 
 
-def _rope_bases(config) -> dict:
-    """``rope_base`` of the global layers and, when it differs, ``rope_local_base`` of the window ones."""
+def _rope_bases(config, windows: dict) -> dict:
+    """``rope_base`` of the global layers and, when it differs and ``windows`` has window layers,
+    ``rope_local_base`` of those (a config without one keeps a local theta no layer uses)."""
     params = config.rope_parameters
     bases = {}
     for kind, key in (("full_attention", "rope_base"), ("sliding_attention", "rope_local_base")):
@@ -46,7 +47,7 @@ def _rope_bases(config) -> dict:
             raise NotImplementedError(f"ModernBERT with RoPE scaling on its {kind} layers ({params[kind]}) cannot be "
                                       f"imported")
         bases[key] = float(base)
-    if bases["rope_local_base"] == bases["rope_base"]:
+    if bases["rope_local_base"] == bases["rope_base"] or "window" not in windows:
         del bases["rope_local_base"]
     return bases
 
@@ -86,7 +87,7 @@ def convert(config, src: _Weights, common: dict) -> tuple[ModelConfig, dict]:
         max_seq_len=config.max_position_embeddings, position="rope", norm_position="pre", norm="layernorm",
         ffn=_FFN[config.hidden_activation], ffn_hidden=config.intermediate_size, bias=bool(bias),
         norm_eps=config.norm_eps, embed_norm=True, head_transform=True, skip_first_norm=True,
-        **_rope_bases(config), **_windows(config), **common)
+        **_rope_bases(config, windows := _windows(config)), **windows, **common)
     w = {"embed.weight": src.take("model.embeddings.tok_embeddings.weight")}
     w |= _norm(src, "encoder.embed_norm", "model.embeddings.norm")
     for i in range(cfg.n_layers):

@@ -3,7 +3,8 @@ names, whose position ids start after the padding id: position ``p`` of a sequen
 ``pad_token_id + 1 + p`` of the table, so ``max_position_embeddings - pad_token_id - 1`` positions
 are usable. The rows before (never read for a real token) are dropped on import and written as
 zeros by an export (``EXPORT_UNREAD``). An export of a learned-position encoder goes to BERT
-(the first family that fits); :func:`to_hf` gives RoBERTa only where BERT does not fit.
+(the first family that fits, with the same slots); RoBERTa only when asked for
+(``family="roberta"``, ``ablate export --family roberta``).
 Reference: Liu et al. 2019, "RoBERTa: A Robustly Optimized BERT Pretraining Approach",
 arXiv:1907.11692; layout read from ``transformers/models/roberta/modeling_roberta.py``.
 """
