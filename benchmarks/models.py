@@ -168,12 +168,14 @@ def hf_bert(cfg: ModelConfig) -> nn.Module:
 class HFMaskedLM(nn.Module):
     """A Hugging Face masked-LM model called the way training calls it: logits of every position."""
 
+    call: dict = {}  # further arguments of the model's call
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, tokens):
-        return self.model(input_ids=tokens).logits
+        return self.model(input_ids=tokens, **self.call).logits
 
 
 def hf_marian(cfg: ModelConfig) -> nn.Module:
@@ -191,15 +193,10 @@ def hf_marian(cfg: ModelConfig) -> nn.Module:
     return transformers.MarianMTModel._from_config(config, attn_implementation="sdpa")
 
 
-class HFCausalLM(nn.Module):
+class HFCausalLM(HFMaskedLM):
     """A Hugging Face causal LM called the way training calls it: logits only, no cache."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens):
-        return self.model(input_ids=tokens, use_cache=False).logits
+    call = {"use_cache": False}
 
 
 # ------------------------------------------------------------------------ torch.nn.Transformer
