@@ -25,10 +25,13 @@ from typing import Optional
 
 import torch
 
-# logits elements per chunk: 8 MiB of fp32 logits on a CPU (below glibc's largest mmap
-# threshold, so reused from the heap instead of page-faulting afresh), 128 MiB on an
-# accelerator, where fewer and larger kernels are faster
+# logits elements per chunk: on a CPU 8 MiB of fp32 logits per thread, for up to _CPU_BLOCKS
+# threads (the head's product splits its rows between them; at vocabulary 8192 that is 256 rows a
+# thread, faster than 256 rows in all at 2 threads and than 512 at 1 thread on a 2-core EPYC),
+# at most 16 MiB, below glibc's largest mmap threshold (32 MiB), so reused from the heap instead
+# of page-faulting afresh; 128 MiB on an accelerator, where fewer and larger kernels are faster
 _CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}
+_CPU_BLOCKS = 2
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -172,8 +175,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             nll = torch.zeros((), dtype=torch.float32, device=hidden.device)
             z = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-                if ctx.needs_input_grad[1] else None
+            wants_w = ctx.needs_input_grad[1] and wants_grad
+            grad_w = None  # fp32; the first chunk's product starts it (no zeroed (V, D) pass)
             grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) \
                 if bias is not None and ctx.needs_input_grad[9] else None
             terms = _fused_terms() if fused else _eager_terms
@@ -194,12 +197,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_h[rows] = (torch.mm(grad, w) * keep).to(grad_h.dtype)
                 if grad_b is not None:  # the counted rows' logit gradients, summed
                     grad_b += torch.mm(keep.t().to(grad.dtype), grad).squeeze(0).float()
-                if grad_w is not None:
+                if wants_w:
                     kept = h[rows] * keep.to(dtype)
-                    if dtype == torch.float32:
+                    if grad_w is None:
+                        grad_w = torch.mm(grad.t(), kept).float()
+                    elif dtype == torch.float32:
                         grad_w.addmm_(grad.t(), kept)
                     else:
                         grad_w.add_(torch.mm(grad.t(), kept))
+            if wants_w and grad_w is None:  # no rows at all
+                grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         ctx.mark_non_differentiable(nll, z)
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
                               grad_b.to(bias.dtype) if grad_b is not None else None)
@@ -260,6 +267,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         return sums if with_z else sums[:2]
     if chunk_rows is None:
         budget = _CHUNK_ELEMENTS.get(h.device.type, _CHUNK_ELEMENTS["cuda"])
+        if h.device.type == "cpu":  # a block per thread: the head's product is split by rows between them
+            budget *= min(torch.get_num_threads(), _CPU_BLOCKS)
         chunk_rows = max(1, budget // weight.size(0))
     args = (h, weight, t, ignore_index, float(label_smoothing), int(chunk_rows))
     chosen = fused is not None or os.environ.get("ABLATE_FUSED_LOSS", "").strip() != ""

@@ -162,8 +162,40 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     rotated = cos.size(-1)
     if rotated < x.size(-1):
         return torch.cat([apply_rotary(x[..., :rotated], cos, sin), x[..., rotated:]], dim=-1)
+    if (x.device.type == "cpu" and x.dtype == cos.dtype == sin.dtype == torch.float32
+            and not torch.compiler.is_compiling()):
+        return _RotaryCPU.apply(x, cos, sin)
     half = x.size(-1) // 2
     return torch.addcmul(x * cos, x.roll(half, dims=-1), sin).to(x.dtype)
+
+
+def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``out = x * cos + roll(x, half) * sin``, half by half (no rolled copy of ``x``)."""
+    half = x.size(-1) // 2
+    for ours, theirs in ((slice(None, half), slice(half, None)), (slice(half, None), slice(None, half))):
+        torch.mul(x[..., ours], cos[..., ours], out=out[..., ours]).addcmul_(x[..., theirs], sin[..., ours])
+    return out
+
+
+class _RotaryCPU(torch.autograd.Function):
+    """:func:`apply_rotary` in fp32 on a CPU: written half by half into one new tensor, forward
+    and backward (two passes each way, where autograd runs the roll, its inverse and four
+    products). The gradient is the inverse rotation: ``g * cos + roll(g * sin, half)`` (a roll by
+    half is its own inverse), i.e. the same formula with ``sin``'s halves swapped."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        shape = torch.broadcast_shapes(x.shape, cos.shape)
+        return _rotate_into(torch.empty(shape, dtype=x.dtype, device=x.device), x, cos, sin)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        half = sin.size(-1) // 2
+        inverse = torch.cat([sin[..., half:], sin[..., :half]], dim=-1)  # (B|1, 1, T, r): small
+        return _rotate_into(torch.empty_like(grad), grad, cos, inverse), None, None
 
 
 def rotated_dims(cfg) -> int:

@@ -137,6 +137,21 @@ def test_rope_matches_roformer_pairs():
             assert y[0, 0, t, i + hd // 2].item() == pytest.approx(x1 * math.sin(angle) + x2 * math.cos(angle), abs=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 3], ids=["shared", "per-row"])
+def test_rope_cpu_kernel_is_the_roll_formula_and_its_gradient(rows):
+    """In fp32 on a CPU the rotation runs as one autograd function written half by half
+    (``variants.positions._RotaryCPU``): equal to ``x cos + roll(x, hd/2) sin`` and, in float64,
+    its gradient passes torch's numerical check; per-row angles (left padding) broadcast."""
+    from variants.positions import _RotaryCPU
+
+    scheme = Rotary(rope_cfg(8, 100.0))
+    cos, sin = scheme.rotary(torch.arange(rows * 5).view(rows, 5) % 7)
+    x = torch.randn(2, 3, 4, 5, 8, generator=torch.Generator().manual_seed(2))[:, :rows]
+    torch.testing.assert_close(apply_rotary(x, cos, sin), torch.addcmul(x * cos, x.roll(4, dims=-1), sin))
+    x64 = x.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: _RotaryCPU.apply(t, cos.double(), sin.double()), (x64,))
+
+
 def test_rope_position_zero_is_identity_and_norms_are_preserved():
     scheme = Rotary(rope_cfg())
     x = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(1))
