@@ -108,11 +108,15 @@ _GATED_KERNELS = {
 }
 
 
+_FUSED_MIN_ROWS = 64  # fewer rows (a decoding step's): the plain formula, without the function's overhead
+
+
 def _fused_gated(ffn: "GatedMLP", x: torch.Tensor) -> bool:
-    """Whether ``ffn`` runs as one :class:`_GatedProduct`: on a CPU, in fp32 without autocast,
-    without biases, outside the compiler (which fuses the plain formula itself), for the
-    activations it knows and a hidden width that is not a multiple of 16 already."""
+    """Whether ``ffn`` runs as one :class:`_GatedProduct`: for 64 rows or more, on a CPU, in fp32
+    without autocast, without biases, outside the compiler (which fuses the plain formula
+    itself), for the activations it knows and a hidden width that is not a multiple of 16."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and ffn.gate_up.weight.dtype == torch.float32
+            and x.numel() >= _FUSED_MIN_ROWS * x.size(-1)
             and ffn.hidden % 16 != 0 and ffn.gate_up.bias is None and ffn.down.bias is None
             and type(ffn).activation in _GATED_KERNELS and type(ffn).act is GatedMLP.act
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())

@@ -162,8 +162,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     rotated = cos.size(-1)
     if rotated < x.size(-1):
         return torch.cat([apply_rotary(x[..., :rotated], cos, sin), x[..., rotated:]], dim=-1)
-    if (x.device.type == "cpu" and x.dtype == cos.dtype == sin.dtype == torch.float32
-            and not torch.compiler.is_compiling()):
+    if (x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.dtype == cos.dtype == sin.dtype == torch.float32 and not torch.compiler.is_compiling()):
         return _RotaryCPU.apply(x, cos, sin)
     half = x.size(-1) // 2
     return torch.addcmul(x * cos, x.roll(half, dims=-1), sin).to(x.dtype)
@@ -178,7 +178,7 @@ def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: tor
 
 
 class _RotaryCPU(torch.autograd.Function):
-    """:func:`apply_rotary` in fp32 on a CPU: written half by half into one new tensor, forward
+    """:func:`apply_rotary` in fp32 on a CPU, when training: written half by half into one new tensor, forward
     and backward (two passes each way, where autograd runs the roll, its inverse and four
     products). The gradient is the inverse rotation: ``g * cos + roll(g * sin, half)`` (a roll by
     half is its own inverse), i.e. the same formula with ``sin``'s halves swapped."""

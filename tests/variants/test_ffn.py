@@ -156,9 +156,9 @@ def test_gated_cpu_kernel_gives_the_formula_and_its_gradients(name):
     the input and both matrices equal autograd through the written-out formula."""
     torch.manual_seed(0)
     module = FFNS.build(name, ffn_config(name, bias=False))
-    x = torch.randn(2, 9, D_MODEL, requires_grad=True)
+    x = torch.randn(2, 40, D_MODEL, requires_grad=True)
     assert ffn_module._fused_gated(module, x) and module.hidden % 16
-    grad = torch.randn(2, 9, D_MODEL)
+    grad = torch.randn(2, 40, D_MODEL)
     out = module(x)
     got = torch.autograd.grad(out, (x, module.gate_up.weight, module.down.weight), grad)
     expected_out = REFERENCE[name](module, x)
@@ -169,8 +169,9 @@ def test_gated_cpu_kernel_gives_the_formula_and_its_gradients(name):
 
 
 def test_gated_cpu_kernel_is_used_only_where_it_applies():
-    x = torch.randn(2, 3, D_MODEL)
+    x = torch.randn(2, 32, D_MODEL)
     assert ffn_module._fused_gated(FFNS.build("swiglu", ffn_config("swiglu", bias=False)), x)
+    assert not ffn_module._fused_gated(FFNS.build("swiglu", ffn_config("swiglu", bias=False)), x[:, :31])  # 62 rows
     assert not ffn_module._fused_gated(FFNS.build("swiglu", ffn_config("swiglu", bias=False, ffn_hidden=64)), x)
     assert not ffn_module._fused_gated(FFNS.build("swiglu", ffn_config("swiglu", bias=True)), x)
     assert not ffn_module._fused_gated(FFNS.build("swiglu", ffn_config("swiglu", bias=False)).double(), x.double())

@@ -147,8 +147,10 @@ def test_rope_cpu_kernel_is_the_roll_formula_and_its_gradient(rows):
     scheme = Rotary(rope_cfg(8, 100.0))
     cos, sin = scheme.rotary(torch.arange(rows * 5).view(rows, 5) % 7)
     x = torch.randn(2, 3, 4, 5, 8, generator=torch.Generator().manual_seed(2))[:, :rows]
-    torch.testing.assert_close(apply_rotary(x, cos, sin), torch.addcmul(x * cos, x.roll(4, dims=-1), sin))
-    x64 = x.double().requires_grad_()
+    rotated = apply_rotary(x.requires_grad_(), cos, sin)
+    assert rotated.grad_fn.name() == "_RotaryCPUBackward"  # training: the function is the one tested
+    torch.testing.assert_close(rotated, torch.addcmul(x * cos, x.roll(4, dims=-1), sin))
+    x64 = x.detach().double().requires_grad_()
     assert torch.autograd.gradcheck(lambda t: _RotaryCPU.apply(t, cos.double(), sin.double()), (x64,))
 
 
