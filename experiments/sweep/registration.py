@@ -56,14 +56,20 @@ def update(previous: Optional[dict[str, Any]], sweep: Sweep, now: Optional[float
 
 
 def merge(kept: Optional[dict[str, Any]], newer: dict[str, Any]) -> dict[str, Any]:
-    """One registration from two parts of a sweep run on different machines: the one registered
-    first, with every entry of the other whose terms differ from the last one kept appended as a
-    change (so a later part's different terms show, and the first registration stays first)."""
+    """One registration from two records of a sweep: a report's copy and its runs' manifest (the
+    same registration, whose entries are taken once), or two parts run on different machines. The
+    entries of both, each once, in time order: the earliest is the registration, and every later
+    one whose terms differ from the entry before it is a change."""
     if not kept:
         return newer
-    first, second = sorted((kept, newer), key=lambda r: r["registered"]["at"])
-    merged = {**first, "changes": list(first.get("changes") or [])}
-    for entry in [second["registered"], *(second.get("changes") or [])]:
+    entries: list[dict[str, Any]] = []
+    for record in (kept, newer):
+        for entry in [record["registered"], *(record.get("changes") or [])]:
+            if entry not in entries:
+                entries.append(entry)
+    entries.sort(key=lambda entry: entry["at"])  # "YYYY-MM-DD HH:MM:SS UTC" sorts as the times do
+    merged = {**kept, "registered": entries[0], "changes": []}
+    for entry in entries[1:]:
         last = (merged["changes"] or [merged["registered"]])[-1]
         if {k: last.get(k) for k in TERMS} != {k: entry.get(k) for k in TERMS}:
             merged["changes"].append(entry)

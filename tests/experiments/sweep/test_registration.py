@@ -58,6 +58,8 @@ def test_a_baseline_changed_after_results_is_recorded_and_reported(tmp_path):
     assert json.loads((tmp_path / "report" / registration.REGISTRATION_FILE).read_text()) == changed
     assert build(load_sweep(tmp_path / "report" / "sweep.yaml", [f"run.root={tmp_path}/nowhere"]),
                  tmp_path / "report").read_text().count("They changed 1 time(s)") == 1  # kept in the folder
+    assert "They changed 1 time(s) afterwards" in build(sweep, tmp_path / "report").read_text()  # rebuilt: once
+    assert json.loads((tmp_path / "report" / registration.REGISTRATION_FILE).read_text()) == changed
 
 
 def test_a_report_of_a_sweep_launched_before_registration_says_so(tmp_path):
@@ -76,3 +78,16 @@ def test_two_parts_of_a_sweep_keep_the_first_registration_and_the_others_change(
     assert registration.merge(first, same) == first and registration.merge(same, first) == first
     merged = registration.merge(other, first)
     assert merged["registered"] == first["registered"] and merged["changes"] == [other["registered"]]
+
+
+def test_merging_a_registration_with_itself_or_its_earlier_copy_adds_nothing(tmp_path):
+    """A report rebuilt from its runs merges its copy with the manifest, the same registration: its
+    changes are taken once, not appended again."""
+    sweep, first = _launch(tmp_path)
+    _, changed = _launch(tmp_path, base="gelu")
+    _, back = _launch(tmp_path)
+    assert [c["baseline"].rsplit("-", 1)[1] for c in back["changes"]] == ["gelu", "relu"]
+    assert registration.merge(back, back) == back
+    assert registration.merge(changed, back) == back and registration.merge(back, changed) == back
+    assert registration.merge(first, back) == back
+    assert "They changed 2 time(s)" in registration.describe(registration.merge(back, back))[0]
