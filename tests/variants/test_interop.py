@@ -5,6 +5,8 @@ norm gains, biases and every fused layout matter to the comparison (HF initialis
 identity and biases to zero, which would hide a mis-mapped norm or bias).
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,6 +24,7 @@ MIXTRAL, GEMMA2 = transformers.MixtralForCausalLM, transformers.Gemma2ForCausalL
 BERT, ROBERTA = transformers.BertForMaskedLM, transformers.RobertaForMaskedLM
 MODERNBERT = transformers.ModernBertForMaskedLM
 
+ROOT = Path(__file__).resolve().parents[2]
 V = 100  # vocabulary of every test model
 SPECIALS = dict(bos_token_id=1, eos_token_id=2)  # inside the tiny vocabulary
 
@@ -676,6 +679,8 @@ def test_exported_greedy_generation_is_ours(name):
     (dict(kind="lm", position="learned", norm_position="post"), "norm_position 'post'"),
     (dict(kind="lm", position="learned", bias=False), "bias=False has no equivalent in GPT2LMHeadModel"),
     (dict(kind="lm", position="alibi", ffn="gelu_tanh"), "embed_norm=False has no equivalent in BloomForCausalLM"),
+    (dict(kind="lm", position="alibi", ffn="gelu_tanh", embed_norm=True, d_ff=96),
+     "a feed-forward 96 wide (model.d_ff / model.ffn_hidden) has no equivalent in BloomForCausalLM"),
     (dict(kind="seq2seq", position="rope"), "position 'rope' has no Hugging Face equivalent for a seq2seq model"),
     (dict(kind="lm", position="rope", norm="rmsnorm", ffn="swiglu", qk_norm="head"),  # Qwen 3 has no biases
      r"qk_norm='head' has no equivalent in LlamaForCausalLM"),
@@ -692,13 +697,14 @@ def test_exported_greedy_generation_is_ours(name):
     (dict(kind="lm", position="rope", norm="rmsnorm", ffn="swiglu", bias=False, logit_softcap=5.0),
      r"logit_softcap=5.0 has no equivalent in LlamaForCausalLM"),
     (dict(kind="lm", position="learned", logit_softcap=5.0), r"logit_softcap=5.0 has no equivalent in GPT2LMHeadModel"),
-], ids=["t5", "gpt2-rmsnorm", "llama-gelu", "gpt2-post-ln", "gpt2-no-bias", "bloom-no-embed-norm", "s2s-rope",
+], ids=["t5", "gpt2-rmsnorm", "llama-gelu", "gpt2-post-ln", "gpt2-no-bias", "bloom-no-embed-norm", "bloom-ffn-width",
+        "s2s-rope",
         "llama-qk-norm", "mistral-global-layers", "qkv-bias-and-qk-norm", "olmo2-without-qk-norm",
         "gemma2-unscaled-embeddings", "llama-attn-softcap", "llama-logit-softcap", "gpt2-logit-softcap"])
 def test_compositions_without_an_equivalent_are_refused_by_name(fields, message):
     from variants.interop import to_hf
 
-    with pytest.raises(NotImplementedError, match=message.replace("(", r"\(")):
+    with pytest.raises(NotImplementedError, match=message.replace("(", r"\(").replace(")", r"\)")):
         to_hf(_ours(**fields))
 
 
@@ -716,3 +722,34 @@ def test_mistral_window_is_not_off_by_one(shift):
     with torch.no_grad():
         assert_logits_close(ours(tokens), hf(tokens).logits)
         assert (other(tokens) - hf(tokens).logits).abs().max() > 1e-3
+
+
+DECODER_PRESETS = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "llama3": "LlamaForCausalLM",
+                   "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                   "olmo2": "Olmo2ForCausalLM", "mixtral": "MixtralForCausalLM", "gemma2": "Gemma2ForCausalLM",
+                   "bloom": "BloomForCausalLM"}
+
+
+@pytest.mark.parametrize("preset, class_name", DECODER_PRESETS.items(), ids=list(DECODER_PRESETS))
+def test_each_decoder_preset_exports_to_its_family_with_equal_logits(preset, class_name):
+    """``configs/model/<preset>.yaml`` is the composition of the family it names: a small random
+    model built from it exports to that family's class, which computes its logits."""
+    import yaml
+
+    from variants import ModelConfig
+    from variants.interop import to_hf
+    from variants.models import build_model
+
+    diff = yaml.safe_load((ROOT / "configs" / "model" / f"{preset}.yaml").read_text())["model"]
+    cfg = ModelConfig(**{"kind": "lm", "vocab_size": V, "d_model": 32, "n_heads": 4, "n_layers": 2,  # experts 42 wide
+                         "max_seq_len": 128, "dropout": 0.0, **diff})
+    torch.manual_seed(0)
+    ours = build_model(cfg).eval()
+    with torch.no_grad():  # no gain left at 1 nor bias at 0, which would hide a mis-mapped one
+        for parameter in ours.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    theirs = to_hf(ours)
+    assert type(theirs).__name__ == class_name
+    tokens = lm_tokens(length=12)
+    with torch.no_grad():
+        assert_logits_close(ours(tokens), theirs(tokens).logits)

@@ -185,7 +185,8 @@ def _misfits(family: str, cfg: ModelConfig) -> list[str]:
     if carried is not None:
         found += [f"{key}={value!r} has no equivalent in {class_name}"
                   for key, value in sorted(cfg.options.items()) if key not in carried and key not in slots]
-    return found
+    fixed = getattr(_FAMILIES[family], "export_misfits", None)  # sizes the family fixes (BLOOM's 4 d)
+    return found + (fixed(cfg) if fixed is not None and not found else [])
 
 
 def export_family(cfg: ModelConfig, family: Optional[str] = None) -> str:
@@ -304,4 +305,7 @@ def to_hf(model: TransformerBase, *, bos_id: Optional[int] = None, eos_id: Optio
     state = {key: values[first:first + count].view(probe[key].shape) for key, (first, count) in spans.items()}
     state |= {key: torch.zeros(probe[key].shape) for key in zero}
     hf_model.load_state_dict(_offset_gains(state, _gain_offsets(family), -1.0), strict=False)
+    settle = getattr(_FAMILIES[family], "after_export", None)  # what the built object needs to run (Mixtral)
+    if settle is not None:
+        settle(hf_model)
     return hf_model

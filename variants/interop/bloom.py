@@ -51,6 +51,15 @@ def convert(config, src: _Weights, common: dict) -> tuple[ModelConfig, dict]:
     return cfg, w | _head(src, cfg, "lm_head.weight", "transformer.word_embeddings.weight")
 
 
+def export_misfits(cfg: ModelConfig) -> list[str]:
+    """Why a composition of BLOOM's slots still does not export: its feed-forward width."""
+    width = cfg.ffn_hidden or cfg.d_ff  # gelu_tanh: not gated, so its hidden width
+    if width != 4 * cfg.d_model:
+        return [f"a feed-forward {width} wide (model.d_ff / model.ffn_hidden) has no equivalent in {HF_CLASS}, "
+                f"whose feed-forward is always 4 * d_model = {4 * cfg.d_model} wide"]
+    return []
+
+
 def hf_config(cfg: ModelConfig, model: TransformerBase, common: dict):
     """The ``BloomConfig`` of ``model`` (export; its feed-forward is always 4 d wide)."""
     from transformers import BloomConfig

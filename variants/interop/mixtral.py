@@ -59,3 +59,12 @@ def hf_config(cfg: ModelConfig, model: TransformerBase, common: dict):
     return MixtralConfig(**config_fields(dense, model), sliding_window=cfg.window, num_local_experts=cfg.n_experts,
                          num_experts_per_tok=cfg.top_k, router_aux_loss_coef=cfg.moe_aux_weight,
                          router_jitter_noise=0.0, attention_dropout=0.0, **common)
+
+
+def after_export(hf_model) -> None:
+    """transformers' default experts kernel (``grouped_mm``) needs, on a CPU, rows that start 16
+    bytes apart: an expert width that is not a multiple of 4 fp32 values (42 from a d_model of 32)
+    fails there. The exported object then computes its experts with the ``eager`` implementation;
+    ``from_pretrained(..., experts_implementation="eager")`` does the same for a saved export."""
+    if hf_model.config.intermediate_size % 4:
+        hf_model.set_experts_implementation("eager")
