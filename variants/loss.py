@@ -33,6 +33,27 @@ import torch
 _CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}
 _CPU_BLOCKS = 2
 
+# On a CPU the eager chunks write their fp32 logits and log-probabilities into two buffers kept
+# between calls (at most _CPU_BLOCKS chunk budgets each): blocks this large are allocated from
+# fresh pages each time, and their first touch page-faults (about 18,000 faults per step at
+# vocabulary 8192 and 2,048 tokens on 2 threads). CUDA's caching allocator reuses its blocks already.
+_workspace: dict[int, torch.Tensor] = {}
+
+
+def _block(slot: int, rows: int, columns: int) -> torch.Tensor:
+    """A (rows, columns) fp32 CPU block of workspace buffer ``slot`` (0: logits, 1: log-probabilities),
+    whose contents the next chunk overwrites."""
+    need = rows * columns
+    buffer = _workspace.get(slot)
+    if buffer is None or buffer.numel() < need:
+        buffer = _workspace[slot] = torch.empty(need, dtype=torch.float32)
+    return buffer[:need].view(rows, columns)
+
+
+def _uses_workspace(h: torch.Tensor, dtype: torch.dtype, rows: int, columns: int, fused: bool) -> bool:
+    return (not fused and h.device.type == "cpu" and dtype == torch.float32
+            and rows * columns <= _CHUNK_ELEMENTS["cpu"] * _CPU_BLOCKS)
+
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     kind = x.device.type
@@ -42,20 +63,21 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _eager_terms(logits, safe, keep, smoothing: float, wants_grad: bool, softcap: Optional[float] = None,
-                 z_loss: float = 0.0):
+                 z_loss: float = 0.0, out: Optional[torch.Tensor] = None):
     """One chunk's share: ``(nll, objective, z, gradient wrt the logits or None)`` from its
     logits (n, V) in the matmul dtype, its gather index ``safe`` (n, 1) and ``keep`` (n, 1: 1 for
     a counted row, 0 for an ignored one). ``z`` is the summed ``logsumexp(logits) ** 2`` (0 when
     ``z_loss`` is 0); the objective adds ``z_loss * z``. With ``softcap`` the logits are first
     ``softcap * tanh(logits / softcap)``. Eager, in place where it can be: each step a pass over
-    the (n, V) block, the fastest order on a CPU."""
+    the (n, V) block, the fastest order on a CPU. ``out``: an fp32 (n, V) block to write the
+    log-probabilities (and then the gradient) into."""
     dtype = logits.dtype
     capped = None
     if softcap is not None:
         capped = torch.tanh(logits.float() / softcap)  # (n, V), kept for the gradient
         logits = capped * softcap
     logits = logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(logits, dim=-1) if out is None else torch._log_softmax(logits, 1, False, out=out)
     nll, objective = _sums(logp, safe, keep, smoothing)
     z, lse = _z_terms(logits, keep, z_loss)
     del logits
@@ -180,12 +202,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) \
                 if bias is not None and ctx.needs_input_grad[9] else None
             terms = _fused_terms() if fused else _eager_terms
+            V = w.size(0)
+            workspace = _uses_workspace(h, dtype, min(chunk, N), V, fused)
             for start in range(0, N, chunk):
                 rows = slice(start, start + chunk)
                 keep = valid[rows].unsqueeze(1).float()  # (n, 1)
-                logits = torch.mm(h[rows], w.t()) if b is None else torch.addmm(b, h[rows], w.t())
+                n = min(chunk, N - start)
+                product = {"out": _block(0, n, V)} if workspace else {}
+                logp = {"out": _block(1, n, V)} if workspace and softcap is None else {}  # capped: a new tensor
+                logits = torch.mm(h[rows], w.t(), **product) if b is None else torch.addmm(b, h[rows], w.t(), **product)
                 part_nll, part_objective, part_z, grad = terms(logits, safe[rows], keep, smoothing, wants_grad,
-                                                               softcap, z_loss)
+                                                               softcap, z_loss, **logp)
                 nll += part_nll
                 z += part_z
                 objective += part_objective

@@ -43,6 +43,29 @@ def test_equals_cross_entropy_of_the_logits(chunk_rows, smoothing):
     assert_close(w1.grad, w2.grad)
 
 
+@pytest.mark.parametrize("softcap", [None, 2.0], ids=["plain", "softcap"])
+def test_fp32_chunks_on_a_cpu_write_into_buffers_kept_between_calls(softcap):
+    """On a CPU the fp32 chunks write their logits (and, uncapped, log-probabilities) into two
+    buffers kept between calls, where fresh blocks would page-fault on their first touch: a later
+    call of other sizes is right, and leaves the earlier call's results as they were."""
+    from variants import loss
+
+    calls = []
+    for rows, chunk in ((N, 16), (11, 4)):  # a last chunk shorter than the others in both
+        h64, w64, t = inputs(seed=rows)
+        h, w = h64.detach()[:rows].float().requires_grad_(), w64.detach().float().requires_grad_()
+        objective, nll = linear_cross_entropy(h, w, t[:rows], PAD, 0.1, chunk_rows=chunk, softcap=softcap)
+        objective.backward()
+        ref_h, ref_w = h64.detach()[:rows].requires_grad_(), w64.detach().requires_grad_()
+        ref_objective, ref_nll, _ = capped_reference(ref_h, ref_w, t[:rows], 0.1, softcap, 0.0)
+        ref_objective.backward()
+        calls.append(((objective, nll, h.grad, w.grad), (ref_objective, ref_nll, ref_h.grad, ref_w.grad)))
+        assert loss._workspace[0].numel() >= 16 * V and (softcap is not None or loss._workspace[1].numel() >= 16 * V)
+    for ours, ref in calls:
+        for got, want in zip(ours, ref):
+            torch.testing.assert_close(got, want.float(), atol=1e-4, rtol=1e-4)
+
+
 def capped_reference(hidden, weight, targets, smoothing, softcap, z_loss):
     """Written plainly: capped logits, cross-entropy, and ``z_loss * logsumexp ** 2`` per counted row."""
     logits = F.linear(hidden, weight)
