@@ -46,7 +46,8 @@ def _block(slot: int, rows: int, columns: int) -> torch.Tensor:
     need = rows * columns
     buffer = _workspace.get(slot)
     if buffer is None or buffer.numel() < need:
-        buffer = _workspace[slot] = torch.empty(need, dtype=torch.float32)
+        with torch.inference_mode(False):  # a normal tensor even when made under inference mode (validation)
+            buffer = _workspace[slot] = torch.empty(need, dtype=torch.float32)
     return buffer[:need].view(rows, columns)
 
 

@@ -66,6 +66,29 @@ def test_fp32_chunks_on_a_cpu_write_into_buffers_kept_between_calls(softcap):
             torch.testing.assert_close(got, want.float(), atol=1e-4, rtol=1e-4)
 
 
+def test_buffers_made_under_inference_mode_serve_training_after_it(monkeypatch):
+    """Validation runs under inference mode, often before the first training step: the buffers it
+    makes must still take a training step's writes (an inference tensor would refuse them)."""
+    from variants import loss
+
+    monkeypatch.setattr(loss, "_workspace", {})
+    h64, w64, t = inputs()
+    h, w = h64.detach().float().requires_grad_(), w64.detach().float().requires_grad_()
+    with torch.inference_mode():
+        first, _ = linear_cross_entropy(h, w, t, PAD)
+    assert not loss._workspace[0].is_inference()
+    objective, _ = linear_cross_entropy(h, w, t, PAD)
+    objective.backward()
+    with torch.inference_mode():
+        again, _ = linear_cross_entropy(h, w, t, PAD)
+    ref_h, ref_w = h64.detach().requires_grad_(), w64.detach().requires_grad_()
+    ref_objective, _ = reference(ref_h, ref_w, t, 0.0)
+    ref_objective.backward()
+    for got in (first, objective, again):
+        torch.testing.assert_close(got, ref_objective.float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(h.grad, ref_h.grad.float(), atol=1e-4, rtol=1e-4)
+
+
 def capped_reference(hidden, weight, targets, smoothing, softcap, z_loss):
     """Written plainly: capped logits, cross-entropy, and ``z_loss * logsumexp ** 2`` per counted row."""
     logits = F.linear(hidden, weight)
