@@ -25,10 +25,15 @@ findings:
 """
 
 
-def _launch(tmp_path, base="relu"):
-    path = tmp_path / "sweep.yaml"
+def _write(folder, base="relu"):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "sweep.yaml"
     path.write_text(SWEEP.replace("BASE", base))
-    sweep = load_sweep(path, [f"run.root={tmp_path}/runs"])
+    return path
+
+
+def _launch(tmp_path, base="relu"):
+    sweep = load_sweep(_write(tmp_path, base), [f"run.root={tmp_path}/runs"])
     write_manifest(sweep)
     return sweep, json.loads((sweep.root / "sweep.json").read_text())["registration"]
 
@@ -83,9 +88,11 @@ def test_two_parts_of_a_sweep_keep_the_first_registration_and_the_others_change(
 def test_merging_a_registration_with_itself_or_its_earlier_copy_adds_nothing(tmp_path):
     """A report rebuilt from its runs merges its copy with the manifest, the same registration: its
     changes are taken once, not appended again."""
-    sweep, first = _launch(tmp_path)
-    _, changed = _launch(tmp_path, base="gelu")
-    _, back = _launch(tmp_path)
+    relu, gelu = (load_sweep(_write(tmp_path / base, base), [f"run.root={tmp_path}/runs"])
+                  for base in ("relu", "gelu"))
+    first = registration.update(None, relu, now=1_000.0)  # launches seconds apart, as real ones are
+    changed = registration.update(first, gelu, now=1_010.0)
+    back = registration.update(changed, relu, now=1_020.0)
     assert [c["baseline"].rsplit("-", 1)[1] for c in back["changes"]] == ["gelu", "relu"]
     assert registration.merge(back, back) == back
     assert registration.merge(changed, back) == back and registration.merge(back, changed) == back
