@@ -51,8 +51,10 @@ def _block(slot: int, rows: int, columns: int) -> torch.Tensor:
     return buffer[:need].view(rows, columns)
 
 
-def _uses_workspace(h: torch.Tensor, dtype: torch.dtype, rows: int, columns: int, fused: bool) -> bool:
-    return (not fused and h.device.type == "cpu" and dtype == torch.float32
+def _uses_workspace(device: torch.device, dtype: torch.dtype, rows: int, columns: int, fused: bool) -> bool:
+    """Whether chunks of ``rows`` x ``columns`` logits go through the buffers: eager fp32 chunks on a
+    CPU no larger than the CPU's chunk budget (a larger ``chunk_rows`` allocates as before)."""
+    return (not fused and device.type == "cpu" and dtype == torch.float32
             and rows * columns <= _CHUNK_ELEMENTS["cpu"] * _CPU_BLOCKS)
 
 
@@ -204,14 +206,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if bias is not None and ctx.needs_input_grad[9] else None
             terms = _fused_terms() if fused else _eager_terms
             V = w.size(0)
-            workspace = _uses_workspace(h, dtype, min(chunk, N), V, fused)
+            workspace = _uses_workspace(h.device, dtype, min(chunk, N), V, fused)
             for start in range(0, N, chunk):
                 rows = slice(start, start + chunk)
                 keep = valid[rows].unsqueeze(1).float()  # (n, 1)
                 n = min(chunk, N - start)
-                product = {"out": _block(0, n, V)} if workspace else {}
+                product = _block(0, n, V) if workspace else None
                 logp = {"out": _block(1, n, V)} if workspace and softcap is None else {}  # capped: a new tensor
-                logits = torch.mm(h[rows], w.t(), **product) if b is None else torch.addmm(b, h[rows], w.t(), **product)
+                logits = torch.mm(h[rows], w.t(), out=product) if b is None else torch.addmm(b, h[rows], w.t(),
+                                                                                              out=product)
                 part_nll, part_objective, part_z, grad = terms(logits, safe[rows], keep, smoothing, wants_grad,
                                                                softcap, z_loss, **logp)
                 nll += part_nll
